@@ -1,0 +1,54 @@
+# Lastmile — the two commands a new user types are `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo test check lint format unit e2e bench loadtest clean system-deps
+
+# Debian libraries the embedded tritonserver needs (its Python backend links libpython3.X).
+system-deps:
+	@pyver=$$($(PYTHON) -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")'); \
+	if ! ldconfig -p | grep -q "libpython$$pyver.so.1.0"; then \
+	  echo "installing libpython$$pyver (Debian) for Triton's Python backend"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq "libpython$$pyver" >/dev/null; \
+	fi
+
+$(STAMP): pyproject.toml
+	@$(MAKE) --no-print-directory system-deps
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(VENV)/bin/lastmile demo
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+check: lint
+	$(VENV)/bin/mypy
+
+format: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+unit: install
+	$(PY) -m pytest tests/unit -q
+
+test: check
+	$(PY) -m pytest -q
+
+bench: install
+	$(PY) loadtests/bench_gateway.py
+
+loadtest: bench
+
+clean:
+	rm -rf $(VENV) .lastmile .mypy_cache .ruff_cache .pytest_cache

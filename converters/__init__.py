@@ -1,0 +1,1 @@
+"""Model conversions: each module runs alone (`python -m converters.<name>`)."""

@@ -1,0 +1,187 @@
+"""Management API (FastAPI). ``create_app(settings)`` builds it; its lifespan owns the System.
+
+This is the skeleton the CLI and SDK need; authentication (API keys, roles) and the full
+resource model come with the management API issue. It binds loopback by default.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from manager import __version__, store
+from manager.errors import InvalidInput, LastmileError
+from manager.services import deployments, models, pipelines
+from manager.services.context import Platform
+from manager.settings import Settings
+from manager.system import System
+
+log = logging.getLogger(__name__)
+
+
+class PipelineCreate(BaseModel):
+    name: str = Field(description="Pipeline name")
+    steps: list[str] = Field(description="Ordered steps, each MODEL or MODEL:VERSION")
+
+
+class DeployRequest(BaseModel):
+    version: int | None = Field(default=None, description="Pipeline version; default latest")
+
+
+def _safe_filename(name: str) -> str:
+    base = re.sub(r"[^A-Za-z0-9._-]", "_", Path(name).name)[:100].lstrip(".")
+    return base or "upload.onnx"
+
+
+def _problem(exc: LastmileError) -> JSONResponse:
+    body: dict[str, Any] = {
+        "type": type(exc).__name__,
+        "title": exc.title,
+        "status": exc.status_code,
+        "detail": exc.message,
+    }
+    if exc.hint:
+        body["hint"] = exc.hint
+    return JSONResponse(body, status_code=exc.status_code, media_type="application/problem+json")
+
+
+def create_app(settings: Settings, *, system: System | None = None) -> FastAPI:
+    """The app; without ``system`` the lifespan starts one (Triton, gateway, scraper)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        owned = system is None
+        sys_ = system or System(settings)
+        if owned:
+            await run_in_threadpool(sys_.start)
+        app.state.system = sys_
+        try:
+            yield
+        finally:
+            if owned:
+                await run_in_threadpool(sys_.stop)
+
+    app = FastAPI(title="Lastmile", version=__version__, lifespan=lifespan)
+
+    @app.exception_handler(LastmileError)
+    async def _handle(_request: Request, exc: LastmileError) -> JSONResponse:
+        return _problem(exc)
+
+    def platform(request: Request) -> Platform:
+        return request.app.state.system.platform  # type: ignore[no-any-return]
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok", "version": __version__}
+
+    @app.get("/v1/status")
+    def status(request: Request) -> dict[str, Any]:
+        info = request.app.state.system.status()
+        info["deployments"] = deployments.list_deployments(platform(request))
+        return info  # type: ignore[no-any-return]
+
+    @app.post("/v1/workspaces/{workspace}/models/{name}/versions", status_code=201)
+    async def import_model(
+        workspace: str, name: str, request: Request, filename: str = "upload.onnx"
+    ) -> dict[str, Any]:
+        """Upload an ONNX file as the raw request body (streamed, size-limited).
+
+        ``filename`` is only used to name the file in messages.
+        """
+        limit = settings.max_upload_bytes
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise InvalidInput(
+                f"upload of {int(declared)} bytes exceeds the limit of {limit} bytes",
+                hint="raise LASTMILE_MAX_UPLOAD_BYTES on the server",
+            )
+        settings.ensure_dirs()
+        upload_dir = Path(tempfile.mkdtemp(dir=settings.run_dir, prefix=".upload-"))
+        tmp = upload_dir / _safe_filename(filename)
+        try:
+            size = 0
+            with open(tmp, "wb") as out:
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > limit:
+                        raise InvalidInput(
+                            f"upload exceeds the limit of {limit} bytes",
+                            hint="raise LASTMILE_MAX_UPLOAD_BYTES on the server",
+                        )
+                    out.write(chunk)
+            if size == 0:
+                raise InvalidInput("the upload is empty", hint="send the .onnx file as the body")
+            return await run_in_threadpool(
+                models.import_onnx,
+                platform(request),
+                workspace=workspace,
+                name=name,
+                path=tmp,
+            )
+        finally:
+            shutil.rmtree(upload_dir, ignore_errors=True)
+
+    @app.get("/v1/workspaces/{workspace}/models")
+    def list_models(workspace: str, request: Request) -> list[dict[str, Any]]:
+        return models.list_models(platform(request), workspace=workspace)
+
+    @app.post("/v1/workspaces/{workspace}/pipelines", status_code=201)
+    def create_pipeline(workspace: str, body: PipelineCreate, request: Request) -> dict[str, Any]:
+        return pipelines.create_pipeline(
+            platform(request), workspace=workspace, name=body.name, steps=body.steps
+        )
+
+    @app.get("/v1/workspaces/{workspace}/pipelines")
+    def list_pipelines(workspace: str, request: Request) -> list[dict[str, Any]]:
+        return pipelines.list_pipelines(platform(request), workspace=workspace)
+
+    @app.post("/v1/workspaces/{workspace}/pipelines/{name}/deploy")
+    def deploy(
+        workspace: str, name: str, request: Request, body: DeployRequest | None = None
+    ) -> dict[str, Any]:
+        return deployments.deploy(
+            platform(request),
+            workspace=workspace,
+            pipeline=name,
+            version=body.version if body else None,
+        )
+
+    @app.get("/v1/deployments")
+    def list_deployments(request: Request) -> list[dict[str, Any]]:
+        return deployments.list_deployments(platform(request))
+
+    @app.get("/v1/metrics")
+    def metrics(request: Request, model: str | None = None) -> list[dict[str, Any]]:
+        with platform(request).session() as session:
+            return [
+                {
+                    "ts": s.ts.isoformat(),
+                    "server": s.server,
+                    "model": s.model,
+                    "version": s.version,
+                    "metric": s.metric,
+                    "labels": s.labels,
+                    "value": s.value,
+                }
+                for s in store.latest_metric_samples(session, model=model)
+            ]
+
+    @app.post("/v1/metrics/scrape")
+    def scrape_now(request: Request) -> dict[str, int]:
+        scraper = request.app.state.system.scraper
+        if scraper is None:
+            raise InvalidInput("no scraper runs in this process", hint="start with lastmile up")
+        return {"samples": scraper.scrape_once()}
+
+    return app

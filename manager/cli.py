@@ -1,0 +1,267 @@
+"""The ``lastmile`` command line. The only place that prints: rich for people, --json for
+machines. Every command that talks to a running system finds it through LASTMILE_HOME."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from manager.errors import InvalidInput, LastmileError
+from manager.sdk import Lastmile
+from manager.settings import Settings
+
+app = typer.Typer(
+    help="Lastmile: take trained models to production on NVIDIA Triton.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+model_app = typer.Typer(help="Register model versions.", no_args_is_help=True)
+pipeline_app = typer.Typer(help="Define pipelines of model versions.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
+app.add_typer(pipeline_app, name="pipeline")
+
+out = Console()
+err = Console(stderr=True)
+
+JsonOpt = typer.Option(False, "--json", help="Print machine-readable JSON.")
+
+
+def _settings() -> Settings:
+    return Settings()
+
+
+def _client() -> Lastmile:
+    return Lastmile.from_settings(_settings())
+
+
+def _emit(data: Any, as_json: bool, human: Any = None) -> None:
+    if as_json:
+        out.print_json(json.dumps(data, default=str))
+    elif human is not None:
+        out.print(human)
+    else:
+        out.print(data)
+
+
+def _kv_table(title: str, rows: list[tuple[str, Any]]) -> Table:
+    table = Table(title=title, show_header=False)
+    for key, value in rows:
+        table.add_row(key, str(value))
+    return table
+
+
+@app.command()
+def up(
+    detach: bool = typer.Option(False, "--detach", "-d", help="Run in the background."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Start the embedded tritonserver, the gateway, the scraper and the management API."""
+    from manager import supervisor
+
+    settings = _settings()
+    if not detach:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+        supervisor.serve_foreground(settings)
+        return
+    with err.status("starting tritonserver, gateway and API…"):
+        state = supervisor.start_detached(settings)
+    _emit(
+        state,
+        as_json,
+        f"[green]up[/green]: gateway {state['gateway']['http']}, "
+        f"API {state['api']['url']} (lastmile status for more)",
+    )
+
+
+@app.command()
+def down(as_json: bool = JsonOpt) -> None:
+    """Stop everything `lastmile up` started."""
+    from manager import supervisor
+
+    with err.status("stopping…"):
+        result = supervisor.stop(_settings())
+    _emit(result, as_json, "stopped" if result["stopped"] else "nothing was running")
+
+
+@app.command()
+def status(as_json: bool = JsonOpt) -> None:
+    """What runs where, and which pipelines are live."""
+    with _client() as lm:
+        info = lm.status()
+    if as_json:
+        _emit(info, True)
+        return
+    rows = [
+        ("home", info["home"]),
+        ("API", info["api"]["url"]),
+        ("gateway http", info["gateway"]["http"]),
+        ("gateway metrics", info["gateway"]["metrics"]),
+    ]
+    rows += [(f"triton {'(embedded)' if t['embedded'] else ''}", t["http"]) for t in info["triton"]]
+    rows.append(("database", info["database"]))
+    out.print(_kv_table("Lastmile", rows))
+    table = Table(title="Deployments")
+    for col in ("pipeline", "version", "state", "ensemble", "inputs", "outputs"):
+        table.add_column(col)
+    for d in info["deployments"]:
+        table.add_row(
+            d["pipeline"], str(d["version"]), d["state"], d["ensemble"],
+            ", ".join(t["name"] for t in d["inputs"]), ", ".join(t["name"] for t in d["outputs"]),
+        )  # fmt: skip
+    out.print(table)
+
+
+@model_app.command("import")
+def model_import(
+    path: Path = typer.Argument(..., help="Model file (.onnx)."),
+    name: str = typer.Option(..., "--name", help="Registered model name."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Register PATH as the next version of model NAME."""
+    with _client() as lm, err.status(f"importing {path}…"):
+        info = lm.import_model(path, name=name)
+    sig = info["signature"]
+    human = (
+        f"model [bold]{info['model']}[/bold] version {info['version']} "
+        f"(sha256 {info['sha256'][:12]}…): inputs "
+        + ", ".join(f"{t['name']}:{t['datatype']}{t['shape']}" for t in sig["inputs"])
+        + " → outputs "
+        + ", ".join(f"{t['name']}:{t['datatype']}{t['shape']}" for t in sig["outputs"])
+    )
+    _emit(info, as_json, human)
+
+
+@model_app.command("list")
+def model_list(as_json: bool = JsonOpt) -> None:
+    """Registered models and their versions."""
+    with _client() as lm:
+        models = lm.models()
+    table = Table(title="Models")
+    for col in ("model", "versions"):
+        table.add_column(col)
+    for m in models:
+        table.add_row(m["name"], ", ".join(str(v["version"]) for v in m["versions"]))
+    _emit(models, as_json, table)
+
+
+@pipeline_app.command("create")
+def pipeline_create(
+    name: str = typer.Argument(..., help="Pipeline name."),
+    step: list[str] = typer.Option(..., "--step", help="MODEL or MODEL:VERSION, in order."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Create the next version of a pipeline chaining the given model versions."""
+    with _client() as lm:
+        info = lm.create_pipeline(name, steps=step)
+    human = f"pipeline [bold]{info['pipeline']}[/bold] version {info['version']}: " + " → ".join(
+        f"{s['model']}:{s['version']}" for s in info["steps"]
+    )
+    _emit(info, as_json, human)
+
+
+@pipeline_app.command("list")
+def pipeline_list(as_json: bool = JsonOpt) -> None:
+    """Pipelines and their latest versions."""
+    with _client() as lm:
+        items = lm.pipelines()
+    table = Table(title="Pipelines")
+    for col in ("pipeline", "version", "steps"):
+        table.add_column(col)
+    for p in items:
+        steps = " → ".join(f"{s['model']}:{s['version']}" for s in p["steps"])
+        table.add_row(p["pipeline"], str(p["version"]), steps)
+    _emit(items, as_json, table)
+
+
+@app.command()
+def deploy(
+    pipeline: str = typer.Argument(..., help="Pipeline to deploy."),
+    version: int | None = typer.Option(None, "--version", help="Pipeline version (latest)."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Build the Triton repository and ensemble, load them, and route the gateway to them."""
+    with _client() as lm, err.status(f"deploying {pipeline} (building, loading on Triton)…"):
+        info = lm.deploy(pipeline, version=version)
+    human = (
+        f"[green]live[/green]: {info['pipeline']} v{info['version']} as {info['ensemble']}; "
+        f"infer at {lm.gateway_url}/v2/models/{info['pipeline']}/infer"
+    )
+    _emit(info, as_json, human)
+
+
+def _parse_inputs(items: list[str]) -> dict[str, Any]:
+    inputs: dict[str, Any] = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep or not name:
+            raise InvalidInput(f"invalid --input {item!r}", hint="write NAME=JSON_ARRAY")
+        try:
+            inputs[name] = json.loads(text)
+        except ValueError as exc:
+            raise InvalidInput(
+                f"--input {name}: {text!r} is not JSON ({exc})",
+                hint='write e.g. --input x="[[1.0, 2.0, 3.0, 4.0]]"',
+            ) from exc
+    return inputs
+
+
+@app.command()
+def infer(
+    pipeline: str = typer.Argument(..., help="Deployed pipeline."),
+    input: list[str] = typer.Option(..., "--input", help="NAME=JSON_ARRAY, once per input."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Send one inference request through the gateway."""
+    inputs = _parse_inputs(input)
+    with _client() as lm:
+        result = lm.infer(pipeline, inputs)
+    data = {name: array.tolist() for name, array in result.items()}
+    human = "\n".join(f"{name} = {value}" for name, value in data.items())
+    _emit(data, as_json, human)
+
+
+@app.command()
+def metrics(
+    model: str | None = typer.Option(None, "--model", help="Triton model name filter."),
+    scrape: bool = typer.Option(False, "--scrape", help="Scrape now instead of waiting."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Latest scraped Triton metrics from the SQL store."""
+    with _client() as lm:
+        rows = lm.metrics(model=model, scrape=scrape)
+    table = Table(title=f"Triton metrics ({rows[0]['ts'] if rows else 'none scraped yet'})")
+    for col in ("model", "version", "metric", "value"):
+        table.add_column(col)
+    for r in rows:
+        if r["model"]:
+            table.add_row(r["model"], r["version"], r["metric"], f"{r['value']:g}")
+    _emit(rows, as_json, table)
+
+
+@app.command()
+def demo() -> None:
+    """Run the whole story end to end on the embedded Triton; exit 0 only if all worked."""
+    from manager.demo import run_demo
+
+    raise typer.Exit(run_demo(_settings(), out))
+
+
+def main() -> None:
+    try:
+        app()
+    except LastmileError as exc:
+        err.print(f"[red]error:[/red] {exc.message}", highlight=False)
+        if exc.hint:
+            err.print(f"  hint: {exc.hint}", highlight=False)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

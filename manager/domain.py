@@ -1,0 +1,183 @@
+"""Plain value types shared by the store, the converters, the builder and the services.
+
+They carry no SQL and no Triton types, so every layer can use them; the store serialises
+them as JSON (``to_dict`` / ``from_dict``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+# KServe v2 / Triton datatype names (the strings seen on the wire and in model metadata).
+DATATYPES = (
+    "BOOL",
+    "UINT8",
+    "UINT16",
+    "UINT32",
+    "UINT64",
+    "INT8",
+    "INT16",
+    "INT32",
+    "INT64",
+    "FP16",
+    "FP32",
+    "FP64",
+    "BYTES",
+    "BF16",
+)
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A tensor of a model signature. ``shape`` is the full shape; -1 marks a dynamic dim."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TensorSpec:
+        return cls(name=data["name"], datatype=data["datatype"], shape=tuple(data["shape"]))
+
+
+@dataclass(frozen=True)
+class Signature:
+    """Inputs and outputs of a model.
+
+    ``batched`` is true when the first dimension of every input and output is dynamic, so
+    Triton can batch the model (``max_batch_size`` > 0, dims without the batch dimension).
+    """
+
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    batched: bool
+
+    def input(self, name: str) -> TensorSpec | None:
+        return next((t for t in self.inputs if t.name == name), None)
+
+    def output(self, name: str) -> TensorSpec | None:
+        return next((t for t in self.outputs if t.name == name), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "inputs": [t.to_dict() for t in self.inputs],
+            "outputs": [t.to_dict() for t in self.outputs],
+            "batched": self.batched,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Signature:
+        return cls(
+            inputs=tuple(TensorSpec.from_dict(t) for t in data["inputs"]),
+            outputs=tuple(TensorSpec.from_dict(t) for t in data["outputs"]),
+            batched=bool(data["batched"]),
+        )
+
+
+PIPELINE_INPUTS = "inputs"
+"""Source prefix naming the pipeline's own inputs: ``$inputs.x``."""
+
+
+@dataclass(frozen=True)
+class TensorRef:
+    """Where a tensor comes from: a pipeline input (``step == 'inputs'``) or a step output."""
+
+    step: str
+    tensor: str
+
+    @classmethod
+    def parse(cls, text: str) -> TensorRef:
+        from manager.errors import PipelineError
+
+        body = text[1:] if text.startswith("$") else text
+        step, sep, tensor = body.partition(".")
+        if not sep or not step or not tensor:
+            raise PipelineError(
+                f"invalid tensor reference {text!r}",
+                hint="write $inputs.NAME for a pipeline input or $STEP.TENSOR for a step output",
+            )
+        return cls(step=step, tensor=tensor)
+
+    def __str__(self) -> str:
+        return f"${self.step}.{self.tensor}"
+
+
+@dataclass(frozen=True)
+class PipelineStep:
+    """One step: a model version and, for each model input, where its tensor comes from."""
+
+    name: str
+    model: str
+    version: int
+    signature: Signature
+    inputs: dict[str, TensorRef] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "model": self.model,
+            "version": self.version,
+            "signature": self.signature.to_dict(),
+            "inputs": {k: str(v) for k, v in self.inputs.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PipelineStep:
+        return cls(
+            name=data["name"],
+            model=data["model"],
+            version=int(data["version"]),
+            signature=Signature.from_dict(data["signature"]),
+            inputs={k: TensorRef.parse(v) for k, v in data["inputs"].items()},
+        )
+
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    """A pipeline version: steps in topological order and the outputs it exposes."""
+
+    name: str
+    steps: tuple[PipelineStep, ...]
+    outputs: dict[str, TensorRef]
+
+    def step(self, name: str) -> PipelineStep | None:
+        return next((s for s in self.steps if s.name == name), None)
+
+    def input_specs(self) -> tuple[TensorSpec, ...]:
+        """The pipeline's inputs, typed by the first model input that consumes each."""
+        seen: dict[str, TensorSpec] = {}
+        for step in self.steps:
+            for model_input, ref in step.inputs.items():
+                if ref.step == PIPELINE_INPUTS and ref.tensor not in seen:
+                    spec = step.signature.input(model_input)
+                    if spec is not None:
+                        seen[ref.tensor] = TensorSpec(ref.tensor, spec.datatype, spec.shape)
+        return tuple(seen.values())
+
+    def output_specs(self) -> tuple[TensorSpec, ...]:
+        specs = []
+        for out_name, ref in self.outputs.items():
+            step = self.step(ref.step)
+            spec = step.signature.output(ref.tensor) if step else None
+            if spec is not None:
+                specs.append(TensorSpec(out_name, spec.datatype, spec.shape))
+        return tuple(specs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "steps": [s.to_dict() for s in self.steps],
+            "outputs": {k: str(v) for k, v in self.outputs.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PipelineSpec:
+        return cls(
+            name=data["name"],
+            steps=tuple(PipelineStep.from_dict(s) for s in data["steps"]),
+            outputs={k: TensorRef.parse(v) for k, v in data["outputs"].items()},
+        )

@@ -1,0 +1,98 @@
+"""Errors users can act on.
+
+Every error says what was wrong, where, and how to fix it. Each class carries the HTTP status
+the API answers with; one handler in ``manager.api`` turns them into
+``application/problem+json``. Third-party errors are translated where they occur
+(``raise ... from exc``).
+
+    LastmileError (500)
+    ├── InvalidInput (422)          bad name, bad argument, bad file
+    │   ├── InvalidModelFile (422)  corrupt / unreadable ONNX
+    │   └── PipelineError (422)     steps that do not fit together
+    ├── NotFound (404)
+    ├── Conflict (409)              already exists, in use
+    ├── TritonError (502)           Triton refused or failed
+    │   └── TritonUnavailable (503) not running / not ready in time
+    ├── GatewayError (502)          the gateway refused or is unreachable
+    └── RuntimeSetupError (500)     missing system library, missing wheel
+"""
+
+from __future__ import annotations
+
+
+class LastmileError(Exception):
+    status_code = 500
+    title = "Internal error"
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message} ({self.hint})" if self.hint else self.message
+
+
+class InvalidInput(LastmileError):
+    status_code = 422
+    title = "Invalid input"
+
+
+class InvalidModelFile(InvalidInput):
+    title = "Invalid model file"
+
+
+class PipelineError(InvalidInput):
+    title = "Invalid pipeline"
+
+
+class NotFound(LastmileError):
+    status_code = 404
+    title = "Not found"
+
+
+class Conflict(LastmileError):
+    status_code = 409
+    title = "Conflict"
+
+
+class TritonError(LastmileError):
+    status_code = 502
+    title = "Triton error"
+
+
+class TritonUnavailable(TritonError):
+    status_code = 503
+    title = "Triton unavailable"
+
+
+class GatewayError(LastmileError):
+    status_code = 502
+    title = "Gateway error"
+
+
+class RuntimeSetupError(LastmileError):
+    status_code = 500
+    title = "Runtime setup error"
+
+
+_BY_TITLE = {
+    cls.__name__: cls
+    for cls in (
+        LastmileError,
+        InvalidInput,
+        InvalidModelFile,
+        PipelineError,
+        NotFound,
+        Conflict,
+        TritonError,
+        TritonUnavailable,
+        GatewayError,
+        RuntimeSetupError,
+    )
+}
+
+
+def error_class(name: str) -> type[LastmileError]:
+    """The error class for a problem document's ``type`` (used by the SDK)."""
+    return _BY_TITLE.get(name, LastmileError)

@@ -1,0 +1,5 @@
+"""Builds the Triton model repository: configs, ensembles, the Python-backend model, atomic writes.
+
+``config`` makes ``ModelConfig`` messages, ``pipeline`` checks that steps fit together,
+``python_model`` holds the embedded profile's ``model.py`` and ``writer`` publishes folders.
+"""

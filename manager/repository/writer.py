@@ -1,0 +1,326 @@
+"""Publishes models into a Triton model repository so that Triton never sees half a model.
+
+A deploy that fails must leave the serving version untouched (DESIGN §5). Everything is first
+written under ``<root>/.staging/<uuid>/`` and fsynced, then moved into place with renames on
+the same filesystem: a new model folder in one rename, or new version folders one by one and
+``config.pbtxt`` last (so the config never names a version that is not there yet). Versions
+are immutable: re-publishing identical content is a no-op, different content is a conflict.
+A process lock (``<root>/.lock``) serialises writers sharing a repository.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import logging
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+from manager.errors import Conflict, InvalidInput, NotFound
+from manager.repository.config import MODEL_FILENAME, check_triton_name
+from manager.triton.client import ModelConfig, config_from_text, config_to_text
+
+log = logging.getLogger(__name__)
+
+__all__ = ["CONFIG_FILENAME", "RepositoryWriter"]
+
+CONFIG_FILENAME = "config.pbtxt"
+STAGING_DIRNAME = ".staging"
+LOCK_FILENAME = ".lock"
+PLACEHOLDER_FILENAME = ".keep"
+_FILE_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+_CHUNK = 1 << 20
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    with open(path, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _copy_file(source: Path, target: Path) -> None:
+    try:
+        reader = open(source, "rb")  # noqa: SIM115 - closed by the with below
+    except FileNotFoundError as exc:
+        raise NotFound(
+            f"model file {str(source)!r} does not exist", hint="import the model again"
+        ) from exc
+    with reader, open(target, "wb") as writer:
+        shutil.copyfileobj(reader, writer, _CHUNK)
+        writer.flush()
+        os.fsync(writer.fileno())
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _tree_digest(folder: Path) -> dict[str, str]:
+    """Relative path → sha256 of every file under ``folder``: what "same version" means.
+
+    Bytecode caches that Triton's Python backend may leave next to ``model.py`` are not part
+    of a version's content.
+    """
+    return {
+        path.relative_to(folder).as_posix(): _sha256(path)
+        for path in sorted(folder.rglob("*"))
+        if path.is_file() and "__pycache__" not in path.relative_to(folder).parts
+    }
+
+
+def _check_file_name(name: str) -> str:
+    if not isinstance(name, str) or not _FILE_RE.fullmatch(name) or name == CONFIG_FILENAME:
+        raise InvalidInput(
+            f"invalid file name {name!r} for a model version folder",
+            hint="use letters, digits, '_', '.' or '-', no folders",
+        )
+    return name
+
+
+def _check_version(version: int) -> int:
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise InvalidInput(f"invalid model version {version!r}", hint="versions are integers >= 1")
+    return version
+
+
+class RepositoryWriter:
+    """The one writer of a Triton model repository folder."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    # -- helpers ----------------------------------------------------------------------------
+    def _model_dir(self, triton_name: str) -> Path:
+        return self.root / check_triton_name(triton_name)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / LOCK_FILENAME, "a+b") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+    @contextlib.contextmanager
+    def _staging(self) -> Iterator[Path]:
+        staging_root = self.root / STAGING_DIRNAME
+        staging = staging_root / uuid.uuid4().hex
+        staging.mkdir(parents=True)
+        try:
+            yield staging
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+            with contextlib.suppress(OSError):  # other writers' folders may still be there
+                staging_root.rmdir()
+
+    def _config_bytes(self, triton_name: str, config: ModelConfig) -> bytes:
+        if config.name and config.name != triton_name:
+            raise InvalidInput(
+                f"config names model {config.name!r} but is published as {triton_name!r}",
+                hint="Triton requires the config name to match its folder",
+            )
+        text = config_to_text(config)
+        config_from_text(text, where=f"config of {triton_name!r}")  # round-trips the schema
+        return text.encode("utf-8")
+
+    def _check_policy(self, triton_name: str, config: ModelConfig, versions: list[int]) -> None:
+        """A config naming a version with no folder would make Triton fail the whole load."""
+        final = self._model_dir(triton_name)
+        for version in config.version_policy.specific.versions:
+            if version not in versions and not (final / str(version)).is_dir():
+                raise InvalidInput(
+                    f"the config of {triton_name!r} serves version {version}, which is "
+                    "neither given nor published",
+                    hint="pass its model file too, or leave it out of the config",
+                )
+
+    def _publish(self, triton_name: str, staged: Path, versions: list[int]) -> list[int]:
+        """Move a fully staged model folder into place; return the versions added."""
+        final = self._model_dir(triton_name)
+        if not final.exists():
+            os.rename(staged, final)
+            _fsync_dir(self.root)
+            return versions
+        # Every check before the first rename, so a conflict changes nothing.
+        added = []
+        for version in versions:
+            target = final / str(version)
+            if not target.exists():
+                added.append(version)
+            elif _tree_digest(target) != _tree_digest(staged / str(version)):
+                raise Conflict(
+                    f"version {version} of model {triton_name!r} is already published with "
+                    "different files",
+                    hint="versions are immutable: register the change as a new version",
+                )
+        moved: list[Path] = []
+        try:
+            for version in added:
+                os.rename(staged / str(version), final / str(version))
+                moved.append(final / str(version))
+            os.replace(staged / CONFIG_FILENAME, final / CONFIG_FILENAME)
+        except BaseException:
+            for path in moved:  # put the repository back as it was
+                with contextlib.suppress(OSError):
+                    os.rename(path, staged / path.name)
+            raise
+        _fsync_dir(final)
+        return added
+
+    # -- public API -------------------------------------------------------------------------
+    def write_model(
+        self,
+        triton_name: str,
+        config: ModelConfig,
+        version_files: Mapping[int, Path],
+        extra_files: Mapping[int, Mapping[str, bytes]] | None = None,
+        *,
+        model_filename: str | None = None,
+    ) -> list[int]:
+        """Publish ``config`` and one model file per version; return the versions added.
+
+        ``version_files[v]`` is copied to ``<v>/<model_filename>`` (default: the config's
+        ``default_model_filename`` or ``model.onnx``); ``extra_files[v]`` adds files such as
+        the Python backend's ``model.py``.
+        """
+        check_triton_name(triton_name)
+        if not version_files:
+            raise InvalidInput(f"no model versions given for {triton_name!r}")
+        versions = sorted(_check_version(v) for v in version_files)
+        filename = _check_file_name(
+            model_filename or config.default_model_filename or MODEL_FILENAME
+        )
+        extras = {v: dict(files) for v, files in (extra_files or {}).items()}
+        for version, files in extras.items():
+            if version not in version_files:
+                raise InvalidInput(f"extra files given for version {version}, which has no model")
+            for name in files:
+                if _check_file_name(name) == filename:
+                    raise InvalidInput(f"extra file {name!r} would replace the model file")
+        config_bytes = self._config_bytes(triton_name, config)
+        with self._locked(), self._staging() as staging:
+            self._check_policy(triton_name, config, versions)
+            staged = staging / triton_name
+            staged.mkdir()
+            for version in versions:
+                folder = staged / str(version)
+                folder.mkdir()
+                _copy_file(Path(version_files[version]), folder / filename)
+                for name, data in extras.get(version, {}).items():
+                    _write_bytes(folder / name, data)
+                _fsync_dir(folder)
+            _write_bytes(staged / CONFIG_FILENAME, config_bytes)
+            _fsync_dir(staged)
+            added = self._publish(triton_name, staged, versions)
+        log.info("published %s versions %s (new: %s)", triton_name, versions, added)
+        return added
+
+    def write_ensemble(self, triton_name: str, config: ModelConfig) -> None:
+        """Publish an ensemble: its config and the empty version folder Triton requires."""
+        check_triton_name(triton_name)
+        if config.platform != "ensemble":
+            raise InvalidInput(f"config of {triton_name!r} is not an ensemble")
+        config_bytes = self._config_bytes(triton_name, config)
+        versions = list(config.version_policy.specific.versions) or [1]
+        with self._locked(), self._staging() as staging:
+            staged = staging / triton_name
+            staged.mkdir()
+            for version in versions:
+                (staged / str(_check_version(version))).mkdir()
+            _write_bytes(staged / CONFIG_FILENAME, config_bytes)
+            _fsync_dir(staged)
+            self._publish(triton_name, staged, versions)
+        log.info("published ensemble %s", triton_name)
+
+    def read_config(self, triton_name: str) -> ModelConfig:
+        path = self._model_dir(triton_name) / CONFIG_FILENAME
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError as exc:
+            raise NotFound(f"model {triton_name!r} is not in the repository") from exc
+        return config_from_text(text, where=str(path))
+
+    def remove_model(self, triton_name: str) -> bool:
+        """Take a model folder out in one rename, then delete it; False if it was not there."""
+        final = self._model_dir(triton_name)
+        with self._locked():
+            if not final.exists():
+                return False
+            with self._staging() as staging:
+                os.rename(final, staging / triton_name)
+                _fsync_dir(self.root)
+        log.info("removed %s from the repository", triton_name)
+        return True
+
+    def remove_versions(self, triton_name: str, keep: set[int] | frozenset[int]) -> list[int]:
+        """Delete version folders not in ``keep`` (after the config stopped naming them)."""
+        final = self._model_dir(triton_name)
+        removed: list[int] = []
+        with self._locked():
+            if not final.is_dir():
+                return removed
+            config = self.read_config(triton_name)
+            listed = set(config.version_policy.specific.versions)
+            for child in sorted(final.iterdir()):
+                if child.is_dir() and child.name.isdigit() and int(child.name) not in keep:
+                    if int(child.name) in listed:
+                        raise Conflict(
+                            f"version {child.name} of {triton_name!r} is still in its config",
+                            hint="publish a config without it first",
+                        )
+                    with self._staging() as staging:
+                        os.rename(child, staging / child.name)
+                    removed.append(int(child.name))
+        return sorted(removed)
+
+    def list_models(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(
+            child.name
+            for child in self.root.iterdir()
+            if not child.name.startswith(".")
+            and child.is_dir()
+            and (child / CONFIG_FILENAME).is_file()
+        )
+
+    def files_for_push(self, triton_name: str) -> dict[str, bytes]:
+        """``"<version>/<file>"`` → bytes, for Triton's load API (``file:`` overrides).
+
+        Empty version folders (ensembles) are sent as ``<version>/.keep``: checked against
+        tritonserver 2.51, which refuses a pushed ensemble without any file.
+        """
+        final = self._model_dir(triton_name)
+        if not (final / CONFIG_FILENAME).is_file():
+            raise NotFound(f"model {triton_name!r} is not in the repository")
+        files: dict[str, bytes] = {}
+        for folder in sorted(final.iterdir()):
+            if folder.is_dir() and folder.name.isdigit():
+                contents = [p for p in sorted(folder.rglob("*")) if p.is_file()]
+                for path in contents:
+                    files[path.relative_to(final).as_posix()] = path.read_bytes()
+                if not contents:
+                    # Triton only creates a version folder it receives a file for; an
+                    # ensemble pushed with no files fails to load ("failed to poll").
+                    files[f"{folder.name}/{PLACEHOLDER_FILENAME}"] = b""
+        return files

@@ -1,0 +1,216 @@
+"""Python SDK: the same operations as the CLI, against a running management API and gateway.
+
+from manager.sdk import Lastmile
+lm = Lastmile.from_home(".lastmile")          # or Lastmile("http://127.0.0.1:8080")
+lm.import_model("scaler.onnx", name="scaler")
+lm.create_pipeline("fraud", steps=["scaler", "classifier:1"])
+lm.deploy("fraud")
+lm.infer("fraud", {"x": [[0.1, 0.2, 0.3, 0.4]]})
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from manager.errors import InvalidInput, LastmileError, TritonUnavailable, error_class
+from manager.names import check_name
+from manager.settings import Settings
+
+_NUMPY_DTYPES = {
+    "BOOL": np.bool_,
+    "UINT8": np.uint8,
+    "UINT16": np.uint16,
+    "UINT32": np.uint32,
+    "UINT64": np.uint64,
+    "INT8": np.int8,
+    "INT16": np.int16,
+    "INT32": np.int32,
+    "INT64": np.int64,
+    "FP16": np.float16,
+    "FP32": np.float32,
+    "FP64": np.float64,
+}
+
+
+def _raise_for_problem(response: httpx.Response) -> None:
+    if response.is_success:
+        return
+    try:
+        body = response.json()
+    except ValueError:
+        body = {}
+    if isinstance(body, dict) and "detail" in body and "type" in body:
+        cls = error_class(str(body["type"]))
+        raise cls(str(body["detail"]), hint=body.get("hint"))
+    if isinstance(body, dict) and "error" in body:  # KServe error from the gateway
+        raise LastmileError(f"{response.status_code}: {body['error']}")
+    raise LastmileError(f"{response.request.url} answered {response.status_code}: {response.text}")
+
+
+class Lastmile:
+    def __init__(
+        self,
+        api_url: str,
+        *,
+        gateway_url: str | None = None,
+        workspace: str = "default",
+        timeout_s: float = 300.0,
+    ) -> None:
+        self.api_url = api_url.rstrip("/")
+        self.workspace = check_name(workspace, kind="workspace")
+        self._http = httpx.Client(base_url=self.api_url, timeout=timeout_s)
+        self._gateway_url = gateway_url
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **kwargs: Any) -> Lastmile:
+        """Find the running system through the state file in ``LASTMILE_HOME``."""
+        from manager.system import read_state
+
+        state = read_state(settings)
+        if state is None:
+            raise TritonUnavailable(
+                f"nothing is running for LASTMILE_HOME={settings.home}",
+                hint="start it with: lastmile up --detach",
+            )
+        return cls(state["api"]["url"], gateway_url=state["gateway"]["http"], **kwargs)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Lastmile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise TritonUnavailable(
+                f"the management API at {self.api_url} is unreachable: {exc}",
+                hint="is it running? lastmile status",
+            ) from exc
+        _raise_for_problem(response)
+        return response.json()
+
+    @property
+    def gateway_url(self) -> str:
+        if self._gateway_url is None:
+            self._gateway_url = self.status()["gateway"]["http"]
+        return self._gateway_url
+
+    # -- control plane ---------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        return dict(self._call("GET", "/v1/status"))
+
+    def import_model(self, path: str | Path, *, name: str) -> dict[str, Any]:
+        check_name(name, kind="model")
+        path = Path(path)
+        if not path.is_file():
+            raise InvalidInput(f"{path} is not a file", hint="give the path of an .onnx file")
+
+        def chunks() -> Iterator[bytes]:
+            with open(path, "rb") as f:
+                while chunk := f.read(1024 * 1024):
+                    yield chunk
+
+        return dict(
+            self._call(
+                "POST",
+                f"/v1/workspaces/{self.workspace}/models/{name}/versions",
+                content=chunks(),
+                params={"filename": path.name},
+                headers={
+                    "content-type": "application/octet-stream",
+                    "content-length": str(path.stat().st_size),
+                },
+            )
+        )
+
+    def models(self) -> list[dict[str, Any]]:
+        return list(self._call("GET", f"/v1/workspaces/{self.workspace}/models"))
+
+    def create_pipeline(self, name: str, *, steps: list[str]) -> dict[str, Any]:
+        return dict(
+            self._call(
+                "POST",
+                f"/v1/workspaces/{self.workspace}/pipelines",
+                json={"name": name, "steps": steps},
+            )
+        )
+
+    def pipelines(self) -> list[dict[str, Any]]:
+        return list(self._call("GET", f"/v1/workspaces/{self.workspace}/pipelines"))
+
+    def deploy(self, pipeline: str, *, version: int | None = None) -> dict[str, Any]:
+        check_name(pipeline, kind="pipeline")
+        return dict(
+            self._call(
+                "POST",
+                f"/v1/workspaces/{self.workspace}/pipelines/{pipeline}/deploy",
+                json={"version": version},
+            )
+        )
+
+    def deployments(self) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/v1/deployments"))
+
+    def metrics(self, *, model: str | None = None, scrape: bool = False) -> list[dict[str, Any]]:
+        if scrape:
+            self._call("POST", "/v1/metrics/scrape")
+        params = {"model": model} if model else None
+        return list(self._call("GET", "/v1/metrics", params=params))
+
+    # -- data plane (through the gateway, KServe v2 JSON) ----------------------------------
+    def metadata(self, pipeline: str) -> dict[str, Any]:
+        check_name(pipeline, kind="pipeline")
+        response = httpx.get(f"{self.gateway_url}/v2/models/{pipeline}", timeout=30)
+        _raise_for_problem(response)
+        return dict(response.json())
+
+    def infer(self, pipeline: str, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """Send one request through the gateway; inputs are arrays or nested lists."""
+        meta = self.metadata(pipeline)
+        wanted = {t["name"]: t for t in meta["inputs"]}
+        unknown = set(inputs) - set(wanted)
+        missing = set(wanted) - set(inputs)
+        if unknown or missing:
+            raise InvalidInput(
+                f"pipeline {pipeline!r} takes inputs {sorted(wanted)}; got {sorted(inputs)}",
+                hint="give each input once: --input NAME=JSON_ARRAY",
+            )
+        tensors = []
+        for name, value in inputs.items():
+            datatype = wanted[name]["datatype"]
+            dtype = _NUMPY_DTYPES.get(datatype)
+            if dtype is None:
+                raise InvalidInput(f"input {name!r} has datatype {datatype}, not supported here")
+            try:
+                array = np.asarray(value, dtype=dtype)
+            except (TypeError, ValueError) as exc:
+                raise InvalidInput(f"input {name!r}: {exc}") from exc
+            tensors.append(
+                {
+                    "name": name,
+                    "shape": list(array.shape),
+                    "datatype": datatype,
+                    "data": array.flatten().tolist(),
+                }
+            )
+        response = httpx.post(
+            f"{self.gateway_url}/v2/models/{pipeline}/infer",
+            json={"inputs": tensors},
+            timeout=60,
+        )
+        _raise_for_problem(response)
+        result = {}
+        for out in response.json()["outputs"]:
+            dtype = _NUMPY_DTYPES.get(out["datatype"], np.float64)
+            result[out["name"]] = np.asarray(out["data"], dtype=dtype).reshape(out["shape"])
+        return result

@@ -1,0 +1,298 @@
+"""Putting pipeline versions on Triton and telling the gateway where they are.
+
+One Triton model per registered model (``<workspace>.<model>``) holds every version that a
+live deployment needs, under a ``specific`` version policy; one ensemble per pipeline version
+(``<workspace>.<pipeline>.v<N>``) wires them. Deploying loads composing models before the
+ensemble, reloads the other ensembles that use a reloaded model (Triton unloads an ensemble
+whose composing model is reloaded), and switches the gateway route only once the new ensemble
+answers ready; the previous ensemble is unloaded after the switch.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from manager import store
+from manager.domain import PipelineSpec, Signature
+from manager.errors import GatewayError, LastmileError, PipelineError, TritonError
+from manager.names import check_name, triton_ensemble_name, triton_model_name
+from manager.repository.config import (
+    PYTHON_MODEL_FILENAME,
+    ensemble_config,
+    model_config,
+    validate_pipeline,
+)
+from manager.repository.python_model import python_model_source
+from manager.repository.writer import RepositoryWriter
+from manager.services.context import Platform
+from manager.triton.client import TritonClient
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Needed:
+    """A registered model as Triton must serve it: its versions and their files."""
+
+    triton_name: str
+    signature: Signature
+    files: dict[int, Path]
+
+
+def _collect_models(
+    session: Any, ws: store.Workspace, specs: list[PipelineSpec]
+) -> dict[str, _Needed]:
+    """Every model version the given pipeline specs use, grouped per Triton model."""
+    versions: dict[str, dict[int, store.ModelVersion]] = {}
+    for spec in specs:
+        for step in spec.steps:
+            model = store.get_model(session, workspace=ws, name=step.model)
+            mv = store.get_model_version(session, model=model, version=step.version)
+            versions.setdefault(step.model, {})[mv.version] = mv
+    needed: dict[str, _Needed] = {}
+    for model_name, by_version in versions.items():
+        signatures = {v: Signature.from_dict(mv.signature) for v, mv in by_version.items()}
+        first_version, first = next(iter(sorted(signatures.items())))
+        for v, sig in signatures.items():
+            if sig != first:
+                raise PipelineError(
+                    f"model {model_name!r}: versions {first_version} and {v} are both in use but "
+                    "have different signatures; Triton serves all versions of a model with "
+                    "one config",
+                    hint="deploy pipelines that use the same version, or import the new "
+                    "signature under a new model name",
+                )
+        needed[model_name] = _Needed(
+            triton_name=triton_model_name(ws.name, model_name),
+            signature=first,
+            files={v: Path(mv.path) for v, mv in by_version.items()},
+        )
+    return needed
+
+
+def _live_specs(
+    session: Any, *, workspace_id: int | None, exclude_pipeline_id: int | None
+) -> list[tuple[store.Deployment, PipelineSpec]]:
+    """Live deployments (of one workspace, or of all when ``workspace_id`` is None)."""
+    live = []
+    for dep in store.list_deployments(session):
+        if dep.state != "live" or dep.pipeline_id == exclude_pipeline_id:
+            continue
+        pipe = session.get(store.Pipeline, dep.pipeline_id)
+        if workspace_id is not None and pipe.workspace_id != workspace_id:
+            continue
+        pv = session.get(store.PipelineVersion, dep.pipeline_version_id)
+        live.append((dep, PipelineSpec.from_dict(pv.spec)))
+    return live
+
+
+def _write_repository(
+    platform: Platform, ws: str, needed: dict[str, _Needed], spec: PipelineSpec, ensemble: str
+) -> RepositoryWriter:
+    settings = platform.settings
+    writer = RepositoryWriter(settings.repository_dir)
+    model_py = python_model_source().encode()
+    for item in needed.values():
+        config = model_config(
+            triton_name=item.triton_name,
+            signature=item.signature,
+            profile=settings.profile,
+            max_batch_size=settings.max_batch_size,
+            versions=sorted(item.files),
+        )
+        extra = (
+            {v: {PYTHON_MODEL_FILENAME: model_py} for v in item.files}
+            if settings.profile == "cpu"
+            else None
+        )
+        writer.write_model(item.triton_name, config, item.files, extra_files=extra)
+    step_models = {s.name: triton_model_name(ws, s.model) for s in spec.steps}
+    writer.write_ensemble(
+        ensemble,
+        ensemble_config(
+            triton_name=ensemble,
+            pipeline=spec,
+            step_models=step_models,
+            max_batch_size=settings.max_batch_size,
+        ),
+    )
+    return writer
+
+
+def _load(platform: Platform, client: TritonClient, writer: RepositoryWriter, name: str) -> None:
+    """Load one model; push config and files when Triton does not share our disk."""
+    assert platform.triton is not None
+    if platform.triton.shares_repository:
+        client.load_model(name)
+    else:
+        try:
+            client.load_model(
+                name, config=writer.read_config(name), files=writer.files_for_push(name)
+            )
+        except TritonError as exc:
+            # Triton 2.51 loads a pushed ensemble, then also tries to poll its composing models
+            # from its own repository (where pushed models are not) and reports that as a
+            # failure. The ensemble itself is loaded; readiness below is the real check.
+            if "failed to poll" not in exc.message or not client.is_model_ready(name):
+                raise
+            log.info("%s loaded; ignoring Triton's poll error for pushed models", name)
+    if not client.is_model_ready(name):
+        raise TritonError(f"Triton loaded {name!r} but it is not ready")
+
+
+def _require_triton(platform: Platform) -> None:
+    if platform.triton is None:
+        raise TritonError(
+            "no Triton server is attached to this control plane",
+            hint="start the system with: lastmile up",
+        )
+
+
+def deploy(
+    platform: Platform, *, workspace: str, pipeline: str, version: int | None = None
+) -> dict[str, Any]:
+    """Build, publish and load a pipeline version; route the gateway to it once ready."""
+    check_name(workspace, kind="workspace")
+    check_name(pipeline, kind="pipeline")
+    _require_triton(platform)
+    assert platform.triton is not None
+    with platform.deploy_lock, platform.session() as session:
+        ws = store.get_workspace(session, name=workspace)
+        pipe = store.get_pipeline(session, workspace=ws, name=pipeline)
+        pv = store.get_pipeline_version(session, pipeline=pipe, version=version)
+        spec = PipelineSpec.from_dict(pv.spec)
+        validate_pipeline(spec)
+        previous = store.get_deployment(session, pipeline=pipe)
+        previous_ensemble = previous.ensemble if previous and previous.state == "live" else None
+        others = _live_specs(session, workspace_id=ws.id, exclude_pipeline_id=pipe.id)
+        needed = _collect_models(session, ws, [spec] + [s for _, s in others])
+        ensemble = triton_ensemble_name(ws.name, pipe.name, pv.version)
+        own_models = sorted({triton_model_name(ws.name, s.model) for s in spec.steps})
+
+        writer = _write_repository(platform, ws.name, needed, spec, ensemble)
+        try:
+            with platform.triton.client(platform.settings.triton_load_timeout_s) as client:
+                for name in own_models:
+                    _load(platform, client, writer, name)
+                # Reloading a composing model unloads every ensemble that uses it.
+                for dep, other in others:
+                    if any(triton_model_name(ws.name, s.model) in own_models for s in other.steps):
+                        _load(platform, client, writer, dep.ensemble)
+                _load(platform, client, writer, ensemble)
+        except LastmileError as exc:
+            if previous_ensemble is None:
+                store.save_deployment(
+                    session,
+                    pipeline=pipe,
+                    pipeline_version=pv,
+                    ensemble=ensemble,
+                    triton_models=own_models,
+                    state="failed",
+                    error=str(exc),
+                )
+                session.commit()
+            raise
+        deployment = store.save_deployment(
+            session,
+            pipeline=pipe,
+            pipeline_version=pv,
+            ensemble=ensemble,
+            triton_models=own_models,
+            state="live",
+        )
+        session.commit()
+        info = deployment_info(session, deployment)
+    push_routes(platform)
+    if previous_ensemble and previous_ensemble != ensemble:
+        with platform.triton.client() as client:
+            try:
+                client.unload_model(previous_ensemble)
+            except LastmileError as exc:
+                log.warning("could not unload %s: %s", previous_ensemble, exc)
+    log.info("pipeline %s version %d is live as %s", pipeline, pv.version, ensemble)
+    return info
+
+
+def deployment_info(session: Any, deployment: store.Deployment) -> dict[str, Any]:
+    pipe = session.get(store.Pipeline, deployment.pipeline_id)
+    pv = session.get(store.PipelineVersion, deployment.pipeline_version_id)
+    ws = session.get(store.Workspace, pipe.workspace_id)
+    spec = PipelineSpec.from_dict(pv.spec)
+    return {
+        "workspace": ws.name,
+        "pipeline": pipe.name,
+        "version": pv.version,
+        "state": deployment.state,
+        "error": deployment.error,
+        "ensemble": deployment.ensemble,
+        "triton_models": deployment.triton_models,
+        "inputs": [t.to_dict() for t in spec.input_specs()],
+        "outputs": [t.to_dict() for t in spec.output_specs()],
+        "updated_at": deployment.updated_at.isoformat(),
+    }
+
+
+def list_deployments(platform: Platform) -> list[dict[str, Any]]:
+    with platform.session() as session:
+        return [deployment_info(session, d) for d in store.list_deployments(session)]
+
+
+def routing_table(platform: Platform) -> dict[str, Any]:
+    """The gateway's routing table: each live pipeline → its ensemble on Triton."""
+    assert platform.triton is not None
+    routes: dict[str, Any] = {}
+    with platform.session() as session:
+        for dep in store.list_deployments(session):
+            if dep.state != "live":
+                continue
+            pipe = session.get(store.Pipeline, dep.pipeline_id)
+            assert pipe is not None
+            target = {
+                "url": platform.triton.endpoints.http_url,
+                "model": dep.ensemble,
+                "version": "",
+                "weight": 1.0,
+            }
+            routes[pipe.name] = {"targets": [target]}
+    return {"generation": time.time_ns() // 1_000_000, "routes": routes}
+
+
+def push_routes(platform: Platform) -> None:
+    if not platform.gateway_admin_url:
+        return
+    table = routing_table(platform)
+    try:
+        response = httpx.put(f"{platform.gateway_admin_url}/routes", json=table, timeout=10)
+    except httpx.HTTPError as exc:
+        raise GatewayError(f"the gateway did not take the routing table: {exc}") from exc
+    if response.status_code != 200:
+        raise GatewayError(f"the gateway refused the routing table: {response.text}")
+
+
+def restore(platform: Platform) -> None:
+    """After a restart Triton has nothing loaded (explicit mode): load what was live."""
+    assert platform.triton is not None
+    with platform.session() as session:
+        live = _live_specs(session, workspace_id=None, exclude_pipeline_id=None)
+        writer = RepositoryWriter(platform.settings.repository_dir)
+        loaded: set[str] = set()
+        with platform.triton.client(platform.settings.triton_load_timeout_s) as client:
+            for dep, _spec in live:
+                try:
+                    for name in dep.triton_models:
+                        if name not in loaded:
+                            _load(platform, client, writer, name)
+                            loaded.add(name)
+                    _load(platform, client, writer, dep.ensemble)
+                except LastmileError as exc:
+                    log.error("could not restore %s: %s", dep.ensemble, exc)
+                    dep.state, dep.error = "failed", str(exc)
+                    session.add(dep)
+        session.commit()
+    push_routes(platform)

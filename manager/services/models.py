@@ -1,0 +1,95 @@
+"""Importing model files into the registry.
+
+The file is checked completely (ONNX checker, shape inference, signature) before anything is
+written; it is then stored content-addressed under ``LASTMILE_HOME/models`` (tmp + fsync +
+rename) and only then registered, so a bad file leaves neither a row nor a file behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from converters.onnx_import import inspect_onnx
+from manager import store
+from manager.errors import InvalidInput
+from manager.names import check_name
+from manager.services.context import Platform
+
+log = logging.getLogger(__name__)
+
+
+def _store_file(src: Path, dest_dir: Path, sha256: str) -> Path:
+    dest = dest_dir / f"{sha256}.onnx"
+    if dest.exists():
+        return dest
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest_dir, prefix=".import-")
+    try:
+        with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
+            shutil.copyfileobj(inp, out, 1024 * 1024)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return dest
+
+
+def model_version_info(model: store.Model, version: store.ModelVersion) -> dict[str, Any]:
+    return {
+        "model": model.name,
+        "version": version.version,
+        "format": version.format,
+        "sha256": version.sha256,
+        "size_bytes": version.size_bytes,
+        "signature": version.signature,
+        "details": version.details,
+        "created_at": version.created_at.isoformat(),
+    }
+
+
+def import_onnx(platform: Platform, *, workspace: str, name: str, path: Path) -> dict[str, Any]:
+    """Register ``path`` (an ONNX file) as the next version of model ``name``."""
+    check_name(workspace, kind="workspace")
+    check_name(name, kind="model")
+    if not path.is_file():
+        raise InvalidInput(f"{path} is not a file", hint="give the path of an .onnx file")
+    info = inspect_onnx(path, max_bytes=platform.settings.max_upload_bytes)
+    stored = _store_file(path, platform.settings.models_dir, info.sha256)
+    with platform.session() as session:
+        ws = store.get_workspace(session, name=workspace)
+        model, version = store.add_model_version(
+            session,
+            workspace=ws,
+            name=name,
+            sha256=info.sha256,
+            size_bytes=stored.stat().st_size,
+            path=str(stored.resolve()),
+            signature=info.signature.to_dict(),
+            details={"opset": info.opset, "ir_version": info.ir_version, "producer": info.producer},
+        )
+        session.commit()
+        result = model_version_info(model, version)
+    log.info("imported %s as %s version %d", path, name, result["version"])
+    return result
+
+
+def list_models(platform: Platform, *, workspace: str) -> list[dict[str, Any]]:
+    with platform.session() as session:
+        ws = store.get_workspace(session, name=workspace)
+        return [
+            {
+                "name": model.name,
+                "versions": [
+                    model_version_info(model, v)
+                    for v in store.list_model_versions(session, model=model)
+                ],
+            }
+            for model in store.list_models(session, workspace=ws)
+        ]

@@ -1,0 +1,167 @@
+"""``lastmile up`` and ``lastmile down``: run the system in the foreground or as a daemon.
+
+The foreground process is uvicorn serving the management API; the API's lifespan starts and
+stops Triton, the gateway and the scraper. ``--detach`` starts that same foreground process in
+a new session with its output in ``LASTMILE_HOME/logs/lastmile.log`` and waits until it
+answers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import Any
+
+import httpx
+
+from manager.errors import Conflict, RuntimeSetupError
+from manager.settings import Settings
+from manager.system import read_state, state_path
+
+log = logging.getLogger(__name__)
+
+
+def pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child still answers kill(0); look at its state.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][:1] != "Z"
+    except OSError:
+        return True
+
+
+def check_ports_free(settings: Settings) -> None:
+    ports = {
+        "LASTMILE_API_PORT": settings.api_port,
+        "LASTMILE_GATEWAY_HTTP_PORT": settings.gateway_http_port,
+        "LASTMILE_GATEWAY_METRICS_PORT": settings.gateway_metrics_port,
+        "LASTMILE_GATEWAY_ADMIN_PORT": settings.gateway_admin_port,
+    }
+    if not settings.triton_url:
+        ports |= {
+            "LASTMILE_TRITON_HTTP_PORT": settings.triton_http_port,
+            "LASTMILE_TRITON_GRPC_PORT": settings.triton_grpc_port,
+            "LASTMILE_TRITON_METRICS_PORT": settings.triton_metrics_port,
+        }
+    for setting, port in ports.items():
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((settings.bind_host, port))
+            except OSError as exc:
+                raise RuntimeSetupError(
+                    f"port {port} on {settings.bind_host} is taken ({exc.strerror})",
+                    hint=f"stop what uses it, or choose another port with {setting}=...",
+                ) from exc
+
+
+def running_state(settings: Settings) -> dict[str, Any] | None:
+    state = read_state(settings)
+    if state and pid_alive(state.get("pid")):
+        return state
+    return None
+
+
+def serve_foreground(settings: Settings) -> None:
+    import uvicorn
+
+    from manager.api import create_app
+
+    if running_state(settings):
+        raise Conflict(
+            f"Lastmile already runs for LASTMILE_HOME={settings.home}",
+            hint="lastmile status shows it; lastmile down stops it",
+        )
+    check_ports_free(settings)
+    settings.ensure_dirs()
+    uvicorn.run(
+        create_app(settings),
+        host=settings.bind_host,
+        port=settings.api_port,
+        log_level="info",
+        access_log=False,
+        timeout_graceful_shutdown=30,
+    )
+
+
+def start_detached(settings: Settings) -> dict[str, Any]:
+    """Start ``lastmile up`` in the background and wait until its API answers."""
+    if running_state(settings):
+        raise Conflict(
+            f"Lastmile already runs for LASTMILE_HOME={settings.home}",
+            hint="lastmile status shows it; lastmile down stops it",
+        )
+    check_ports_free(settings)
+    settings.ensure_dirs()
+    log_path = settings.logs_dir / "lastmile.log"
+    env = dict(os.environ, LASTMILE_HOME=str(settings.home.resolve()))
+    with open(log_path, "ab") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "manager.cli", "up"],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + settings.start_timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-15:])
+            raise RuntimeSetupError(
+                f"lastmile up exited with code {proc.returncode}; last log lines:\n{tail}",
+                hint=f"full log: {log_path}",
+            )
+        state = read_state(settings)
+        if state:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{state['api']['url']}/health", timeout=1).status_code == 200:
+                    return state
+        time.sleep(0.2)
+    proc.terminate()
+    raise RuntimeSetupError(
+        f"lastmile up did not answer within {settings.start_timeout_s:.0f} s",
+        hint=f"see {log_path}",
+    )
+
+
+def stop(settings: Settings, timeout_s: float = 60.0) -> dict[str, Any]:
+    """Stop the running system and make sure none of its processes is left."""
+    state = read_state(settings)
+    if state is None:
+        return {"stopped": False, "reason": "nothing running"}
+    pids = [state.get("pid"), state["gateway"].get("pid")]
+    pids += [t.get("pid") for t in state.get("triton", [])]
+    main_pid = state.get("pid")
+    if main_pid and pid_alive(main_pid):
+        os.kill(main_pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and any(pid_alive(p) for p in pids):
+        time.sleep(0.2)
+    killed = []
+    for pid in pids:
+        if pid_alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                # Children run in sessions of their own: take their process groups down whole.
+                # The main process may share the caller's group (foreground up): only itself.
+                if pid == main_pid:
+                    os.kill(pid, signal.SIGKILL)
+                else:
+                    os.killpg(pid, signal.SIGKILL)
+            killed.append(pid)
+    state_path(settings).unlink(missing_ok=True)
+    return {"stopped": True, "pids": [p for p in pids if p], "killed": killed}

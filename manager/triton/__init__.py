@@ -1,0 +1,1 @@
+"""Triton runtime (embedded or external) and the one client wrapper that talks to it."""

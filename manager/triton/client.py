@@ -1,0 +1,178 @@
+"""The only module that imports ``tritonclient`` (DESIGN §4).
+
+It wraps the control calls Lastmile makes to a Triton server (health, repository load/unload
+with config and file overrides, metadata, metrics text) with explicit timeouts, and
+translates tritonclient's exceptions into Lastmile errors. It also re-exports Triton's
+``ModelConfig`` protobuf schema, which the repository builder uses to build configs.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+from urllib.parse import urlparse
+
+import httpx
+import tritonclient.http as triton_http
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+from tritonclient.utils import InferenceServerException
+
+from manager.errors import TritonError, TritonUnavailable
+
+log = logging.getLogger(__name__)
+
+ModelConfig = model_config_pb2.ModelConfig
+
+__all__ = ["ModelConfig", "TritonClient", "model_config_pb2"]
+
+
+def _host_port(url: str) -> str:
+    parsed = urlparse(url if "://" in url else f"http://{url}")
+    if not parsed.hostname or not parsed.port:
+        raise TritonError(
+            f"invalid Triton URL {url!r}", hint="use http://HOST:PORT, e.g. http://127.0.0.1:8000"
+        )
+    return f"{parsed.hostname}:{parsed.port}"
+
+
+class TritonClient:
+    """Control-plane client for one Triton server (HTTP/REST)."""
+
+    def __init__(self, url: str, *, metrics_url: str | None = None, timeout_s: float = 30.0):
+        self.url = url if "://" in url else f"http://{url}"
+        self.metrics_url = metrics_url
+        self.timeout_s = timeout_s
+        self._client = triton_http.InferenceServerClient(
+            _host_port(url),
+            connection_timeout=timeout_s,
+            network_timeout=timeout_s,
+            concurrency=1,
+        )
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> TritonClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- health ---------------------------------------------------------------------------
+    def is_ready(self) -> bool:
+        try:
+            return bool(self._client.is_server_ready())
+        except Exception:  # connection refused, timeout: not ready
+            return False
+
+    def is_live(self) -> bool:
+        try:
+            return bool(self._client.is_server_live())
+        except Exception:
+            return False
+
+    def wait_ready(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.is_ready():
+                return
+            time.sleep(0.2)
+        raise TritonUnavailable(
+            f"Triton at {self.url} was not ready after {timeout_s:.0f} s",
+            hint="check that it runs and its log for errors",
+        )
+
+    # -- repository -----------------------------------------------------------------------
+    def load_model(
+        self,
+        name: str,
+        *,
+        config: Any | None = None,
+        files: dict[str, bytes] | None = None,
+    ) -> None:
+        """Load (or reload) a model; ``config``/``files`` push it to a Triton without shared disk.
+
+        ``files`` maps ``"<version>/<file name>"`` to contents (Triton's ``file:`` overrides).
+        """
+        config_json = None
+        if config is not None:
+            from google.protobuf import json_format
+
+            config_json = json_format.MessageToJson(config, preserving_proto_field_name=True)
+        override = {f"file:{path}": data for path, data in (files or {}).items()} or None
+        try:
+            self._client.load_model(name, config=config_json, files=override)
+        except InferenceServerException as exc:
+            raise TritonError(
+                f"Triton could not load model {name!r}: {exc.message()}",
+                hint="the Triton log has the details",
+            ) from exc
+        except Exception as exc:
+            raise TritonUnavailable(f"Triton at {self.url} is unreachable: {exc}") from exc
+
+    def unload_model(self, name: str, *, unload_dependents: bool = False) -> None:
+        try:
+            self._client.unload_model(name, unload_dependents=unload_dependents)
+        except InferenceServerException as exc:
+            raise TritonError(f"Triton could not unload model {name!r}: {exc.message()}") from exc
+        except Exception as exc:
+            raise TritonUnavailable(f"Triton at {self.url} is unreachable: {exc}") from exc
+
+    def is_model_ready(self, name: str, version: str = "") -> bool:
+        try:
+            return bool(self._client.is_model_ready(name, version))
+        except Exception:
+            return False
+
+    def repository_index(self) -> list[dict[str, Any]]:
+        try:
+            return list(self._client.get_model_repository_index())
+        except InferenceServerException as exc:
+            raise TritonError(f"Triton repository index failed: {exc.message()}") from exc
+        except Exception as exc:
+            raise TritonUnavailable(f"Triton at {self.url} is unreachable: {exc}") from exc
+
+    def model_metadata(self, name: str, version: str = "") -> dict[str, Any]:
+        try:
+            return dict(self._client.get_model_metadata(name, version))
+        except InferenceServerException as exc:
+            raise TritonError(f"no metadata for model {name!r}: {exc.message()}") from exc
+
+    def model_config(self, name: str) -> Any:
+        """The config Triton actually serves, as a ``ModelConfig`` message."""
+        from google.protobuf import json_format
+
+        try:
+            data = self._client.get_model_config(name)
+        except InferenceServerException as exc:
+            raise TritonError(f"no config for model {name!r}: {exc.message()}") from exc
+        return json_format.ParseDict(data, ModelConfig(), ignore_unknown_fields=True)
+
+    # -- metrics --------------------------------------------------------------------------
+    def metrics_text(self) -> str:
+        if not self.metrics_url:
+            raise TritonError(f"no metrics URL known for Triton at {self.url}")
+        try:
+            response = httpx.get(f"{self.metrics_url}/metrics", timeout=self.timeout_s)
+            response.raise_for_status()
+        except httpx.HTTPError as exc:
+            raise TritonUnavailable(f"cannot scrape {self.metrics_url}/metrics: {exc}") from exc
+        return response.text
+
+
+def config_to_text(config: Any) -> str:
+    return text_format.MessageToString(config)
+
+
+def config_from_text(text: str, *, where: str = "config") -> Any:
+    """Parse config text with the real schema; unknown fields are an error."""
+    from manager.errors import InvalidInput
+
+    config = ModelConfig()
+    try:
+        text_format.Merge(text, config)
+    except text_format.ParseError as exc:
+        raise InvalidInput(f"{where}: {exc}", hint="see Triton's model_config.proto") from exc
+    return config

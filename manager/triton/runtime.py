@@ -1,0 +1,293 @@
+"""Start, watch and stop a Triton server: the embedded one from the ``nvidia-pytriton`` wheel,
+or an external one (an NGC container on a GPU box) reached by URL.
+
+The wheel ships ``tritonserver`` 2.51, its shared libraries and Python-backend stubs per
+Python version; the server is assembled in a work dir exactly as DESIGN §3 measured it:
+backends folder with the stub for the running interpreter, ``LD_LIBRARY_PATH`` on the wheel's
+libs, explicit model control, loopback addresses only.
+"""
+
+from __future__ import annotations
+
+import ctypes.util
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import urlparse
+
+from manager.errors import RuntimeSetupError, TritonUnavailable
+from manager.triton.client import TritonClient
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TritonEndpoints:
+    http_url: str
+    grpc_url: str
+    metrics_url: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"http": self.http_url, "grpc": self.grpc_url, "metrics": self.metrics_url}
+
+
+class TritonRuntime(Protocol):
+    """What the control plane needs from a Triton server, embedded or external."""
+
+    endpoints: TritonEndpoints
+    shares_repository: bool
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def client(self, timeout_s: float = 30.0) -> TritonClient: ...
+
+
+def _python_tag() -> str:
+    return f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
+def find_wheel() -> Path:
+    """Folder ``pytriton/tritonserver`` of the installed nvidia-pytriton wheel."""
+    try:
+        import importlib.util
+
+        spec = importlib.util.find_spec("pytriton")
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeSetupError(
+            "the embedded tritonserver is not installed",
+            hint="pip install nvidia-pytriton==0.7.0 (make install does it), "
+            "or set LASTMILE_TRITON_URL to an external Triton",
+        )
+    server = Path(next(iter(spec.submodule_search_locations))) / "tritonserver"
+    if not (server / "bin" / "tritonserver").exists():
+        raise RuntimeSetupError(f"{server}/bin/tritonserver is missing; reinstall nvidia-pytriton")
+    return server
+
+
+def check_libpython() -> None:
+    """The Python-backend stub links the system ``libpython3.X.so``; say how to get it."""
+    tag = _python_tag()
+    name = f"python{tag}"
+    libdir = sysconfig.get_config_var("LIBDIR") or ""
+    candidates = [
+        Path(libdir) / f"lib{name}.so.1.0",
+        Path(f"/usr/lib/x86_64-linux-gnu/lib{name}.so.1.0"),
+        Path(f"/usr/lib/aarch64-linux-gnu/lib{name}.so.1.0"),
+    ]
+    if ctypes.util.find_library(name) or any(p.exists() for p in candidates):
+        return
+    raise RuntimeSetupError(
+        f"the system library lib{name}.so.1.0 is missing; Triton's Python backend needs it",
+        hint=f"install it: apt-get install -y libpython{tag} (Debian/Ubuntu)",
+    )
+
+
+class EmbeddedTriton:
+    """A ``tritonserver`` child process on loopback, explicit model control."""
+
+    shares_repository = True
+
+    def __init__(
+        self,
+        *,
+        repository: Path,
+        work_dir: Path,
+        http_port: int,
+        grpc_port: int,
+        metrics_port: int,
+        log_path: Path,
+        start_timeout_s: float = 60.0,
+        host: str = "127.0.0.1",
+    ) -> None:
+        self.repository = repository.resolve()
+        self.work_dir = work_dir.resolve()
+        self.log_path = log_path
+        self.start_timeout_s = start_timeout_s
+        self.host = host
+        self.ports = (http_port, grpc_port, metrics_port)
+        self.endpoints = TritonEndpoints(
+            http_url=f"http://{host}:{http_port}",
+            grpc_url=f"{host}:{grpc_port}",
+            metrics_url=f"http://{host}:{metrics_port}",
+        )
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def _prepare(self) -> tuple[Path, dict[str, str]]:
+        server = find_wheel()
+        check_libpython()
+        stub = server.parent / "tritonserver" / "python_backend_stubs" / _python_tag()
+        stub_bin = stub / "triton_python_backend_stub"
+        if not stub_bin.exists():
+            raise RuntimeSetupError(
+                f"nvidia-pytriton has no Python-backend stub for Python {_python_tag()}",
+                hint="use Python 3.8-3.13",
+            )
+        backends = self.work_dir / "backends"
+        python_backend = backends / "python"
+        python_backend.mkdir(parents=True, exist_ok=True)
+        for item in (server / "backends" / "python").iterdir():
+            if item.is_file():
+                shutil.copy2(item, python_backend / item.name)
+        shutil.copy2(stub_bin, python_backend / "triton_python_backend_stub")
+        env = dict(os.environ)
+        libs = server.parent.parent / "nvidia_pytriton.libs"
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(
+            p for p in (str(libs), env.get("LD_LIBRARY_PATH", "")) if p
+        )
+        # Models run in the stub with the system libpython: give them this venv's packages.
+        purelib = sysconfig.get_paths()["purelib"]
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (purelib, env.get("PYTHONPATH", "")) if p)
+        env["PYTHONDONTWRITEBYTECODE"] = "1"  # keep version folders as we wrote them
+        env["PATH"] = os.pathsep.join((str(Path(sys.executable).parent), env.get("PATH", "")))
+        return server, env
+
+    def start(self) -> None:
+        if self._proc and self._proc.poll() is None:
+            return
+        server, env = self._prepare()
+        self.repository.mkdir(parents=True, exist_ok=True)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        http_port, grpc_port, metrics_port = self.ports
+        cmd = [
+            str(server / "bin" / "tritonserver"),
+            f"--model-repository={self.repository}",
+            f"--backend-directory={self.work_dir / 'backends'}",
+            "--model-control-mode=explicit",
+            f"--http-address={self.host}",
+            f"--grpc-address={self.host}",
+            f"--metrics-address={self.host}",
+            f"--http-port={http_port}",
+            f"--grpc-port={grpc_port}",
+            f"--metrics-port={metrics_port}",
+            "--allow-metrics=true",
+            "--allow-gpu-metrics=false",
+            "--strict-readiness=false",
+            "--exit-timeout-secs=10",
+            "--log-verbose=0",
+        ]
+        log.info("starting tritonserver on %s (log %s)", self.endpoints.http_url, self.log_path)
+        with open(self.log_path, "ab") as log_file:
+            self._proc = subprocess.Popen(
+                cmd,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=self.work_dir,
+                start_new_session=True,
+            )
+        self._wait_ready()
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.start_timeout_s
+        with TritonClient(self.endpoints.http_url, timeout_s=2.0) as client:
+            while time.monotonic() < deadline:
+                if self._proc is not None and self._proc.poll() is not None:
+                    tail = self._log_tail()
+                    self._proc = None
+                    raise TritonUnavailable(
+                        f"tritonserver exited during start-up; last log lines:\n{tail}",
+                        hint=f"full log: {self.log_path}; a port may be taken "
+                        "(set LASTMILE_TRITON_HTTP_PORT and friends)",
+                    )
+                if client.is_live():
+                    return
+                time.sleep(0.2)
+        self.stop()
+        raise TritonUnavailable(
+            f"tritonserver did not come up within {self.start_timeout_s:.0f} s",
+            hint=f"see {self.log_path}",
+        )
+
+    def _log_tail(self, lines: int = 15) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return "(no log)"
+        return "\n".join(text[-lines:])
+
+    def stop(self, timeout_s: float = 20.0) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        log.info("stopping tritonserver (pid %d)", proc.pid)
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            log.warning("tritonserver did not stop in %.0f s; killing it", timeout_s)
+            with _suppress_lookup():
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=5)
+
+    def client(self, timeout_s: float = 30.0) -> TritonClient:
+        return TritonClient(
+            self.endpoints.http_url, metrics_url=self.endpoints.metrics_url, timeout_s=timeout_s
+        )
+
+    def __enter__(self) -> EmbeddedTriton:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class _suppress_lookup:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> bool:
+        return exc_type is not None and issubclass(exc_type, ProcessLookupError)
+
+
+class ExternalTriton:
+    """A Triton we do not own (NGC container, cluster service): models are pushed through the
+    load API with config and file overrides, since it shares no disk with us."""
+
+    shares_repository = False
+
+    def __init__(self, url: str, *, metrics_url: str | None = None, start_timeout_s: float = 60.0):
+        parsed = urlparse(url if "://" in url else f"http://{url}")
+        if not parsed.hostname or not parsed.port:
+            raise RuntimeSetupError(
+                f"invalid LASTMILE_TRITON_URL {url!r}", hint="use http://HOST:PORT"
+            )
+        grpc_port = parsed.port + 1
+        self.endpoints = TritonEndpoints(
+            http_url=f"http://{parsed.hostname}:{parsed.port}",
+            grpc_url=f"{parsed.hostname}:{grpc_port}",
+            metrics_url=metrics_url or f"http://{parsed.hostname}:{parsed.port + 2}",
+        )
+        self.start_timeout_s = start_timeout_s
+        self.pid: int | None = None
+
+    def start(self) -> None:
+        with self.client(timeout_s=5.0) as client:
+            client.wait_ready(self.start_timeout_s)
+
+    def stop(self) -> None:
+        """Nothing to stop: the external server's lifecycle is not ours."""
+
+    def client(self, timeout_s: float = 30.0) -> TritonClient:
+        return TritonClient(
+            self.endpoints.http_url, metrics_url=self.endpoints.metrics_url, timeout_s=timeout_s
+        )

@@ -1,0 +1,387 @@
+"""KServe v2 HTTP gateway in front of Triton: `python -m rollout.gateway`.
+
+Clients talk to public route names; the control plane pushes a routing table (admin port,
+loopback only) mapping each name to weighted Triton targets, which is how canaries, A/B splits
+and blue/green switches happen without touching clients. Three listeners:
+
+- data port: /v2/health/*, /v2, and per model infer / ready / metadata (rollout.proxy);
+  nothing else of Triton's API (repository, shared memory, logging, trace, statistics) is
+  reachable through the gateway (DESIGN §5);
+- metrics port: Prometheus text at /metrics (rollout.gateway_metrics);
+- admin port: GET/PUT /routes; with --routes-file the table survives restarts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from rollout.admin_http import (
+    SimpleRequest,
+    SimpleResponse,
+    start_simple_server,
+    write_atomically,
+)
+from rollout.exchange import CompiledRouting, json_error
+from rollout.gateway_metrics import GatewayStats, GaugeSource, make_registry
+from rollout.proxy import ClientConnection
+from rollout.routing import RoutingTable
+from rollout.upstream import UpstreamPool, probe_ready
+
+logger = logging.getLogger(__name__)
+
+ADMIN_HOST = "127.0.0.1"  # the admin API has no authentication: it must never leave the host
+MAX_ROUTES_BYTES = 16 * 1024 * 1024
+
+
+@dataclass
+class GatewayConfig:
+    """Listeners, limits and timeouts of one gateway process (seconds, bytes)."""
+
+    host: str = "127.0.0.1"
+    http_port: int = 8000
+    metrics_port: int = 8002
+    admin_port: int = 8003
+    metrics_host: str | None = None  # default: same as host (Prometheus may scrape remotely)
+    routes_file: Path | None = None
+    max_header_bytes: int = 64 * 1024
+    max_body_bytes: int = 256 * 1024 * 1024
+    idle_timeout: float = 60.0  # keep-alive client with no request in progress
+    request_timeout: float = 120.0  # to receive one whole request once it has started
+    upstream_timeout: float = 300.0  # from a complete request to Triton's complete response
+    connect_timeout: float = 2.0
+    max_upstream_connections: int = 512  # per upstream host:port; excess requests queue
+    health_interval: float = 1.0
+    shutdown_timeout: float = 30.0
+    backlog: int = 2048
+
+
+def _version() -> str:
+    try:
+        return metadata.version("lastmile")
+    except metadata.PackageNotFoundError:
+        return "0.1.0"
+
+
+class Gateway:
+    """State shared by the listeners; every mutation happens on the event loop thread."""
+
+    def __init__(self, config: GatewayConfig) -> None:
+        self.config = config
+        self.loop: asyncio.AbstractEventLoop = asyncio.get_running_loop()
+        self.now = self.loop.time()  # coarse clock for timeouts, refreshed by the sweeper
+        self.stats = GatewayStats()
+        self.clients: set[ClientConnection] = set()
+        self.pools: dict[tuple[str, int], UpstreamPool] = {}
+        self.last_ready: dict[tuple[str, int], float] = {}
+        self.shutting_down = False
+        self.routing = CompiledRouting(None, self._pool_for)
+        self.server_metadata = json.dumps(
+            {
+                "name": "lastmile-gateway",
+                "version": _version(),
+                "extensions": ["binary_tensor_data"],
+            }
+        ).encode()
+        self.registry = make_registry(
+            self.stats,
+            GaugeSource(
+                generation=lambda: self.table.generation if self.table else None,
+                client_connections=lambda: len(self.clients),
+                upstream_connections=lambda: {p.name: p.total for p in self.pools.values()},
+                upstream_up=lambda: {f"{h}:{p}": self._fresh((h, p)) for h, p in self._upstreams()},
+            ),
+        )
+        self._servers: list[asyncio.Server] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._health_wake = asyncio.Event()
+        self._admin_lock = asyncio.Lock()
+        self.ports: dict[str, int] = {}
+
+    @property
+    def table(self) -> RoutingTable | None:
+        return self.routing.table
+
+    # -- lifecycle --------------------------------------------------------------------------
+    async def start(self) -> None:
+        config = self.config
+        path = config.routes_file
+        if path is not None and path.exists():
+            self.set_table(RoutingTable.from_json(path.read_bytes()))
+            logger.info(
+                "loaded routing table generation %s from %s",
+                self.table.generation if self.table else None,
+                path,
+            )
+        elif path is not None:
+            logger.warning("routes file %s does not exist yet; waiting for PUT /routes", path)
+        data = await self.loop.create_server(
+            lambda: ClientConnection(self),
+            config.host,
+            config.http_port,
+            backlog=config.backlog,
+            reuse_address=True,
+        )
+        metrics = await start_simple_server(
+            config.metrics_host or config.host,
+            config.metrics_port,
+            self._handle_metrics,
+            max_body=0,
+        )
+        admin = await start_simple_server(
+            ADMIN_HOST, config.admin_port, self._handle_admin, max_body=MAX_ROUTES_BYTES
+        )
+        self._servers = [data, metrics, admin]
+        for name, server in zip(("http", "metrics", "admin"), self._servers, strict=True):
+            self.ports[name] = server.sockets[0].getsockname()[1]
+        self._tasks = [
+            self.loop.create_task(self._sweep()),
+            self.loop.create_task(self._check_health()),
+        ]
+        logger.info(
+            "lastmile gateway listening: http %s:%d, metrics %s:%d, admin %s:%d; routes: %s",
+            config.host,
+            self.ports["http"],
+            config.metrics_host or config.host,
+            self.ports["metrics"],
+            ADMIN_HOST,
+            self.ports["admin"],
+            self.routing.deployed,
+        )
+
+    async def shutdown(self) -> None:
+        """Stop accepting, let in-flight requests finish (bounded), then drop everything."""
+        logger.info("gateway stopping: %d client connection(s) open", len(self.clients))
+        for server in self._servers:
+            server.close()
+        self.shutting_down = True
+        for client in list(self.clients):
+            client.shutdown()
+        deadline = self.loop.time() + self.config.shutdown_timeout
+        while any(c.busy or c.queue for c in self.clients) and self.loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        for client in list(self.clients):
+            client.abort()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for pool in self.pools.values():
+            pool.retire()
+        await asyncio.sleep(0)  # let transports run their close callbacks
+        logger.info("gateway stopped")
+
+    # -- routing ----------------------------------------------------------------------------
+    def set_table(self, table: RoutingTable | None) -> None:
+        """Swap the routing table in one assignment; pools no longer used are retired."""
+        wanted = table.upstreams() if table is not None else set()
+        routing = CompiledRouting(table, self._pool_for)
+        self.routing = routing
+        for key in [k for k in self.pools if k not in wanted]:
+            self.pools.pop(key).retire()
+            self.last_ready.pop(key, None)
+        self._health_wake.set()
+
+    def _pool_for(self, host: str, port: int) -> UpstreamPool:
+        pool = self.pools.get((host, port))
+        if pool is None:
+            pool = self.pools[(host, port)] = UpstreamPool(
+                host,
+                port,
+                max_connections=self.config.max_upstream_connections,
+                connect_timeout=self.config.connect_timeout,
+            )
+        return pool
+
+    def _upstreams(self) -> set[tuple[str, int]]:
+        return self.table.upstreams() if self.table is not None else set()
+
+    def _fresh(self, key: tuple[str, int]) -> bool:
+        seen = self.last_ready.get(key)
+        window = max(3 * self.config.health_interval, 3.0)
+        return seen is not None and self.loop.time() - seen <= window
+
+    def is_ready(self) -> bool:
+        return self.table is not None and all(self._fresh(k) for k in self._upstreams())
+
+    # -- background -------------------------------------------------------------------------
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            self.now = now = self.loop.time()
+            for client in list(self.clients):
+                client.check_timeouts(now)
+
+    async def _check_health(self) -> None:
+        interval = self.config.health_interval
+        while True:
+            upstreams = sorted(self._upstreams())
+            results = await asyncio.gather(
+                *(probe_ready(h, p, timeout=max(interval, 0.5)) for h, p in upstreams)
+            )
+            now = self.loop.time()
+            for key, ok in zip(upstreams, results, strict=True):
+                if ok:
+                    if key not in self.last_ready or not self._fresh(key):
+                        logger.info("upstream %s:%d is ready", *key)
+                    self.last_ready[key] = now
+                elif self._fresh(key):
+                    logger.warning("upstream %s:%d failed its readiness check", *key)
+            self._health_wake.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._health_wake.wait(), interval)
+
+    # -- side doors -------------------------------------------------------------------------
+    async def _handle_metrics(self, request: SimpleRequest) -> SimpleResponse:
+        if request.path != "/metrics":
+            return SimpleResponse(404, json_error("not found: try /metrics"))
+        if request.method != "GET":
+            return SimpleResponse(405, json_error("method not allowed"))
+        return SimpleResponse(200, generate_latest(self.registry), CONTENT_TYPE_LATEST)
+
+    async def _handle_admin(self, request: SimpleRequest) -> SimpleResponse:
+        if request.path != "/routes":
+            return SimpleResponse(404, json_error("not found: the admin API is GET/PUT /routes"))
+        if request.method == "GET":
+            if self.table is None:  # 200 all the same: supervisors poll this to see we are up
+                return SimpleResponse(200, b'{"generation":null,"routes":{}}')
+            return SimpleResponse(200, self.table.to_json())
+        if request.method != "PUT":
+            return SimpleResponse(405, json_error("method not allowed: use GET or PUT"))
+        try:
+            table = RoutingTable.from_json(request.body)
+        except ValueError as exc:
+            return SimpleResponse(400, json_error(str(exc)))
+        async with self._admin_lock:
+            current = self.table
+            if current is not None and table.generation < current.generation:
+                message = (
+                    f"stale routing table: generation {table.generation} < "
+                    f"current {current.generation}"
+                )
+                return SimpleResponse(409, json_error(message))
+            if self.config.routes_file is not None:
+                await asyncio.to_thread(write_atomically, self.config.routes_file, table.to_json())
+            self.set_table(table)
+        logger.info(
+            "routing table generation %d installed: %s", table.generation, self.routing.deployed
+        )
+        body = json.dumps({"generation": table.generation, "routes": sorted(table.routes)})
+        return SimpleResponse(200, body.encode())
+
+
+async def serve(
+    config: GatewayConfig,
+    *,
+    stop: asyncio.Event | None = None,
+    started: asyncio.Future[Gateway] | None = None,
+    install_signal_handlers: bool = True,
+) -> None:
+    """Run a gateway until `stop` is set or SIGTERM/SIGINT arrives, then shut down cleanly."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    gateway = Gateway(config)
+    await gateway.start()
+    if install_signal_handlers:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+    if started is not None:
+        started.set_result(gateway)
+    try:
+        await stop.wait()
+    finally:
+        if install_signal_handlers:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+        await gateway.shutdown()
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[GatewayConfig, str]:
+    defaults = GatewayConfig()
+    p = argparse.ArgumentParser(
+        prog="python -m rollout.gateway", description=__doc__.split("\n")[0]
+    )
+    p.add_argument("--host", default=defaults.host, help="address of the data listener")
+    p.add_argument("--http-port", type=int, default=defaults.http_port)
+    p.add_argument("--metrics-port", type=int, default=defaults.metrics_port)
+    p.add_argument("--metrics-host", default=None, help="address of /metrics (default: --host)")
+    p.add_argument(
+        "--admin-port",
+        type=int,
+        default=defaults.admin_port,
+        help=f"admin API port, always bound to {ADMIN_HOST}",
+    )
+    p.add_argument(
+        "--routes-file",
+        type=Path,
+        default=None,
+        help="load the routing table from here at start, rewrite it on each PUT",
+    )
+    p.add_argument("--max-body-bytes", type=int, default=defaults.max_body_bytes)
+    p.add_argument("--max-header-bytes", type=int, default=defaults.max_header_bytes)
+    p.add_argument("--idle-timeout", type=float, default=defaults.idle_timeout)
+    p.add_argument("--request-timeout", type=float, default=defaults.request_timeout)
+    p.add_argument("--upstream-timeout", type=float, default=defaults.upstream_timeout)
+    p.add_argument(
+        "--max-upstream-connections", type=int, default=defaults.max_upstream_connections
+    )
+    p.add_argument("--health-interval", type=float, default=defaults.health_interval)
+    p.add_argument("--shutdown-timeout", type=float, default=defaults.shutdown_timeout)
+    p.add_argument("--log-level", default="INFO")
+    a = p.parse_args(argv)
+    config = GatewayConfig(
+        host=a.host,
+        http_port=a.http_port,
+        metrics_port=a.metrics_port,
+        admin_port=a.admin_port,
+        metrics_host=a.metrics_host,
+        routes_file=a.routes_file,
+        max_body_bytes=a.max_body_bytes,
+        max_header_bytes=a.max_header_bytes,
+        idle_timeout=a.idle_timeout,
+        request_timeout=a.request_timeout,
+        upstream_timeout=a.upstream_timeout,
+        max_upstream_connections=a.max_upstream_connections,
+        health_interval=a.health_interval,
+        shutdown_timeout=a.shutdown_timeout,
+    )
+    return config, a.log_level
+
+
+def main(argv: list[str] | None = None) -> int:
+    config, log_level = parse_args(argv)
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    runner: Any
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:  # pragma: no cover - uvloop is a dependency off Windows
+        runner = asyncio.run
+    try:
+        runner(serve(config))
+    except ValueError as exc:  # invalid routes file
+        logger.error("cannot start: %s", exc)
+        return 2
+    except OSError as exc:  # port in use, bad address
+        logger.error("cannot start: %s", exc)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""A real Lastmile system (embedded tritonserver, gateway, API) for the e2e tests."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from manager import supervisor
+from manager.settings import Settings
+from tests.conftest import make_settings
+
+
+@dataclass
+class RunningSystem:
+    settings: Settings
+    state: dict[str, Any]
+
+    @property
+    def env(self) -> dict[str, str]:
+        """Environment that points a `lastmile` subprocess at this system."""
+        s = self.settings
+        env = dict(os.environ)
+        env.update(
+            {
+                "LASTMILE_HOME": str(s.home),
+                "LASTMILE_API_PORT": str(s.api_port),
+                "LASTMILE_GATEWAY_HTTP_PORT": str(s.gateway_http_port),
+                "LASTMILE_GATEWAY_GRPC_PORT": str(s.gateway_grpc_port),
+                "LASTMILE_GATEWAY_METRICS_PORT": str(s.gateway_metrics_port),
+                "LASTMILE_GATEWAY_ADMIN_PORT": str(s.gateway_admin_port),
+                "LASTMILE_TRITON_HTTP_PORT": str(s.triton_http_port),
+                "LASTMILE_TRITON_GRPC_PORT": str(s.triton_grpc_port),
+                "LASTMILE_TRITON_METRICS_PORT": str(s.triton_metrics_port),
+                "LASTMILE_SCRAPE_INTERVAL_S": "1",
+                "COLUMNS": "200",
+            }
+        )
+        if s.triton_url:
+            env["LASTMILE_TRITON_URL"] = s.triton_url
+        return env
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [sys.executable, "-m", "manager.cli", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"lastmile {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    @property
+    def gateway(self) -> str:
+        return str(self.state["gateway"]["http"]).removeprefix("http://")
+
+
+@pytest.fixture(scope="module")
+def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSystem]:
+    home: Path = tmp_path_factory.mktemp("lastmile") / "home"
+    settings = make_settings(home, scrape_interval_s=1.0)
+    running = RunningSystem(settings=settings, state={})
+    proc = running.cli("up", "--detach", "--json")
+    import json
+
+    running.state = json.loads(proc.stdout)
+    try:
+        yield running
+    finally:
+        supervisor.stop(settings)

@@ -1,0 +1,68 @@
+"""A Triton that shares no disk with Lastmile (an NGC container on a GPU box, say): models are
+pushed through Triton's load API with config and file overrides."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.http as httpclient
+
+from manager import supervisor
+from manager.triton.runtime import EmbeddedTriton
+from tests.conftest import free_ports, make_settings
+from tests.e2e.conftest import RunningSystem
+from tests.onnx_models import expected_softmax, make_softmax_classifier
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def external_triton(tmp_path: Path) -> Iterator[EmbeddedTriton]:
+    http, grpc, metrics = free_ports(3)
+    server = EmbeddedTriton(
+        repository=tmp_path / "their-empty-repository",
+        work_dir=tmp_path / "their-work",
+        http_port=http,
+        grpc_port=grpc,
+        metrics_port=metrics,
+        log_path=tmp_path / "their-triton.log",
+    )
+    with server:
+        yield server
+
+
+def test_deploy_pushes_models_to_a_triton_without_shared_disk(
+    external_triton: EmbeddedTriton, tmp_path: Path
+) -> None:
+    ep = external_triton.endpoints
+    settings = make_settings(
+        tmp_path / "home", triton_url=ep.http_url, triton_metrics_url=ep.metrics_url
+    )
+    system = RunningSystem(settings=settings, state={})
+    system.state = json.loads(system.cli("up", "--detach", "--json").stdout)
+    try:
+        assert system.state["triton"][0]["embedded"] is False
+        clf = make_softmax_classifier(tmp_path / "clf.onnx", 4, 3, seed=5)
+        system.cli("model", "import", str(clf), "--name", "clf")
+        system.cli("pipeline", "create", "solo", "--step", "clf")
+        system.cli("deploy", "solo")
+        # nothing was written to the other server's repository: it was pushed
+        assert list(external_triton.repository.iterdir()) == []
+        x = np.random.default_rng(1).normal(size=(3, 4)).astype(np.float32)
+        client = httpclient.InferenceServerClient(system.gateway)
+        try:
+            inp = httpclient.InferInput("x", [3, 4], "FP32")
+            inp.set_data_from_numpy(x)
+            got = client.infer("solo", [inp]).as_numpy("probabilities")
+        finally:
+            client.close()
+        np.testing.assert_allclose(got, expected_softmax(x, 3, seed=5), rtol=1e-5, atol=1e-6)
+    finally:
+        supervisor.stop(settings)
+    # stopping Lastmile does not stop a Triton it does not own
+    with external_triton.client() as c:
+        assert c.is_ready()

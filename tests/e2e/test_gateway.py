@@ -1,0 +1,293 @@
+"""The gateway end to end: a real tritonserver, the gateway as a subprocess, the official client."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+from tests.e2e._triton import TritonProcess, free_port, triton_available, write_scale_model
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(not triton_available(), reason="nvidia-pytriton's tritonserver missing"),
+]
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+V1, V2 = "default.diamond.v1", "default.diamond.v2"
+
+
+@dataclass
+class GatewayProc:
+    proc: subprocess.Popen[bytes]
+    http_port: int
+    admin_port: int
+    metrics_port: int
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"127.0.0.1:{self.http_port}"
+
+    def put_routes(self, table: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        return _call("PUT", f"http://127.0.0.1:{self.admin_port}/routes", json.dumps(table))
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+            raise
+
+
+def _call(method: str, url: str, body: str | None = None) -> tuple[int, dict[str, Any]]:
+    request = urllib.request.Request(
+        url, data=body.encode() if body is not None else None, method=method
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=5) as resp:
+            raw = resp.read()
+            return resp.status, json.loads(raw) if raw else {}
+    except urllib.error.HTTPError as exc:
+        raw = exc.read()
+        return exc.code, json.loads(raw) if raw else {}
+
+
+def start_gateway(work: Path, routes: dict[str, Any] | None) -> GatewayProc:
+    routes_file = work / f"routes-{time.monotonic_ns()}.json"
+    if routes is not None:
+        routes_file.write_text(json.dumps(routes))
+    ports = [free_port() for _ in range(3)]
+    log_path = routes_file.with_suffix(".log")
+    cmd = [
+        sys.executable, "-m", "rollout.gateway", "--host", "127.0.0.1",
+        "--http-port", str(ports[0]), "--metrics-port", str(ports[1]),
+        "--admin-port", str(ports[2]), "--routes-file", str(routes_file),
+    ]  # fmt: skip
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    gw = GatewayProc(proc, ports[0], ports[2], ports[1], log_path)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, gw.log()
+        try:
+            if _call("GET", f"http://{gw.url}/v2/health/ready")[0] == 200 or routes is None:
+                return gw
+        except OSError:
+            pass
+        time.sleep(0.1)
+    gw.stop()
+    raise AssertionError(f"gateway not ready:\n{gw.log()}")
+
+
+def table(generation: int, url: str, *targets: tuple[str, float]) -> dict[str, Any]:
+    return {
+        "generation": generation,
+        "routes": {
+            "diamond": {
+                "targets": [
+                    {"url": url, "model": model, "version": "", "weight": weight}
+                    for model, weight in targets
+                ]
+            }
+        },
+    }
+
+
+@pytest.fixture(scope="module")
+def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonProcess]:
+    work = tmp_path_factory.mktemp("triton")
+    write_scale_model(work / "repo", V1, factor=2.0)
+    write_scale_model(work / "repo", V2, factor=3.0)
+    with TritonProcess(work, work / "repo", [V1, V2]) as server:
+        yield server
+
+
+@pytest.fixture
+def gateway(triton: TritonProcess, tmp_path: Path) -> Iterator[GatewayProc]:
+    gw = start_gateway(tmp_path, table(1, triton.url, (V1, 1.0)))
+    try:
+        yield gw
+    finally:
+        assert gw.stop() == 0, gw.log()
+
+
+def infer(
+    client: httpclient.InferenceServerClient, x: np.ndarray, *, binary: bool
+) -> httpclient.InferResult:
+    inp = httpclient.InferInput("x", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x, binary_data=binary)
+    out = httpclient.InferRequestedOutput("y", binary_data=binary)
+    return client.infer("diamond", [inp], outputs=[out])
+
+
+X = np.arange(8, dtype=np.float32).reshape(2, 4)
+
+
+def test_official_client_infers_json_and_binary_tensors_through_the_gateway(
+    gateway: GatewayProc,
+) -> None:
+    client = httpclient.InferenceServerClient(gateway.url)
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.get_server_metadata()["name"] == "lastmile-gateway"
+    for binary in (False, True):
+        result = infer(client, X, binary=binary)
+        np.testing.assert_allclose(result.as_numpy("y"), 2 * X)
+        assert result.get_response()["model_name"] == "diamond"
+    compressed = httpclient.InferInput("x", [1, 4], "FP32")
+    compressed.set_data_from_numpy(X[:1], binary_data=True)
+    result = client.infer("diamond", [compressed], request_compression_algorithm="gzip")
+    np.testing.assert_allclose(result.as_numpy("y"), 2 * X[:1])
+    client.close()
+
+
+def test_metadata_and_readiness_show_only_the_public_name(gateway: GatewayProc) -> None:
+    client = httpclient.InferenceServerClient(gateway.url)
+    meta = client.get_model_metadata("diamond")
+    assert meta["name"] == "diamond"
+    assert [i["name"] for i in meta["inputs"]] == ["x"]
+    assert client.is_model_ready("diamond")
+    assert client.is_model_ready("diamond", "1")
+    assert not client.is_model_ready("diamond", "7")
+    with pytest.raises(InferenceServerException) as info:
+        bad = httpclient.InferInput("z", [1, 4], "FP32")
+        bad.set_data_from_numpy(X[:1])
+        client.infer("diamond", [bad])
+    assert info.value.status() == "400"
+    assert "default.diamond" not in info.value.message()
+    client.close()
+
+
+def test_unknown_models_and_triton_admin_apis_are_refused(gateway: GatewayProc) -> None:
+    client = httpclient.InferenceServerClient(gateway.url)
+    with pytest.raises(InferenceServerException) as info:
+        client.get_model_metadata("ruby")
+    assert info.value.status() == "404"
+    assert info.value.message() == "unknown model 'ruby'; deployed: diamond"
+    refused = [
+        client.get_model_repository_index,
+        lambda: client.load_model(V1),
+        lambda: client.unload_model(V1),
+        lambda: client.get_model_config("diamond"),
+        lambda: client.get_inference_statistics("diamond"),
+        client.get_system_shared_memory_status,
+        lambda: client.unregister_system_shared_memory(),
+        client.get_log_settings,
+        client.get_trace_settings,
+    ]
+    for call in refused:
+        with pytest.raises(InferenceServerException) as info:
+            call()
+        assert info.value.status() == "404"
+    client.close()
+
+
+def test_put_routes_switches_versions_under_load_without_failures(
+    gateway: GatewayProc, triton: TritonProcess
+) -> None:
+    errors: list[BaseException] = []
+    factors: list[float] = []
+    stop = threading.Event()
+
+    def hammer() -> None:
+        client = httpclient.InferenceServerClient(gateway.url)
+        try:
+            while not stop.is_set():
+                y = infer(client, X[:1], binary=True).as_numpy("y")
+                factors.append(float(y[0, 1] / X[0, 1]))
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            client.close()
+
+    threads = [threading.Thread(target=hammer) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)
+    assert gateway.put_routes(table(2, triton.url, (V1, 1.0), (V2, 1.0)))[0] == 200
+    time.sleep(1.0)
+    assert gateway.put_routes(table(3, triton.url, (V2, 1.0))) == (
+        200, {"generation": 3, "routes": ["diamond"]},
+    )  # fmt: skip
+    switched_at = len(factors)
+    time.sleep(0.5)
+    stop.set()
+    for t in threads:
+        t.join(timeout=10)
+    assert errors == []
+    assert {2.0, 3.0} <= set(factors)
+    assert set(factors[switched_at + 8 :]) == {3.0}  # in-flight ones may still be v1
+    status, body = gateway.put_routes({"generation": 4, "routes": {"x": {"targets": []}}})
+    assert status == 400 and "route 'x'" in body["error"]
+    client = httpclient.InferenceServerClient(gateway.url)
+    np.testing.assert_allclose(infer(client, X, binary=False).as_numpy("y"), 3 * X)
+    client.close()
+
+
+def test_upstream_down_answers_503_and_turns_ready_off(
+    gateway: GatewayProc, triton: TritonProcess
+) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    assert gateway.put_routes(table(2, dead, (V1, 1.0)))[0] == 200
+    client = httpclient.InferenceServerClient(gateway.url)
+    with pytest.raises(InferenceServerException) as info:
+        infer(client, X, binary=False)
+    assert info.value.status() == "503"
+    assert info.value.message() == "no upstream available for 'diamond'"
+    assert not client.is_server_ready()
+    assert client.is_server_live()
+    assert gateway.put_routes(table(3, triton.url, (V1, 1.0)))[0] == 200
+    deadline = time.monotonic() + 5
+    while not client.is_server_ready() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    np.testing.assert_allclose(infer(client, X, binary=False).as_numpy("y"), 2 * X)
+    client.close()
+
+
+def test_sigterm_lets_in_flight_requests_finish_and_exits_zero(
+    triton: TritonProcess, tmp_path: Path
+) -> None:
+    gw = start_gateway(tmp_path, table(1, triton.url, (V1, 1.0)))
+    results: list[Any] = []
+
+    def one_request() -> None:
+        client = httpclient.InferenceServerClient(gw.url, connection_timeout=10)
+        try:
+            for _ in range(20):
+                results.append(infer(client, X, binary=True).as_numpy("y"))
+        except InferenceServerException as exc:
+            results.append(exc)
+        except OSError as exc:  # connection refused once the listener is closed
+            results.append(exc)
+
+    worker = threading.Thread(target=one_request)
+    worker.start()
+    time.sleep(0.05)
+    assert gw.stop() == 0
+    worker.join(timeout=10)
+    assert "gateway stopped" in gw.log()
+    served = [r for r in results if isinstance(r, np.ndarray)]
+    assert served, results
+    assert not any(isinstance(r, InferenceServerException) for r in results), results

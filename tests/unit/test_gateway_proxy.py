@@ -1,0 +1,394 @@
+"""The gateway's data path, in process, against a Triton-like upstream on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import uvloop
+
+from tests.unit.test_gateway_harness import (
+    FakeTriton,
+    Message,
+    RawClient,
+    Reply,
+    build_request,
+    infer_body,
+    put_routes,
+    routes,
+    running_gateway,
+    triton_like,
+)
+
+CHUNKED = {"Transfer-Encoding": "chunked"}
+Scenario = Callable[[Any, FakeTriton], Awaitable[None]]
+
+
+def run(scenario: Scenario, handler: Any = triton_like, version: str = "", **config: Any) -> None:
+    """Start a fake Triton and a gateway routing 'diamond' to it, then run the scenario."""
+
+    async def main() -> None:
+        fake = await FakeTriton(handler).start()
+        try:
+            async with running_gateway(**config) as gw:
+                target = {"url": fake.url, "model": "default.diamond.v1", "version": version}
+                assert (await put_routes(gw, routes(diamond=[target]))).status == 200
+                await scenario(gw, fake)
+        finally:
+            await fake.stop()
+
+    uvloop.run(main())
+
+
+def test_infer_is_forwarded_to_the_target_model_and_answers_with_the_public_name() -> None:
+    async def scenario(gw: Any, fake: FakeTriton) -> None:
+        client = await RawClient.connect(gw.ports["http"])
+        body = infer_body()
+        resp = await client.request("POST", "/v2/models/diamond/infer", body)
+        assert resp.status == 200
+        assert resp.json()["model_name"] == "diamond"
+        assert int(resp.headers["content-length"]) == len(resp.body)
+        assert fake.requests[-1].path == "/v2/models/default.diamond.v1/infer"
+        assert fake.requests[-1].body == body
+        resp = await client.request("POST", "/v2/models/diamond/versions/3/infer", body)
+        assert resp.status == 200 and resp.json()["model_version"] == "3"
+        assert fake.requests[-1].path == "/v2/models/default.diamond.v1/versions/3/infer"
+        await client.close()
+
+    run(scenario)
+
+
+def test_a_pinned_target_version_wins_over_the_clients() -> None:
+    async def scenario(gw: Any, fake: FakeTriton) -> None:
+        client = await RawClient.connect(gw.ports["http"])
+        for path in ("/v2/models/diamond/infer", "/v2/models/diamond/versions/9/infer"):
+            assert (await client.request("POST", path, infer_body())).status == 200
+            assert fake.requests[-1].path == "/v2/models/default.diamond.v1/versions/2/infer"
+        await client.close()
+
+    run(scenario, version="2")
+
+
+def test_only_headers_triton_needs_are_forwarded() -> None:
+    async def scenario(gw: Any, fake: FakeTriton) -> None:
+        client = await RawClient.connect(gw.ports["http"])
+        headers = {
+            "Content-Type": "application/json",
+            "Content-Encoding": "identity",
+            "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            "Authorization": "Bearer secret",
+            "Cookie": "a=b",
+            "Accept-Encoding": "gzip",
+            "X-Forwarded-For": "10.0.0.1",
+        }
+        assert await client.request("POST", "/v2/models/diamond/infer", infer_body(), headers)
+        seen = fake.requests[-1].headers
+        assert seen["content-type"] == "application/json"
+        assert seen["content-encoding"] == "identity"
+        assert seen["traceparent"] == headers["traceparent"]
+        assert seen["host"] == f"127.0.0.1:{fake.port}"
+        assert seen["content-length"] == str(len(infer_body()))
+        for dropped in ("authorization", "cookie", "accept-encoding", "x-forwarded-for"):
+            assert dropped not in seen
+        await client.close()
+
+    run(scenario)
+
+
+def test_binary_tensor_response_keeps_its_lengths_consistent() -> None:
+    async def scenario(gw: Any, fake: FakeTriton) -> None:
+        header = json.dumps({"inputs": [{"name": "x", "parameters": {"binary_data_size": 16}}]})
+        raw = bytes(range(16))
+        resp = await RawClient.connect(gw.ports["http"])
+        reply = await resp.request(
+            "POST", "/v2/models/diamond/infer", header.encode() + raw,
+            {"Inference-Header-Content-Length": str(len(header)),
+             "Content-Type": "application/octet-stream"},
+        )  # fmt: skip
+        assert fake.requests[-1].headers["inference-header-content-length"] == str(len(header))
+        assert fake.requests[-1].body == header.encode() + raw
+        json_len = int(reply.headers["inference-header-content-length"])
+        assert json.loads(reply.body[:json_len])["model_name"] == "diamond"
+        assert reply.body[json_len:] == raw
+        assert int(reply.headers["content-length"]) == len(reply.body)
+        await resp.close()
+
+    run(scenario)
+
+
+def test_chunked_request_body_is_reframed_with_content_length() -> None:
+    async def scenario(gw: Any, fake: FakeTriton) -> None:
+        body = infer_body()
+        chunked = b"".join(
+            b"%x\r\n%s\r\n" % (len(body[i : i + 10]), body[i : i + 10])
+            for i in range(0, len(body), 10)
+        )
+        client = await RawClient.connect(gw.ports["http"])
+        client.send(build_request("POST", "/v2/models/diamond/infer", headers=CHUNKED))
+        client.send(chunked + b"0\r\n\r\n")
+        assert (await client.response()).status == 200
+        seen = fake.requests[-1]
+        assert seen.body == body
+        assert seen.headers["content-length"] == str(len(body))
+        assert "transfer-encoding" not in seen.headers
+        await client.close()
+
+    run(scenario)
+
+
+def test_pipelined_requests_are_answered_in_order_on_one_upstream_connection() -> None:
+    async def scenario(gw: Any, fake: FakeTriton) -> None:
+        client = await RawClient.connect(gw.ports["http"])
+        client.send(
+            build_request("POST", "/v2/models/diamond/versions/1/infer", infer_body())
+            + build_request("GET", "/v2/health/live")
+            + build_request("POST", "/v2/models/diamond/versions/2/infer", infer_body())
+            + build_request("GET", "/v2/models/nope")
+            + build_request("POST", "/v2/models/diamond/versions/3/infer", infer_body())
+        )
+        got = [await client.response() for _ in range(5)]
+        assert [r.status for r in got] == [200, 200, 200, 404, 200]
+        assert [got[i].json()["model_version"] for i in (0, 2, 4)] == ["1", "2", "3"]
+        for _ in range(10):
+            assert await client.request("POST", "/v2/models/diamond/infer", infer_body())
+        assert len({r.connection for r in fake.requests if r.path.endswith("/infer")}) == 1
+        await client.close()
+
+    run(scenario)
+
+
+def test_triton_errors_keep_their_status_but_hide_internal_names() -> None:
+    async def handler(req: Message) -> Reply | None:
+        if req.path.endswith("/infer"):
+            body = {"error": "in ensemble 'default.diamond.v1', unexpected input 'z'"}
+            return 400, {"Content-Type": "application/json"}, json.dumps(body).encode()
+        if req.path.endswith("/ready"):
+            return 500, {"Content-Type": "text/html"}, b"<html>default.diamond.v1 crashed</html>"
+        return await triton_like(req)
+
+    async def scenario(gw: Any, fake: FakeTriton) -> None:
+        client = await RawClient.connect(gw.ports["http"])
+        resp = await client.request("POST", "/v2/models/diamond/infer", infer_body())
+        assert resp.status == 400
+        assert resp.json() == {"error": "in ensemble 'diamond', unexpected input 'z'"}
+        resp = await client.request("GET", "/v2/models/diamond/ready")
+        assert resp.status == 500
+        assert resp.headers["content-type"] == "application/json"
+        assert "default.diamond" not in resp.json()["error"]
+        assert "diamond" in resp.json()["error"]
+        await client.close()
+
+    run(scenario, handler=handler)
+
+
+def test_metadata_and_readiness_use_the_public_name() -> None:
+    async def scenario(gw: Any, fake: FakeTriton) -> None:
+        client = await RawClient.connect(gw.ports["http"])
+        meta = await client.request("GET", "/v2/models/diamond")
+        assert meta.status == 200 and meta.json()["name"] == "diamond"
+        assert fake.requests[-1].path == "/v2/models/default.diamond.v1"
+        ready = await client.request("GET", "/v2/models/diamond/versions/1/ready")
+        assert ready.status == 200
+        assert fake.requests[-1].path == "/v2/models/default.diamond.v1/versions/1/ready"
+        await client.close()
+
+    run(scenario)
+
+
+def test_unknown_model_and_triton_admin_endpoints_are_never_proxied() -> None:
+    async def scenario(gw: Any, fake: FakeTriton) -> None:
+        client = await RawClient.connect(gw.ports["http"])
+        resp = await client.request("POST", "/v2/models/x/infer", infer_body())
+        assert resp.status == 404
+        assert resp.json() == {"error": "unknown model 'x'; deployed: diamond"}
+        forbidden = [
+            ("POST", "/v2/repository/index"),
+            ("POST", "/v2/repository/models/diamond/load"),
+            ("POST", "/v2/repository/models/default.diamond.v1/unload"),
+            ("GET", "/v2/systemsharedmemory/status"),
+            ("POST", "/v2/cudasharedmemory/region/r/register"),
+            ("GET", "/v2/logging"),
+            ("GET", "/v2/trace/setting"),
+            ("GET", "/v2/models/stats"),
+            ("GET", "/v2/models/diamond/stats"),
+            ("GET", "/v2/models/diamond/config"),
+            ("POST", "/v2/models/diamond/generate"),
+            ("GET", "/v2/models/default.diamond.v1"),
+            ("GET", "/v2/models/diamond/../../repository/index"),
+            ("GET", "/metrics"),
+            ("GET", "/"),
+        ]
+        for method, path in forbidden:
+            resp = await client.request(method, path, b"{}" if method == "POST" else b"")
+            assert resp.status == 404, (method, path)
+            assert "error" in resp.json()
+        assert [r for r in fake.requests if r.path != "/v2/health/ready"] == []
+        assert (await client.request("GET", "/v2/models/diamond/infer")).status == 405
+        assert (await client.request("POST", "/v2/models/diamond", b"{}")).status == 405
+        resp = await client.request("GET", "/v2/models/diamond/versions/01")
+        assert resp.status == 400
+        await client.close()
+
+    run(scenario)
+
+
+def test_request_limits_answer_413_and_431_then_close() -> None:
+    async def scenario(gw: Any, fake: FakeTriton) -> None:
+        client = await RawClient.connect(gw.ports["http"])
+        client.send(b"POST /v2/models/diamond/infer HTTP/1.1\r\nContent-Length: 5000\r\n\r\n")
+        resp = await client.response()
+        assert resp.status == 413 and not resp.keep_alive
+        assert await client.closed_by_peer()
+        client = await RawClient.connect(gw.ports["http"])
+        client.send(build_request("POST", "/v2/models/diamond/infer", headers=CHUNKED))
+        client.send(b"800\r\n" + b"x" * 0x800 + b"\r\n")
+        assert (await client.response()).status == 413
+        client = await RawClient.connect(gw.ports["http"])
+        resp = await client.request("GET", "/v2/health/live", headers={"X-Big": "y" * 3000})
+        assert resp.status == 431
+        client = await RawClient.connect(gw.ports["http"])
+        client.send(b"NOT HTTP AT ALL\r\n\r\n")
+        assert (await client.response()).status == 400
+        assert [r for r in fake.requests if r.path != "/v2/health/ready"] == []
+
+    run(scenario, max_body_bytes=1024, max_header_bytes=2048)
+
+
+def test_expect_100_continue_is_honoured() -> None:
+    async def scenario(gw: Any, fake: FakeTriton) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.ports["http"])
+        body = infer_body()
+        writer.write(
+            build_request("POST", "/v2/models/diamond/infer",
+                          headers={"Content-Length": str(len(body)), "Expect": "100-continue"})
+        )  # fmt: skip
+        assert await reader.readuntil(b"\r\n\r\n") == b"HTTP/1.1 100 Continue\r\n\r\n"
+        writer.write(body)
+        client = RawClient(reader, writer)
+        assert (await client.response()).status == 200
+        await client.close()
+
+    run(scenario)
+
+
+def test_a_pooled_connection_closed_by_triton_is_retried_once_on_a_fresh_one() -> None:
+    async def scenario(gw: Any, fake: FakeTriton) -> None:
+        client = await RawClient.connect(gw.ports["http"])
+        assert (
+            await client.request("POST", "/v2/models/diamond/infer", infer_body())
+        ).status == 200
+        await fake.drop_connections()  # Triton restarted or timed the idle connection out
+        resp = await client.request("POST", "/v2/models/diamond/infer", infer_body())
+        assert resp.status == 200
+        assert len({r.connection for r in fake.requests if r.path.endswith("/infer")}) == 2
+        await client.close()
+
+    run(scenario)
+
+
+def test_upstream_that_hangs_up_mid_request_gives_503_not_a_retry_loop() -> None:
+    async def hang_up(req: Message) -> Reply | None:
+        return None if req.path.endswith("/infer") else await triton_like(req)
+
+    async def scenario(gw: Any, fake: FakeTriton) -> None:
+        client = await RawClient.connect(gw.ports["http"])
+        resp = await client.request("POST", "/v2/models/diamond/infer", infer_body())
+        assert resp.status == 503
+        assert resp.json() == {"error": "no upstream available for 'diamond'"}
+        assert len([r for r in fake.requests if r.path.endswith("/infer")]) == 1
+        await client.close()
+
+    run(scenario, handler=hang_up)
+
+
+def test_upstream_down_gives_503_and_counts_it() -> None:
+    async def scenario(gw: Any, fake: FakeTriton) -> None:
+        port = fake.port
+        await fake.stop()
+        client = await RawClient.connect(gw.ports["http"])
+        resp = await client.request("POST", "/v2/models/diamond/infer", infer_body())
+        assert resp.status == 503
+        assert resp.json() == {"error": "no upstream available for 'diamond'"}
+        assert resp.keep_alive  # the client connection survives an upstream failure
+        await fake.start(port)
+        assert (
+            await client.request("POST", "/v2/models/diamond/infer", infer_body())
+        ).status == 200
+        assert gw.stats.requests[("diamond", "default.diamond.v1", 503)] == 1
+        assert gw.stats.requests[("diamond", "default.diamond.v1", 200)] == 1
+        await client.close()
+
+    run(scenario)
+
+
+def test_slow_upstream_times_out_with_504() -> None:
+    async def slow(req: Message) -> Reply | None:
+        if req.path.endswith("/infer"):
+            await asyncio.sleep(3)
+        return await triton_like(req)
+
+    async def scenario(gw: Any, fake: FakeTriton) -> None:
+        client = await RawClient.connect(gw.ports["http"])
+        resp = await client.request("POST", "/v2/models/diamond/infer", infer_body())
+        assert resp.status == 504
+        assert resp.json() == {"error": "upstream timed out for 'diamond'"}
+        await client.close()
+
+    run(scenario, handler=slow, upstream_timeout=0.6)
+
+
+def test_idle_clients_are_disconnected() -> None:
+    async def scenario(gw: Any, fake: FakeTriton) -> None:
+        client = await RawClient.connect(gw.ports["http"])
+        assert (await client.request("GET", "/v2/health/live")).status == 200
+        assert await client.closed_by_peer(timeout=3)
+        slow = await RawClient.connect(gw.ports["http"])
+        slow.send(b"POST /v2/models/diamond/infer HTTP/1.1\r\nContent-Length: 100\r\n\r\n{")
+        resp = await slow.response(timeout=4)
+        assert resp.status == 408
+
+    run(scenario, idle_timeout=0.6, request_timeout=1.2)
+
+
+def test_large_responses_stream_through_intact() -> None:
+    async def scenario(gw: Any, fake: FakeTriton) -> None:
+        header = b'{"inputs":[]}'
+        raw = bytes(range(256)) * (32 * 1024)  # 8 MiB
+        client = await RawClient.connect(gw.ports["http"])
+        reply = await client.request(
+            "POST", "/v2/models/diamond/infer", header + raw,
+            {"Inference-Header-Content-Length": str(len(header))},
+        )  # fmt: skip
+        json_len = int(reply.headers["inference-header-content-length"])
+        assert reply.status == 200 and reply.body[json_len:] == raw
+        await client.close()
+
+    run(scenario)
+
+
+def test_requests_queue_for_a_capped_upstream_pool_instead_of_failing() -> None:
+    async def slowish(req: Message) -> Reply | None:
+        if req.path.endswith("/infer"):
+            await asyncio.sleep(0.02)
+        return await triton_like(req)
+
+    async def scenario(gw: Any, fake: FakeTriton) -> None:
+        async def one_client() -> list[int]:
+            client = await RawClient.connect(gw.ports["http"])
+            body = infer_body()
+            codes = [
+                (await client.request("POST", "/v2/models/diamond/infer", body)).status
+                for _ in range(5)
+            ]
+            await client.close()
+            return codes
+
+        results = await asyncio.gather(*(one_client() for _ in range(12)))
+        assert all(code == 200 for codes in results for code in codes)
+        infer_connections = {r.connection for r in fake.requests if r.path.endswith("/infer")}
+        assert len(infer_connections) <= 3
+        assert len([r for r in fake.requests if r.path.endswith("/infer")]) == 60
+
+    run(scenario, handler=slowish, max_upstream_connections=3)
