@@ -92,11 +92,8 @@ def _live_specs(
     return live
 
 
-def _write_repository(
-    platform: Platform, ws: str, needed: dict[str, _Needed], spec: PipelineSpec, ensemble: str
-) -> RepositoryWriter:
+def _write_models(platform: Platform, writer: RepositoryWriter, needed: dict[str, _Needed]) -> None:
     settings = platform.settings
-    writer = RepositoryWriter(settings.repository_dir)
     model_py = python_model_source().encode()
     for item in needed.values():
         config = model_config(
@@ -112,6 +109,11 @@ def _write_repository(
             else None
         )
         writer.write_model(item.triton_name, config, item.files, extra_files=extra)
+
+
+def _write_ensemble(
+    platform: Platform, writer: RepositoryWriter, ws: str, spec: PipelineSpec, ensemble: str
+) -> None:
     step_models = {s.name: triton_model_name(ws, s.model) for s in spec.steps}
     writer.write_ensemble(
         ensemble,
@@ -119,10 +121,28 @@ def _write_repository(
             triton_name=ensemble,
             pipeline=spec,
             step_models=step_models,
-            max_batch_size=settings.max_batch_size,
+            max_batch_size=platform.settings.max_batch_size,
         ),
     )
-    return writer
+
+
+def _uses(ws: str, spec: PipelineSpec, triton_models: set[str]) -> bool:
+    return any(triton_model_name(ws, s.model) in triton_models for s in spec.steps)
+
+
+def _load_models_then_dependents(
+    platform: Platform,
+    client: TritonClient,
+    writer: RepositoryWriter,
+    models: set[str],
+    dependents: list[str],
+) -> None:
+    """Load composing models, then reload the ensembles using them: Triton unloads an
+    ensemble whose composing model is reloaded."""
+    for name in sorted(models):
+        _load(platform, client, writer, name)
+    for name in dependents:
+        _load(platform, client, writer, name)
 
 
 def _load(platform: Platform, client: TritonClient, writer: RepositoryWriter, name: str) -> None:
@@ -169,22 +189,27 @@ def deploy(
         spec = PipelineSpec.from_dict(pv.spec)
         validate_pipeline(spec)
         previous = store.get_deployment(session, pipeline=pipe)
-        previous_ensemble = previous.ensemble if previous and previous.state == "live" else None
+        prev: tuple[store.Deployment, PipelineSpec] | None = None
+        if previous is not None and previous.state == "live":
+            prev_pv = session.get(store.PipelineVersion, previous.pipeline_version_id)
+            prev = (previous, PipelineSpec.from_dict(prev_pv.spec))  # type: ignore[union-attr]
+        previous_ensemble = prev[0].ensemble if prev else None
         others = _live_specs(session, workspace_id=ws.id, exclude_pipeline_id=pipe.id)
-        needed = _collect_models(session, ws, [spec] + [s for _, s in others])
         ensemble = triton_ensemble_name(ws.name, pipe.name, pv.version)
-        own_models = sorted({triton_model_name(ws.name, s.model) for s in spec.steps})
+        own_models = {triton_model_name(ws.name, s.model) for s in spec.steps}
+        # What the previous version uses stays loaded until the gateway has switched.
+        serving = others + ([prev] if prev and prev[0].ensemble != ensemble else [])
+        needed = _collect_models(session, ws, [spec] + [s for _, s in serving])
 
-        writer = _write_repository(platform, ws.name, needed, spec, ensemble)
+        writer = RepositoryWriter(platform.settings.repository_dir)
+        _write_models(platform, writer, needed)
+        _write_ensemble(platform, writer, ws.name, spec, ensemble)
+        dependents = [d.ensemble for d, other in serving if _uses(ws.name, other, own_models)]
         try:
             with platform.triton.client(platform.settings.triton_load_timeout_s) as client:
-                for name in own_models:
-                    _load(platform, client, writer, name)
-                # Reloading a composing model unloads every ensemble that uses it.
-                for dep, other in others:
-                    if any(triton_model_name(ws.name, s.model) in own_models for s in other.steps):
-                        _load(platform, client, writer, dep.ensemble)
-                _load(platform, client, writer, ensemble)
+                _load_models_then_dependents(
+                    platform, client, writer, own_models, [*dependents, ensemble]
+                )
         except LastmileError as exc:
             if previous_ensemble is None:
                 store.save_deployment(
@@ -192,7 +217,7 @@ def deploy(
                     pipeline=pipe,
                     pipeline_version=pv,
                     ensemble=ensemble,
-                    triton_models=own_models,
+                    triton_models=sorted(own_models),
                     state="failed",
                     error=str(exc),
                 )
@@ -203,20 +228,49 @@ def deploy(
             pipeline=pipe,
             pipeline_version=pv,
             ensemble=ensemble,
-            triton_models=own_models,
+            triton_models=sorted(own_models),
             state="live",
         )
         session.commit()
         info = deployment_info(session, deployment)
+        ws_name = ws.name
     push_routes(platform)
     if previous_ensemble and previous_ensemble != ensemble:
-        with platform.triton.client() as client:
-            try:
-                client.unload_model(previous_ensemble)
-            except LastmileError as exc:
-                log.warning("could not unload %s: %s", previous_ensemble, exc)
+        _retire(platform, workspace=ws_name, ensemble=previous_ensemble)
     log.info("pipeline %s version %d is live as %s", pipeline, pv.version, ensemble)
     return info
+
+
+def _retire(platform: Platform, *, workspace: str, ensemble: str) -> None:
+    """After the gateway switched: unload the old ensemble, then drop model versions that no
+    live deployment uses any more from the version policies (reloading what used them)."""
+    assert platform.triton is not None
+    with platform.triton.client(platform.settings.triton_load_timeout_s) as client:
+        try:
+            client.unload_model(ensemble)
+        except LastmileError as exc:
+            log.warning("could not unload %s: %s", ensemble, exc)
+        with platform.deploy_lock, platform.session() as session:
+            ws = store.get_workspace(session, name=workspace)
+            live = _live_specs(session, workspace_id=ws.id, exclude_pipeline_id=None)
+            needed = _collect_models(session, ws, [s for _, s in live])
+            writer = RepositoryWriter(platform.settings.repository_dir)
+            shrunk = {
+                item.triton_name
+                for item in needed.values()
+                if set(writer.read_config(item.triton_name).version_policy.specific.versions)
+                != set(item.files)
+            }
+            if not shrunk:
+                return
+            _write_models(
+                platform, writer, {k: v for k, v in needed.items() if v.triton_name in shrunk}
+            )
+            dependents = [d.ensemble for d, spec in live if _uses(ws.name, spec, shrunk)]
+            try:
+                _load_models_then_dependents(platform, client, writer, shrunk, dependents)
+            except LastmileError as exc:
+                log.warning("could not drop unused model versions: %s", exc)
 
 
 def deployment_info(session: Any, deployment: store.Deployment) -> dict[str, Any]:
