@@ -32,7 +32,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(REPO_ROOT))
 
-from tests.e2e._triton import TritonProcess, free_port, write_scale_model  # noqa: E402
+from loadtests._models import free_ports, write_scale_model  # noqa: E402
+from manager.triton.runtime import EmbeddedTriton  # noqa: E402
 
 MODEL = "default.bench.v1"
 ROUTE = "bench"
@@ -128,11 +129,11 @@ def start_gateway(work: Path, triton_url: str) -> tuple[subprocess.Popen[bytes],
             {"generation": 1, "routes": {ROUTE: {"targets": [{"url": triton_url, "model": MODEL}]}}}
         )
     )
-    http_port = free_port()
+    http_port, metrics_port, admin_port = free_ports(3)
     cmd = [
         sys.executable, "-m", "rollout.gateway", "--host", "127.0.0.1",
-        "--http-port", str(http_port), "--metrics-port", str(free_port()),
-        "--admin-port", str(free_port()), "--routes-file", str(routes), "--log-level", "WARNING",
+        "--http-port", str(http_port), "--metrics-port", str(metrics_port),
+        "--admin-port", str(admin_port), "--routes-file", str(routes), "--log-level", "WARNING",
     ]  # fmt: skip
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
     with (work / "gateway.log").open("wb") as log:
@@ -158,11 +159,24 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     tool = "wrk" if shutil.which("wrk") and not args.driver else "asyncio-driver"
     script = work / "bench.lua"
     script.write_text(WRK_SCRIPT % BODY)
-    with TritonProcess(work, work / "repo", [MODEL]) as triton:
-        gateway, gw_port = start_gateway(work, triton.url)
+    http, grpc, metrics = free_ports(3)
+    triton = EmbeddedTriton(
+        repository=work / "repo",
+        work_dir=work,
+        http_port=http,
+        grpc_port=grpc,
+        metrics_port=metrics,
+        log_path=work / "tritonserver.log",
+        start_timeout_s=120,
+    )
+    with triton:
+        with triton.client() as client:
+            client.load_model(MODEL)
+        triton_url = triton.endpoints.http_url
+        gateway, gw_port = start_gateway(work, triton_url)
         try:
             urls = {
-                "direct": f"{triton.url}/v2/models/{MODEL}/infer",
+                "direct": f"{triton_url}/v2/models/{MODEL}/infer",
                 "gateway": f"http://127.0.0.1:{gw_port}/v2/models/{ROUTE}/infer",
             }
 

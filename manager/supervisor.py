@@ -76,17 +76,21 @@ def running_state(settings: Settings) -> dict[str, Any] | None:
     return None
 
 
-def serve_foreground(settings: Settings) -> None:
-    import uvicorn
-
-    from manager.api import create_app
-
+def _check_can_start(settings: Settings) -> None:
     if running_state(settings):
         raise Conflict(
             f"Lastmile already runs for LASTMILE_HOME={settings.home}",
             hint="lastmile status shows it; lastmile down stops it",
         )
     check_ports_free(settings)
+
+
+def serve_foreground(settings: Settings) -> None:
+    import uvicorn
+
+    from manager.api import create_app
+
+    _check_can_start(settings)
     settings.ensure_dirs()
     uvicorn.run(
         create_app(settings),
@@ -100,12 +104,7 @@ def serve_foreground(settings: Settings) -> None:
 
 def start_detached(settings: Settings) -> dict[str, Any]:
     """Start ``lastmile up`` in the background and wait until its API answers."""
-    if running_state(settings):
-        raise Conflict(
-            f"Lastmile already runs for LASTMILE_HOME={settings.home}",
-            hint="lastmile status shows it; lastmile down stops it",
-        )
-    check_ports_free(settings)
+    _check_can_start(settings)
     settings.ensure_dirs()
     log_path = settings.logs_dir / "lastmile.log"
     env = dict(os.environ, LASTMILE_HOME=str(settings.home.resolve()))

@@ -53,7 +53,8 @@ def settings(tmp_path: Path) -> Settings:
     return make_settings(tmp_path / "home")
 
 
-def _pg_engine() -> Iterator[Engine]:
+def _pg_schema_url() -> Iterator[str]:
+    """A URL on the real PostgreSQL whose search_path is a fresh schema (dropped after)."""
     schema = f"lm_test_{uuid.uuid4().hex[:10]}"
     admin = store.make_engine(PG_URL)
     try:
@@ -64,15 +65,9 @@ def _pg_engine() -> Iterator[Engine]:
         if os.environ.get("CI"):
             raise
         pytest.skip(f"PostgreSQL at {PG_URL} is not reachable: {exc}")
-    from sqlmodel import create_engine
-
-    engine = create_engine(
-        PG_URL, connect_args={"options": f"-csearch_path={schema}"}, pool_pre_ping=True
-    )
     try:
-        yield engine
+        yield f"{PG_URL}?options=-csearch_path%3D{schema}"
     finally:
-        engine.dispose()
         with admin.begin() as conn:
             conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
         admin.dispose()
@@ -87,6 +82,17 @@ def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
         yield eng
         eng.dispose()
     else:
-        for eng in _pg_engine():
+        for url in _pg_schema_url():
+            eng = store.make_engine(url)
             store.init_db(eng)
             yield eng
+            eng.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A database URL for Settings: SQLite in tmp, or a fresh schema on PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'api.db'}"
+    else:
+        yield from _pg_schema_url()

@@ -21,11 +21,23 @@ import pytest
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from tests.e2e._triton import TritonProcess, free_port, triton_available, write_scale_model
+from loadtests._models import write_scale_model
+from manager.errors import RuntimeSetupError
+from manager.triton.runtime import EmbeddedTriton, find_wheel
+from tests.conftest import free_ports
+
+
+def _triton_missing() -> bool:
+    try:
+        find_wheel()
+    except RuntimeSetupError:
+        return True
+    return False
+
 
 pytestmark = [
     pytest.mark.e2e,
-    pytest.mark.skipif(not triton_available(), reason="nvidia-pytriton's tritonserver missing"),
+    pytest.mark.skipif(_triton_missing(), reason="nvidia-pytriton's tritonserver missing"),
 ]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -78,7 +90,7 @@ def start_gateway(work: Path, routes: dict[str, Any] | None) -> GatewayProc:
     routes_file = work / f"routes-{time.monotonic_ns()}.json"
     if routes is not None:
         routes_file.write_text(json.dumps(routes))
-    ports = [free_port() for _ in range(3)]
+    ports = free_ports(3)
     log_path = routes_file.with_suffix(".log")
     cmd = [
         sys.executable, "-m", "rollout.gateway", "--host", "127.0.0.1",
@@ -117,17 +129,30 @@ def table(generation: int, url: str, *targets: tuple[str, float]) -> dict[str, A
 
 
 @pytest.fixture(scope="module")
-def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonProcess]:
+def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The HTTP URL of a real tritonserver with both versions loaded."""
     work = tmp_path_factory.mktemp("triton")
     write_scale_model(work / "repo", V1, factor=2.0)
     write_scale_model(work / "repo", V2, factor=3.0)
-    with TritonProcess(work, work / "repo", [V1, V2]) as server:
-        yield server
+    http, grpc, metrics = free_ports(3)
+    server = EmbeddedTriton(
+        repository=work / "repo",
+        work_dir=work,
+        http_port=http,
+        grpc_port=grpc,
+        metrics_port=metrics,
+        log_path=work / "tritonserver.log",
+        start_timeout_s=120,
+    )
+    with server, server.client() as client:
+        for model in (V1, V2):
+            client.load_model(model)
+        yield server.endpoints.http_url
 
 
 @pytest.fixture
-def gateway(triton: TritonProcess, tmp_path: Path) -> Iterator[GatewayProc]:
-    gw = start_gateway(tmp_path, table(1, triton.url, (V1, 1.0)))
+def gateway(triton: str, tmp_path: Path) -> Iterator[GatewayProc]:
+    gw = start_gateway(tmp_path, table(1, triton, (V1, 1.0)))
     try:
         yield gw
     finally:
@@ -205,7 +230,7 @@ def test_unknown_models_and_triton_admin_apis_are_refused(gateway: GatewayProc) 
 
 
 def test_put_routes_switches_versions_under_load_without_failures(
-    gateway: GatewayProc, triton: TritonProcess
+    gateway: GatewayProc, triton: str
 ) -> None:
     errors: list[BaseException] = []
     factors: list[float] = []
@@ -226,9 +251,9 @@ def test_put_routes_switches_versions_under_load_without_failures(
     for t in threads:
         t.start()
     time.sleep(0.5)
-    assert gateway.put_routes(table(2, triton.url, (V1, 1.0), (V2, 1.0)))[0] == 200
+    assert gateway.put_routes(table(2, triton, (V1, 1.0), (V2, 1.0)))[0] == 200
     time.sleep(1.0)
-    assert gateway.put_routes(table(3, triton.url, (V2, 1.0))) == (
+    assert gateway.put_routes(table(3, triton, (V2, 1.0))) == (
         200, {"generation": 3, "routes": ["diamond"]},
     )  # fmt: skip
     switched_at = len(factors)
@@ -246,10 +271,8 @@ def test_put_routes_switches_versions_under_load_without_failures(
     client.close()
 
 
-def test_upstream_down_answers_503_and_turns_ready_off(
-    gateway: GatewayProc, triton: TritonProcess
-) -> None:
-    dead = f"http://127.0.0.1:{free_port()}"
+def test_upstream_down_answers_503_and_turns_ready_off(gateway: GatewayProc, triton: str) -> None:
+    dead = f"http://127.0.0.1:{free_ports(1)[0]}"
     assert gateway.put_routes(table(2, dead, (V1, 1.0)))[0] == 200
     client = httpclient.InferenceServerClient(gateway.url)
     with pytest.raises(InferenceServerException) as info:
@@ -258,7 +281,7 @@ def test_upstream_down_answers_503_and_turns_ready_off(
     assert info.value.message() == "no upstream available for 'diamond'"
     assert not client.is_server_ready()
     assert client.is_server_live()
-    assert gateway.put_routes(table(3, triton.url, (V1, 1.0)))[0] == 200
+    assert gateway.put_routes(table(3, triton, (V1, 1.0)))[0] == 200
     deadline = time.monotonic() + 5
     while not client.is_server_ready() and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -266,10 +289,8 @@ def test_upstream_down_answers_503_and_turns_ready_off(
     client.close()
 
 
-def test_sigterm_lets_in_flight_requests_finish_and_exits_zero(
-    triton: TritonProcess, tmp_path: Path
-) -> None:
-    gw = start_gateway(tmp_path, table(1, triton.url, (V1, 1.0)))
+def test_sigterm_lets_in_flight_requests_finish_and_exits_zero(triton: str, tmp_path: Path) -> None:
+    gw = start_gateway(tmp_path, table(1, triton, (V1, 1.0)))
     results: list[Any] = []
 
     def one_request() -> None:

@@ -1,0 +1,125 @@
+"""The management API in-process (no Triton attached) on SQLite and PostgreSQL: imports,
+pipelines, and every refusal as problem+json with nothing written."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from onnx import TensorProto
+
+from manager.api import create_app
+from manager.settings import Settings
+from manager.system import System
+from tests.conftest import make_settings
+from tests.onnx_models import make_affine, make_softmax_classifier
+
+WS = "/v1/workspaces/default"
+
+
+@pytest.fixture
+def api(tmp_path: Path, database_url: str) -> Iterator[tuple[TestClient, Settings]]:
+    settings = make_settings(tmp_path / "home", database_url=database_url, max_upload_bytes=4096)
+    system = System(settings, with_runtime=False)
+    with TestClient(create_app(settings, system=system)) as client:
+        yield client, settings
+    system.stop()
+
+
+def _upload(client: TestClient, name: str, path: Path) -> object:
+    return client.post(
+        f"{WS}/models/{name}/versions", content=path.read_bytes(), params={"filename": path.name}
+    )
+
+
+def _nothing_written(client: TestClient, settings: Settings) -> None:
+    assert client.get(f"{WS}/models").json() == []
+    assert list(settings.models_dir.iterdir()) == []
+    assert [p for p in settings.run_dir.iterdir() if p.name.startswith(".upload")] == []
+
+
+def test_import_registers_versions_with_signature(
+    api: tuple[TestClient, Settings], tmp_path: Path
+) -> None:
+    client, settings = api
+    path = make_affine(tmp_path / "scaler.onnx", 4, output_name="z")
+    first = _upload(client, "scaler", path)
+    assert first.status_code == 201, first.text  # type: ignore[attr-defined]
+    body = first.json()  # type: ignore[attr-defined]
+    assert body["version"] == 1 and body["signature"]["batched"] is True
+    assert body["signature"]["outputs"] == [{"name": "z", "datatype": "FP32", "shape": [-1, 4]}]
+    assert _upload(client, "scaler", path).json()["version"] == 2  # type: ignore[attr-defined]
+    # content-addressed: the same bytes are kept once
+    assert len(list(settings.models_dir.iterdir())) == 1
+
+
+@pytest.mark.parametrize(
+    ("content", "name", "status", "kind", "message"),
+    [
+        (b"\x08\x07garbage" * 20, "broken", 422, "InvalidModelFile", "bad.onnx"),
+        (b"x" * 5000, "big", 422, "InvalidInput", "exceeds the limit of 4096 bytes"),
+        (b"", "empty", 422, "InvalidInput", "the upload is empty"),
+    ],
+)
+def test_bad_uploads_are_refused_and_leave_nothing(
+    api: tuple[TestClient, Settings],
+    content: bytes,
+    name: str,
+    status: int,
+    kind: str,
+    message: str,
+) -> None:
+    client, settings = api
+    r = client.post(
+        f"{WS}/models/{name}/versions", content=content, params={"filename": "bad.onnx"}
+    )
+    assert r.status_code == status
+    assert r.headers["content-type"] == "application/problem+json"
+    assert r.json()["type"] == kind and message in r.json()["detail"]
+    _nothing_written(client, settings)
+
+
+def test_invalid_model_name_is_refused(api: tuple[TestClient, Settings], tmp_path: Path) -> None:
+    client, settings = api
+    r = _upload(client, "Bad_Name", make_affine(tmp_path / "a.onnx"))
+    assert r.status_code == 422  # type: ignore[attr-defined]
+    assert "invalid model name 'Bad_Name'" in r.json()["detail"]  # type: ignore[attr-defined]
+    _nothing_written(client, settings)
+
+
+def test_pipeline_refusals_name_the_problem(
+    api: tuple[TestClient, Settings], tmp_path: Path
+) -> None:
+    client, _ = api
+    _upload(client, "scaler", make_affine(tmp_path / "s.onnx", 4, output_name="z"))
+    _upload(client, "ints", make_affine(tmp_path / "i.onnx", 4, dtype=TensorProto.INT64))
+    _upload(client, "wide", make_softmax_classifier(tmp_path / "w.onnx", 8, 3))
+
+    r = client.post(f"{WS}/pipelines", json={"name": "p", "steps": ["scaler", "ghost"]})
+    assert r.status_code == 404 and "model 'ghost' is not registered" in r.json()["detail"]
+    r = client.post(f"{WS}/pipelines", json={"name": "p", "steps": ["scaler", "ints"]})
+    assert r.status_code == 422 and r.json()["type"] == "PipelineError"
+    assert "FP32" in r.json()["detail"] and "INT64" in r.json()["detail"]
+    r = client.post(f"{WS}/pipelines", json={"name": "p", "steps": ["scaler", "wide"]})
+    assert r.status_code == 422 and "wide" in r.json()["detail"]
+    r = client.post(f"{WS}/pipelines", json={"name": "p", "steps": ["scaler:9"]})
+    assert r.status_code == 404 and "no version 9" in r.json()["detail"]
+    r = client.post(f"{WS}/pipelines", json={"name": "p", "steps": ["scaler:x"]})
+    assert r.status_code == 422 and "positive integer" in r.json()["detail"]
+    assert client.get(f"{WS}/pipelines").json() == []
+
+    ok = client.post(f"{WS}/pipelines", json={"name": "p", "steps": ["scaler"]})
+    assert ok.status_code == 201 and ok.json()["version"] == 1
+
+
+def test_deploy_without_triton_says_how_to_start_it(
+    api: tuple[TestClient, Settings], tmp_path: Path
+) -> None:
+    client, _ = api
+    _upload(client, "scaler", make_affine(tmp_path / "s.onnx", 4, output_name="z"))
+    client.post(f"{WS}/pipelines", json={"name": "p", "steps": ["scaler"]})
+    r = client.post(f"{WS}/pipelines/p/deploy")
+    assert r.status_code == 502 and r.json()["hint"] == "start the system with: lastmile up"
+    assert client.get("/v1/deployments").json() == []
