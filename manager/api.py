@@ -142,6 +142,13 @@ def create_app(settings: Settings, *, system: System | None = None) -> FastAPI:
             platform(request), workspace=workspace, name=body.name, steps=body.steps
         )
 
+    @app.post("/v1/workspaces/{workspace}/pipelines/apply", status_code=201)
+    def apply_pipeline(
+        workspace: str, document: dict[str, Any], request: Request
+    ) -> dict[str, Any]:
+        """Create a pipeline version from a DAG definition (the YAML of `pipeline apply`)."""
+        return pipelines.apply_pipeline(platform(request), workspace=workspace, document=document)
+
     @app.get("/v1/workspaces/{workspace}/pipelines")
     def list_pipelines(workspace: str, request: Request) -> list[dict[str, Any]]:
         return pipelines.list_pipelines(platform(request), workspace=workspace)

@@ -166,6 +166,22 @@ def pipeline_create(
     _emit(info, as_json, human)
 
 
+@pipeline_app.command("apply")
+def pipeline_apply(
+    file: Path = typer.Argument(..., help="Pipeline definition (YAML): name, steps, outputs."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Create the next version of a pipeline from a YAML DAG definition (no-op if unchanged)."""
+    with _client() as lm:
+        info = lm.apply_pipeline(file)
+    verb = "created" if info.get("created") else "unchanged,"
+    human = (
+        f"pipeline [bold]{info['pipeline']}[/bold] {verb} version {info['version']}: "
+        + ", ".join(f"{s['name']}={s['model']}:{s['version']}" for s in info["steps"])
+    )
+    _emit(info, as_json, human)
+
+
 @pipeline_app.command("list")
 def pipeline_list(as_json: bool = JsonOpt) -> None:
     """Pipelines and their latest versions."""

@@ -52,6 +52,25 @@ def _raise_for_problem(response: httpx.Response) -> None:
     raise LastmileError(f"{response.request.url} answered {response.status_code}: {response.text}")
 
 
+def load_pipeline_yaml(path: Path) -> Any:
+    """Read a pipeline definition; YAML errors name the file, line and column."""
+    import yaml
+
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {path}: {exc.strerror}") from exc
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise InvalidInput(
+            f"{where}: not valid YAML ({getattr(exc, 'problem', exc)})",
+            hint="check the indentation and the quoting near that place",
+        ) from exc
+
+
 class Lastmile:
     def __init__(
         self,
@@ -143,6 +162,17 @@ class Lastmile:
                 f"/v1/workspaces/{self.workspace}/pipelines",
                 json={"name": name, "steps": steps},
             )
+        )
+
+    def apply_pipeline(self, definition: Mapping[str, Any] | str | Path) -> dict[str, Any]:
+        """Create a pipeline version from a DAG definition: a dict, or a YAML file's path."""
+        document = (
+            load_pipeline_yaml(Path(definition))
+            if isinstance(definition, (str, Path))
+            else dict(definition)
+        )
+        return dict(
+            self._call("POST", f"/v1/workspaces/{self.workspace}/pipelines/apply", json=document)
         )
 
     def pipelines(self) -> list[dict[str, Any]]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,22 +11,11 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
+from loadtests._models import free_ports
 from manager import store
 from manager.settings import Settings
 
 PG_URL = os.environ.get("LASTMILE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-
-
-def free_ports(n: int) -> list[int]:
-    socks, ports = [], []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-        ports.append(s.getsockname()[1])
-    for s in socks:
-        s.close()
-    return ports
 
 
 def make_settings(home: Path, **overrides: object) -> Settings:
