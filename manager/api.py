@@ -18,14 +18,16 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from manager import __version__, store
+from manager.domain import ServingOptions
 from manager.errors import InvalidInput, LastmileError
 from manager.services import deployments, models, pipelines
 from manager.services.context import Platform
 from manager.settings import Settings
 from manager.system import System
+from model_repository_templates import list_presets
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,20 @@ log = logging.getLogger(__name__)
 class PipelineCreate(BaseModel):
     name: str = Field(description="Pipeline name")
     steps: list[str] = Field(description="Ordered steps, each MODEL or MODEL:VERSION")
+
+
+class ServingBody(BaseModel):
+    """How Triton serves a model; unset fields keep the profile's preset."""
+
+    model_config = ConfigDict(extra="forbid")
+    tuning: list[str] = Field(default_factory=list, description="Preset names, merged in order")
+    instances: int | None = Field(default=None, ge=1, le=64)
+    gpus: list[int] | None = Field(default=None, description="GPU ids (gpu profile)")
+    max_batch_size: int | None = Field(default=None, ge=0, le=4096)
+    preferred_batch_sizes: list[int] = Field(default_factory=list)
+    max_queue_delay_us: int | None = Field(default=None, ge=0)
+    response_cache: bool | None = None
+    warmup: bool = False
 
 
 class DeployRequest(BaseModel):
@@ -131,6 +147,22 @@ def create_app(settings: Settings, *, system: System | None = None) -> FastAPI:
             )
         finally:
             shutil.rmtree(upload_dir, ignore_errors=True)
+
+    @app.put("/v1/workspaces/{workspace}/models/{name}/serving")
+    def configure_model(
+        workspace: str, name: str, body: ServingBody, request: Request
+    ) -> dict[str, Any]:
+        """Set a model's serving options (tuning); answers with the config they give."""
+        return models.configure_model(
+            platform(request),
+            workspace=workspace,
+            name=name,
+            options=ServingOptions.from_dict(body.model_dump()),
+        )
+
+    @app.get("/v1/templates")
+    def templates() -> list[dict[str, str]]:
+        return list_presets(settings.template_dir)
 
     @app.get("/v1/workspaces/{workspace}/models")
     def list_models(workspace: str, request: Request) -> list[dict[str, Any]]:

@@ -138,6 +138,63 @@ def model_import(
     _emit(info, as_json, human)
 
 
+def _int_list(text: str | None, option: str) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError as exc:
+        raise InvalidInput(f"{option} {text!r}: give integers separated by commas") from exc
+
+
+@model_app.command("configure")
+def model_configure(
+    name: str = typer.Argument(..., help="Registered model."),
+    tuning: list[str] = typer.Option([], "--tuning", help="Preset to merge (lastmile templates)."),
+    instances: int | None = typer.Option(None, "--instances", help="Model instances."),
+    gpus: str | None = typer.Option(None, "--gpus", help="GPU ids, e.g. 0,1 (gpu profile)."),
+    max_batch_size: int | None = typer.Option(None, "--max-batch-size"),
+    preferred_batch: str | None = typer.Option(
+        None, "--preferred-batch", help="Dynamic batching preferred sizes, e.g. 8,16."
+    ),
+    queue_delay_us: int | None = typer.Option(
+        None, "--queue-delay-us", help="Dynamic batching max queue delay (microseconds)."
+    ),
+    response_cache: bool | None = typer.Option(
+        None, "--response-cache/--no-response-cache", help="Triton's response cache."
+    ),
+    warmup: bool = typer.Option(False, "--warmup", help="Warm up with zeros at load."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Set how Triton serves a model (replaces its previous options; applies at next deploy)."""
+    options: dict[str, Any] = {
+        "tuning": tuning,
+        "instances": instances,
+        "gpus": _int_list(gpus, "--gpus"),
+        "max_batch_size": max_batch_size,
+        "preferred_batch_sizes": _int_list(preferred_batch, "--preferred-batch") or [],
+        "max_queue_delay_us": queue_delay_us,
+        "response_cache": response_cache,
+        "warmup": warmup,
+    }
+    with _client() as lm:
+        info = lm.configure_model(name, **options)
+    _emit(info, as_json, f"[bold]{name}[/bold] will be served with:\n{info['config']}")
+
+
+@app.command()
+def templates(as_json: bool = JsonOpt) -> None:
+    """Model config presets: backends and tuning fragments (built-in and LASTMILE_TEMPLATE_DIR)."""
+    with _client() as lm:
+        items = lm.templates()
+    table = Table(title="Model config presets")
+    for col in ("name", "about", "origin"):
+        table.add_column(col)
+    for t in items:
+        table.add_row(t["name"], t["about"], t["origin"])
+    _emit(items, as_json, table)
+
+
 @model_app.command("list")
 def model_list(as_json: bool = JsonOpt) -> None:
     """Registered models and their versions."""

@@ -181,3 +181,48 @@ class PipelineSpec:
             steps=tuple(PipelineStep.from_dict(s) for s in data["steps"]),
             outputs={k: TensorRef.parse(v) for k, v in data["outputs"].items()},
         )
+
+
+@dataclass(frozen=True)
+class ServingOptions:
+    """How Triton serves a registered model: the tuning a user sets per model.
+
+    Every field is optional; unset fields keep what the profile's preset says. Presets named in
+    ``tuning`` are merged first, the explicit fields after them.
+    """
+
+    tuning: tuple[str, ...] = ()
+    instances: int | None = None
+    gpus: tuple[int, ...] | None = None
+    max_batch_size: int | None = None
+    preferred_batch_sizes: tuple[int, ...] = ()
+    max_queue_delay_us: int | None = None
+    response_cache: bool | None = None
+    warmup: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "tuning": list(self.tuning),
+            "instances": self.instances,
+            "gpus": list(self.gpus) if self.gpus is not None else None,
+            "max_batch_size": self.max_batch_size,
+            "preferred_batch_sizes": list(self.preferred_batch_sizes),
+            "max_queue_delay_us": self.max_queue_delay_us,
+            "response_cache": self.response_cache,
+            "warmup": self.warmup,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> ServingOptions:
+        data = data or {}
+        gpus = data.get("gpus")
+        return cls(
+            tuning=tuple(data.get("tuning") or ()),
+            instances=data.get("instances"),
+            gpus=tuple(gpus) if gpus is not None else None,
+            max_batch_size=data.get("max_batch_size"),
+            preferred_batch_sizes=tuple(data.get("preferred_batch_sizes") or ()),
+            max_queue_delay_us=data.get("max_queue_delay_us"),
+            response_cache=data.get("response_cache"),
+            warmup=bool(data.get("warmup", False)),
+        )

@@ -152,6 +152,19 @@ class Lastmile:
             )
         )
 
+    def configure_model(self, name: str, **options: Any) -> dict[str, Any]:
+        """Set how Triton serves ``name``: tuning=[...], instances=, gpus=, max_batch_size=,
+        preferred_batch_sizes=, max_queue_delay_us=, response_cache=, warmup=."""
+        check_name(name, kind="model")
+        return dict(
+            self._call(
+                "PUT", f"/v1/workspaces/{self.workspace}/models/{name}/serving", json=options
+            )
+        )
+
+    def templates(self) -> list[dict[str, str]]:
+        return list(self._call("GET", "/v1/templates"))
+
     def models(self) -> list[dict[str, Any]]:
         return list(self._call("GET", f"/v1/workspaces/{self.workspace}/models"))
 

@@ -53,6 +53,10 @@ class Settings(BaseSettings):
     triton_metrics_port: int = Field(
         default=8102, description="Embedded tritonserver metrics port."
     )
+    triton_response_cache_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        description="Size of the embedded tritonserver's response cache (models opt in).",
+    )
     triton_start_timeout_s: float = Field(
         default=60.0, description="Seconds to wait for the embedded tritonserver to become ready."
     )
@@ -61,6 +65,11 @@ class Settings(BaseSettings):
     )
     triton_request_timeout_s: float = Field(
         default=30.0, description="Timeout of each control call to Triton."
+    )
+    template_dir: Path | None = Field(
+        default=None,
+        description="Folder of your own ModelConfig presets (*.pbtxt); they win over the "
+        "built-in ones of the same name.",
     )
     max_batch_size: int = Field(
         default=64, description="max_batch_size given to models with a dynamic batch dimension."

@@ -36,6 +36,11 @@ class Model(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     workspace_id: int = Field(foreign_key="workspace.id", index=True)
     name: str = Field(max_length=63)
+    serving: dict[str, Any] = Field(
+        default_factory=dict,
+        sa_column=Column(JSON, nullable=False),
+        description="ServingOptions: how Triton serves this model (tuning)",
+    )
     created_at: datetime = Field(default_factory=utcnow)
 
 

@@ -68,6 +68,7 @@ def make_runtime(settings: Settings) -> TritonRuntime:
         metrics_port=settings.triton_metrics_port,
         log_path=settings.logs_dir / "tritonserver.log",
         start_timeout_s=settings.triton_start_timeout_s,
+        response_cache_bytes=settings.triton_response_cache_bytes,
     )
 
 

@@ -23,6 +23,7 @@ _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 __all__ = [
     "BUILTIN_DIR",
     "TemplateNotFound",
+    "list_presets",
     "list_templates",
     "load_template",
     "template_path",
@@ -81,3 +82,15 @@ def list_templates(*, extra_dirs: TemplateDirs = None) -> list[str]:
                 if _NAME_RE.fullmatch(p.name[: -len(SUFFIX)])
             )
     return sorted(names)
+
+
+def list_presets(extra_dirs: TemplateDirs = None) -> list[dict[str, str]]:
+    """Each preset with its first comment line (what it is for) and where it comes from."""
+    result = []
+    for name in list_templates(extra_dirs=extra_dirs):
+        path = template_path(name, extra_dirs=extra_dirs)
+        lines = path.read_text().splitlines()
+        about = next((ln.lstrip("# ").strip() for ln in lines if ln.startswith("#")), "")
+        origin = "built-in" if path.parent == BUILTIN_DIR else str(path.parent)
+        result.append({"name": name, "about": about, "origin": origin})
+    return result

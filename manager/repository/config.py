@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from google.protobuf import text_format
 
-from manager.domain import PIPELINE_INPUTS, PipelineSpec, Signature, TensorSpec
+from manager.domain import PIPELINE_INPUTS, PipelineSpec, ServingOptions, Signature, TensorSpec
 from manager.errors import InvalidInput, PipelineError
 from manager.repository.pipeline import ensemble_tensor_names, validate_pipeline
 from manager.triton.client import ModelConfig, config_from_text, model_config_pb2
@@ -165,13 +165,19 @@ def model_config(
     tuning: Sequence[str] = (),
     template: str | None = None,
     template_dirs: TemplateDirs = None,
+    options: ServingOptions | None = None,
 ) -> ModelConfig:
     """The config of one imported ONNX model serving ``versions``.
 
     ``profile`` picks the backend preset (``cpu``: the generated Python-backend model.py,
     ``gpu``: onnxruntime); ``template`` overrides that choice (e.g. ``onnxruntime-cpu``) and
-    ``tuning`` names extra presets merged last.
+    ``tuning`` names extra presets merged last. ``options`` (the model's serving options)
+    adds its own presets and then sets its explicit fields.
     """
+    options = options or ServingOptions()
+    if options.max_batch_size is not None:
+        max_batch_size = options.max_batch_size
+    tuning = [*tuning, *options.tuning]
     check_triton_name(triton_name)
     if profile not in BASE_TEMPLATES:
         raise InvalidInput(f"unknown repository profile {profile!r}", hint="use 'cpu' or 'gpu'")
@@ -199,11 +205,76 @@ def model_config(
     for spec in signature.outputs:
         _set_tensor(config.output.add(), spec, batched=batched)
     config.version_policy.specific.versions.extend(_versions(versions))
+    _apply_options(config, options, signature=signature, batched=batched, profile=profile)
     if config.backend == "onnxruntime":
         config.default_model_filename = MODEL_FILENAME
     else:
         config.ClearField("default_model_filename")  # the Python backend loads model.py
     return config
+
+
+def _apply_options(
+    config: ModelConfig,
+    options: ServingOptions,
+    *,
+    signature: Signature,
+    batched: bool,
+    profile: str,
+) -> None:
+    """Set the explicit serving options; each refusal says which option and why."""
+    where = f"serving options of {config.name!r}"
+    if options.instances is not None or options.gpus is not None:
+        if options.instances is not None and not 1 <= options.instances <= 64:
+            raise InvalidInput(f"{where}: instances must be 1-64, not {options.instances}")
+        if options.gpus is not None and profile != "gpu":
+            raise InvalidInput(
+                f"{where}: gpus {list(options.gpus)} need the gpu profile",
+                hint="set LASTMILE_PROFILE=gpu on a Triton with GPUs, or drop --gpus",
+            )
+        group = config.instance_group[0] if config.instance_group else config.instance_group.add()
+        if options.instances is not None:
+            group.count = options.instances
+        if options.gpus is not None:
+            group.kind = model_config_pb2.ModelInstanceGroup.KIND_GPU
+            del group.gpus[:]
+            group.gpus.extend(options.gpus)
+    if options.preferred_batch_sizes or options.max_queue_delay_us is not None:
+        if not batched:
+            raise InvalidInput(
+                f"{where}: dynamic batching needs a batch dimension, and this model has none",
+                hint="export the model with a dynamic first dimension, or drop the batching "
+                "options",
+            )
+        bad = [b for b in options.preferred_batch_sizes if not 1 <= b <= config.max_batch_size]
+        if bad:
+            raise InvalidInput(
+                f"{where}: preferred batch sizes {bad} are outside 1..{config.max_batch_size}",
+                hint="use sizes up to max_batch_size",
+            )
+        batching = config.dynamic_batching
+        del batching.preferred_batch_size[:]
+        batching.preferred_batch_size.extend(sorted(set(options.preferred_batch_sizes)))
+        if options.max_queue_delay_us is not None:
+            if options.max_queue_delay_us < 0:
+                raise InvalidInput(f"{where}: max queue delay must be >= 0 microseconds")
+            batching.max_queue_delay_microseconds = options.max_queue_delay_us
+    if options.response_cache is not None:
+        config.response_cache.enable = options.response_cache
+    if options.warmup:
+        warmup = config.model_warmup.add()
+        warmup.name = "zeros"
+        warmup.batch_size = 1 if batched else 0
+        for spec in signature.inputs:
+            dims = spec.shape[1:] if batched else spec.shape
+            if any(d < 0 for d in dims):
+                raise InvalidInput(
+                    f"{where}: warmup needs fixed dims, input {spec.name!r} has {list(dims)}",
+                    hint="drop --warmup for models with variable-size inputs",
+                )
+            tensor = warmup.inputs[spec.name]
+            tensor.data_type = KSERVE_TO_TRITON[spec.datatype]
+            tensor.dims.extend(dims or [1])
+            tensor.zero_data = True
 
 
 def _merged_input(specs: Sequence[TensorSpec], name: str) -> TensorSpec:

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 
 from manager import store
-from manager.domain import PipelineSpec, Signature
+from manager.domain import PipelineSpec, ServingOptions, Signature
 from manager.errors import GatewayError, LastmileError, PipelineError, TritonError
 from manager.names import check_name, triton_ensemble_name, triton_model_name
 from manager.repository.config import (
@@ -43,6 +43,7 @@ class _Needed:
     triton_name: str
     signature: Signature
     files: dict[int, Path]
+    options: ServingOptions
 
 
 def _collect_models(
@@ -50,11 +51,13 @@ def _collect_models(
 ) -> dict[str, _Needed]:
     """Every model version the given pipeline specs use, grouped per Triton model."""
     versions: dict[str, dict[int, store.ModelVersion]] = {}
+    options: dict[str, ServingOptions] = {}
     for spec in specs:
         for step in spec.steps:
             model = store.get_model(session, workspace=ws, name=step.model)
             mv = store.get_model_version(session, model=model, version=step.version)
             versions.setdefault(step.model, {})[mv.version] = mv
+            options[step.model] = ServingOptions.from_dict(model.serving)
     needed: dict[str, _Needed] = {}
     for model_name, by_version in versions.items():
         signatures = {v: Signature.from_dict(mv.signature) for v, mv in by_version.items()}
@@ -72,6 +75,7 @@ def _collect_models(
             triton_name=triton_model_name(ws.name, model_name),
             signature=first,
             files={v: Path(mv.path) for v, mv in by_version.items()},
+            options=options[model_name],
         )
     return needed
 
@@ -102,6 +106,8 @@ def _write_models(platform: Platform, writer: RepositoryWriter, needed: dict[str
             profile=settings.profile,
             max_batch_size=settings.max_batch_size,
             versions=sorted(item.files),
+            options=item.options,
+            template_dirs=settings.template_dir,
         )
         extra = (
             {v: {PYTHON_MODEL_FILENAME: model_py} for v in item.files}
@@ -112,16 +118,26 @@ def _write_models(platform: Platform, writer: RepositoryWriter, needed: dict[str
 
 
 def _write_ensemble(
-    platform: Platform, writer: RepositoryWriter, ws: str, spec: PipelineSpec, ensemble: str
+    platform: Platform,
+    writer: RepositoryWriter,
+    ws: str,
+    spec: PipelineSpec,
+    ensemble: str,
+    needed: dict[str, _Needed],
 ) -> None:
     step_models = {s.name: triton_model_name(ws, s.model) for s in spec.steps}
+    # Triton: an ensemble may not batch more than any of its steps.
+    max_batch = min(
+        [platform.settings.max_batch_size]
+        + [
+            needed[s.model].options.max_batch_size or platform.settings.max_batch_size
+            for s in spec.steps
+        ]
+    )
     writer.write_ensemble(
         ensemble,
         ensemble_config(
-            triton_name=ensemble,
-            pipeline=spec,
-            step_models=step_models,
-            max_batch_size=platform.settings.max_batch_size,
+            triton_name=ensemble, pipeline=spec, step_models=step_models, max_batch_size=max_batch
         ),
     )
 
@@ -203,7 +219,7 @@ def deploy(
 
         writer = RepositoryWriter(platform.settings.repository_dir)
         _write_models(platform, writer, needed)
-        _write_ensemble(platform, writer, ws.name, spec, ensemble)
+        _write_ensemble(platform, writer, ws.name, spec, ensemble, needed)
         dependents = [d.ensemble for d, other in serving if _uses(ws.name, other, own_models)]
         try:
             with platform.triton.client(platform.settings.triton_load_timeout_s) as client:

@@ -16,9 +16,12 @@ from typing import Any
 
 from converters.onnx_import import inspect_onnx
 from manager import store
+from manager.domain import ServingOptions, Signature
 from manager.errors import InvalidInput
-from manager.names import check_name
+from manager.names import check_name, triton_model_name
+from manager.repository.config import model_config
 from manager.services.context import Platform
+from manager.triton.client import config_to_text
 
 log = logging.getLogger(__name__)
 
@@ -80,12 +83,41 @@ def import_onnx(platform: Platform, *, workspace: str, name: str, path: Path) ->
     return result
 
 
+def configure_model(
+    platform: Platform, *, workspace: str, name: str, options: ServingOptions
+) -> dict[str, Any]:
+    """Set how Triton serves a model. The config is built once against the latest version
+    first, so options that do not fit the model are refused before anything is stored; the
+    new options take effect at the next deploy of a pipeline using the model."""
+    check_name(workspace, kind="workspace")
+    check_name(name, kind="model")
+    settings = platform.settings
+    with platform.session() as session:
+        ws = store.get_workspace(session, name=workspace)
+        model = store.get_model(session, workspace=ws, name=name)
+        latest = store.get_model_version(session, model=model, version=None)
+        config = model_config(
+            triton_name=triton_model_name(workspace, name),
+            signature=Signature.from_dict(latest.signature),
+            profile=settings.profile,
+            max_batch_size=settings.max_batch_size,
+            versions=[latest.version],
+            options=options,
+            template_dirs=settings.template_dir,
+        )
+        model.serving = options.to_dict()
+        session.add(model)
+        session.commit()
+    return {"model": name, "serving": options.to_dict(), "config": config_to_text(config)}
+
+
 def list_models(platform: Platform, *, workspace: str) -> list[dict[str, Any]]:
     with platform.session() as session:
         ws = store.get_workspace(session, name=workspace)
         return [
             {
                 "name": model.name,
+                "serving": ServingOptions.from_dict(model.serving).to_dict(),
                 "versions": [
                     model_version_info(model, v)
                     for v in store.list_model_versions(session, model=model)

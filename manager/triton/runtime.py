@@ -110,7 +110,9 @@ class EmbeddedTriton:
         log_path: Path,
         start_timeout_s: float = 60.0,
         host: str = "127.0.0.1",
+        response_cache_bytes: int = 64 * 1024 * 1024,
     ) -> None:
+        self.response_cache_bytes = response_cache_bytes
         self.repository = repository.resolve()
         self.work_dir = work_dir.resolve()
         self.log_path = log_path
@@ -179,6 +181,8 @@ class EmbeddedTriton:
             "--allow-gpu-metrics=false",
             "--strict-readiness=false",
             "--exit-timeout-secs=10",
+            f"--cache-directory={server / 'caches'}",
+            f"--cache-config=local,size={self.response_cache_bytes}",
             "--log-verbose=0",
         ]
         log.info("starting tritonserver on %s (log %s)", self.endpoints.http_url, self.log_path)

@@ -123,3 +123,48 @@ def test_deploy_without_triton_says_how_to_start_it(
     r = client.post(f"{WS}/pipelines/p/deploy")
     assert r.status_code == 502 and r.json()["hint"] == "start the system with: lastmile up"
     assert client.get("/v1/deployments").json() == []
+
+
+def test_serving_options_are_checked_against_the_model_then_stored(
+    api: tuple[TestClient, Settings], tmp_path: Path
+) -> None:
+    client, _ = api
+    _upload(client, "scaler", make_affine(tmp_path / "s.onnx", 4, output_name="z"))
+    url = f"{WS}/models/scaler/serving"
+    refusals = [
+        ({"gpus": [0]}, "need the gpu profile"),
+        ({"preferred_batch_sizes": [4, 500]}, "preferred batch sizes [500] are outside 1..64"),
+        ({"tuning": ["no-such-preset"]}, "no-such-preset"),
+        ({"tuning": ["ensemble"]}, "selects 'ensemble'"),
+        ({"instances": 0}, "greater than or equal to 1"),
+        ({"colour": "red"}, "Extra inputs are not permitted"),
+    ]
+    for body, message in refusals:
+        r = client.put(url, json=body)
+        assert r.status_code == 422, (body, r.text)
+        assert message in r.text, (body, r.text)
+    assert client.get(f"{WS}/models").json()[0]["serving"]["instances"] is None
+
+    r = client.put(
+        url,
+        json={"instances": 2, "preferred_batch_sizes": [8, 4], "max_queue_delay_us": 500,
+              "warmup": True, "tuning": ["response-cache"]},
+    )  # fmt: skip
+    assert r.status_code == 200, r.text
+    config = r.json()["config"]
+    assert "count: 2" in config and "preferred_batch_size: 4" in config
+    assert "max_queue_delay_microseconds: 500" in config and "zero_data: true" in config
+    assert "response_cache" in config
+    assert client.get(f"{WS}/models").json()[0]["serving"]["preferred_batch_sizes"] == [8, 4]
+    names = {t["name"] for t in client.get("/v1/templates").json()}
+    assert {"python-onnxruntime", "onnxruntime-gpu", "tensorrt-plan", "ensemble"} <= names
+    assert {"dynamic-batching", "response-cache", "tensorrt-accelerator"} <= names
+
+
+def test_serving_options_refuse_batching_for_a_model_without_batch_dim(
+    api: tuple[TestClient, Settings], tmp_path: Path
+) -> None:
+    client, _ = api
+    _upload(client, "fixed", make_affine(tmp_path / "f.onnx", 4, batch_dim=1))
+    r = client.put(f"{WS}/models/fixed/serving", json={"max_queue_delay_us": 100})
+    assert r.status_code == 422 and "needs a batch dimension" in r.json()["detail"]
