@@ -96,9 +96,21 @@ def _live_specs(
     return live
 
 
+def _write_model(
+    platform: Platform, writer: RepositoryWriter, item: _Needed, config: Any, versions: set[int]
+) -> None:
+    model_py = python_model_source().encode()
+    files = {v: item.files[v] for v in versions}
+    extra = (
+        {v: {PYTHON_MODEL_FILENAME: model_py} for v in files}
+        if platform.settings.profile == "cpu"
+        else None
+    )
+    writer.write_model(item.triton_name, config, files, extra_files=extra)
+
+
 def _write_models(platform: Platform, writer: RepositoryWriter, needed: dict[str, _Needed]) -> None:
     settings = platform.settings
-    model_py = python_model_source().encode()
     for item in needed.values():
         config = model_config(
             triton_name=item.triton_name,
@@ -109,12 +121,74 @@ def _write_models(platform: Platform, writer: RepositoryWriter, needed: dict[str
             options=item.options,
             template_dirs=settings.template_dir,
         )
-        extra = (
-            {v: {PYTHON_MODEL_FILENAME: model_py} for v in item.files}
-            if settings.profile == "cpu"
+        _write_model(platform, writer, item, config, set(item.files))
+
+
+@dataclass
+class _Snapshot:
+    """The repository before a deploy wrote to it: enough to put it back exactly."""
+
+    configs: dict[str, Any]  # Triton name → previous config, None if the model was new
+    folders: dict[str, set[int]]  # Triton name → version folders that existed
+    ensemble_existed: bool
+
+
+def _snapshot(writer: RepositoryWriter, needed: dict[str, _Needed], ensemble: str) -> _Snapshot:
+    present = set(writer.list_models())
+    return _Snapshot(
+        configs={
+            item.triton_name: writer.read_config(item.triton_name)
+            if item.triton_name in present
             else None
-        )
-        writer.write_model(item.triton_name, config, item.files, extra_files=extra)
+            for item in needed.values()
+        },
+        folders={
+            item.triton_name: {
+                int(p.name)
+                for p in (writer.root / item.triton_name).iterdir()
+                if p.is_dir() and p.name.isdigit()
+            }
+            for item in needed.values()
+            if item.triton_name in present
+        },
+        ensemble_existed=ensemble in present,
+    )
+
+
+def _roll_back(
+    platform: Platform,
+    writer: RepositoryWriter,
+    needed: dict[str, _Needed],
+    snapshot: _Snapshot,
+    ensemble: str,
+    dependents: list[str],
+) -> None:
+    """A deploy failed: restore the repository and what Triton serves to the state before."""
+    assert platform.triton is not None
+    by_triton = {item.triton_name: item for item in needed.values()}
+    with platform.triton.client(platform.settings.triton_load_timeout_s) as client:
+        if not snapshot.ensemble_existed:
+            _quietly(client.unload_model, ensemble)
+            writer.remove_model(ensemble)
+        for name, old in snapshot.configs.items():
+            if old is None:
+                _quietly(client.unload_model, name)
+                writer.remove_model(name)
+                continue
+            keep = set(old.version_policy.specific.versions)
+            if keep <= set(by_triton[name].files):
+                _write_model(platform, writer, by_triton[name], old, keep)
+            writer.remove_versions(name, snapshot.folders[name])
+            _quietly(_load, platform, client, writer, name)
+        for name in dependents:
+            _quietly(_load, platform, client, writer, name)
+
+
+def _quietly(call: Any, *args: Any) -> None:
+    try:
+        call(*args)
+    except LastmileError as exc:
+        log.warning("while rolling back: %s", exc)
 
 
 def _write_ensemble(
@@ -218,15 +292,18 @@ def deploy(
         needed = _collect_models(session, ws, [spec] + [s for _, s in serving])
 
         writer = RepositoryWriter(platform.settings.repository_dir)
-        _write_models(platform, writer, needed)
-        _write_ensemble(platform, writer, ws.name, spec, ensemble, needed)
         dependents = [d.ensemble for d, other in serving if _uses(ws.name, other, own_models)]
+        snapshot = _snapshot(writer, needed, ensemble)
         try:
+            _write_models(platform, writer, needed)
+            _write_ensemble(platform, writer, ws.name, spec, ensemble, needed)
             with platform.triton.client(platform.settings.triton_load_timeout_s) as client:
                 _load_models_then_dependents(
                     platform, client, writer, own_models, [*dependents, ensemble]
                 )
         except LastmileError as exc:
+            log.error("deploy of %s failed, rolling back: %s", ensemble, exc)
+            _roll_back(platform, writer, needed, snapshot, ensemble, dependents)
             if previous_ensemble is None:
                 store.save_deployment(
                     session,
@@ -287,6 +364,11 @@ def _retire(platform: Platform, *, workspace: str, ensemble: str) -> None:
                 _load_models_then_dependents(platform, client, writer, shrunk, dependents)
             except LastmileError as exc:
                 log.warning("could not drop unused model versions: %s", exc)
+                return
+            for name in shrunk:
+                writer.remove_versions(
+                    name, set(writer.read_config(name).version_policy.specific.versions)
+                )
 
 
 def deployment_info(session: Any, deployment: store.Deployment) -> dict[str, Any]:

@@ -4,6 +4,7 @@ pipeline uses any more leave the version policy afterwards."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -109,3 +110,77 @@ def test_versions_no_pipeline_uses_leave_the_policy(system: RunningSystem, tmp_p
     with TritonClient(system.state["triton"][0]["http"]) as triton:
         assert triton.is_model_ready("default.single.v2")
         assert not triton.is_model_ready("default.single.v1")  # retired after the switch
+
+
+def _make_unservable(path: Path) -> Path:
+    """Valid ONNX (checker passes: custom domain) that onnxruntime cannot run: it fails only
+    when Triton loads it."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Mystery", ["x"], ["z"], domain="com.example.mystery")],
+        "unservable",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["batch", 4])],
+    )
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example.mystery", 1)],
+    )
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+def test_failed_deploy_publishes_nothing_and_the_live_version_keeps_serving(
+    system: RunningSystem, tmp_path: Path
+) -> None:
+    make_affine(tmp_path / "good.onnx", 4, 5.0, 0.0, output_name="z")
+    system.cli("model", "import", str(tmp_path / "good.onnx"), "--name", "steady")
+    system.cli("pipeline", "create", "steady-pipe", "--step", "steady")
+    system.cli("deploy", "steady-pipe")
+    repo = system.settings.repository_dir
+    before = sorted(
+        str(p.relative_to(repo)) for p in repo.rglob("*") if "__pycache__" not in p.parts
+    )
+
+    system.cli("model", "import", str(_make_unservable(tmp_path / "bad.onnx")), "--name", "steady")
+    system.cli("pipeline", "create", "steady-pipe", "--step", "steady:2")
+    stop = threading.Event()
+    failures: list[str] = []
+    served = [0]
+
+    def hammer() -> None:
+        client = httpclient.InferenceServerClient(system.gateway, network_timeout=30)
+        x = np.ones((1, 4), np.float32)
+        deadline = time.monotonic() + 120
+        while not stop.is_set() and time.monotonic() < deadline:
+            inp = httpclient.InferInput("x", [1, 4], "FP32")
+            inp.set_data_from_numpy(x)
+            try:
+                np.testing.assert_allclose(client.infer("steady-pipe", [inp]).as_numpy("z"), x * 5)
+                served[0] += 1
+            except Exception as exc:
+                failures.append(str(exc)[:200])
+        client.close()
+
+    worker = threading.Thread(target=hammer)
+    worker.start()
+    proc = system.cli("deploy", "steady-pipe", check=False)
+    time.sleep(0.5)
+    stop.set()
+    worker.join(timeout=60)
+
+    assert proc.returncode == 1
+    assert "could not load model 'default.steady'" in proc.stderr.replace("\n", " ")
+    assert failures == [] and served[0] > 10
+    after = sorted(
+        str(p.relative_to(repo)) for p in repo.rglob("*") if "__pycache__" not in p.parts
+    )
+    assert after == before  # nothing of version 2 or of the new ensemble is left
+    config = RepositoryWriter(repo).read_config("default.steady")
+    assert list(config.version_policy.specific.versions) == [1]
+    status = json.loads(system.cli("status", "--json").stdout)
+    live = {d["pipeline"]: (d["version"], d["state"]) for d in status["deployments"]}
+    assert live["steady-pipe"] == (1, "live")
