@@ -132,7 +132,7 @@ def start_gateway(work: Path, triton_url: str) -> tuple[subprocess.Popen[bytes],
     http_port, metrics_port, admin_port = free_ports(3)
     cmd = [
         sys.executable, "-m", "rollout.gateway", "--host", "127.0.0.1",
-        "--http-port", str(http_port), "--metrics-port", str(metrics_port),
+        "--http-port", str(http_port), "--grpc-port", "0", "--metrics-port", str(metrics_port),
         "--admin-port", str(admin_port), "--routes-file", str(routes), "--log-level", "WARNING",
     ]  # fmt: skip
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))

@@ -48,6 +48,7 @@ def check_ports_free(settings: Settings) -> None:
     ports = {
         "LASTMILE_API_PORT": settings.api_port,
         "LASTMILE_GATEWAY_HTTP_PORT": settings.gateway_http_port,
+        "LASTMILE_GATEWAY_GRPC_PORT": settings.gateway_grpc_port,
         "LASTMILE_GATEWAY_METRICS_PORT": settings.gateway_metrics_port,
         "LASTMILE_GATEWAY_ADMIN_PORT": settings.gateway_admin_port,
     }

@@ -91,6 +91,7 @@ class GatewayProcess:
             sys.executable, "-m", "rollout.gateway",
             "--host", s.bind_host,
             "--http-port", str(s.gateway_http_port),
+            "--grpc-port", str(s.gateway_grpc_port),
             "--metrics-port", str(s.gateway_metrics_port),
             "--admin-port", str(s.gateway_admin_port),
             "--routes-file", str(s.run_dir / "routes.json"),
@@ -105,7 +106,8 @@ class GatewayProcess:
                 raise RuntimeSetupError(
                     "the gateway exited during start-up",
                     hint=f"see {self.log_path}; a port may be taken "
-                    "(LASTMILE_GATEWAY_HTTP_PORT, LASTMILE_GATEWAY_ADMIN_PORT, ...)",
+                    "(LASTMILE_GATEWAY_HTTP_PORT, LASTMILE_GATEWAY_GRPC_PORT, "
+                    "LASTMILE_GATEWAY_ADMIN_PORT, ...)",
                 )
             try:
                 if httpx.get(f"{self.admin_url}/routes", timeout=1).status_code == 200:

@@ -2,11 +2,13 @@
 
 Clients talk to public route names; the control plane pushes a routing table (admin port,
 loopback only) mapping each name to weighted Triton targets, which is how canaries, A/B splits
-and blue/green switches happen without touching clients. Three listeners:
+and blue/green switches happen without touching clients. Four listeners:
 
 - data port: /v2/health/*, /v2, and per model infer / ready / metadata (rollout.proxy);
   nothing else of Triton's API (repository, shared memory, logging, trace, statistics) is
   reachable through the gateway (DESIGN §5);
+- gRPC port: the same surface as KServe v2 `inference.GRPCInferenceService`, passed through as
+  bytes (rollout.grpc_gateway); --grpc-port 0 turns it off;
 - metrics port: Prometheus text at /metrics (rollout.gateway_metrics);
 - admin port: GET/PUT /routes; with --routes-file the table survives restarts.
 """
@@ -35,12 +37,14 @@ from rollout.admin_http import (
 )
 from rollout.exchange import CompiledRouting, json_error
 from rollout.gateway_metrics import GatewayStats, GaugeSource, make_registry
+from rollout.grpc_gateway import GrpcFrontend
 from rollout.proxy import ClientConnection
 from rollout.routing import RoutingTable
 from rollout.upstream import UpstreamPool, probe_ready
 
 logger = logging.getLogger(__name__)
 
+DEFAULT_GRPC_PORT = 8001
 ADMIN_HOST = "127.0.0.1"  # the admin API has no authentication: it must never leave the host
 MAX_ROUTES_BYTES = 16 * 1024 * 1024
 
@@ -51,6 +55,9 @@ class GatewayConfig:
 
     host: str = "127.0.0.1"
     http_port: int = 8000
+    # 0 or None: no gRPC listener. The CLI defaults to DEFAULT_GRPC_PORT; embedding code (tests,
+    # the unit harness) opts in, so that two gateways in one host never fight over 8001.
+    grpc_port: int | None = None
     metrics_port: int = 8002
     admin_port: int = 8003
     metrics_host: str | None = None  # default: same as host (Prometheus may scrape remotely)
@@ -103,6 +110,16 @@ class Gateway:
                 upstream_up=lambda: {f"{h}:{p}": self._fresh((h, p)) for h, p in self._upstreams()},
             ),
         )
+        self.grpc: GrpcFrontend | None = None
+        if config.grpc_port:
+            self.grpc = GrpcFrontend(
+                stats=self.stats,
+                is_ready=self.is_ready,
+                server_name="lastmile-gateway",
+                server_version=_version(),
+                max_message_bytes=config.max_body_bytes,
+                upstream_timeout=config.upstream_timeout,
+            )
         self._servers: list[asyncio.Server] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._health_wake = asyncio.Event()
@@ -145,14 +162,23 @@ class Gateway:
         self._servers = [data, metrics, admin]
         for name, server in zip(("http", "metrics", "admin"), self._servers, strict=True):
             self.ports[name] = server.sockets[0].getsockname()[1]
+        if self.grpc is not None and config.grpc_port:
+            try:
+                self.ports["grpc"] = await self.grpc.start(config.host, config.grpc_port)
+            except OSError:
+                for server in self._servers:
+                    server.close()
+                raise
         self._tasks = [
             self.loop.create_task(self._sweep()),
             self.loop.create_task(self._check_health()),
         ]
         logger.info(
-            "lastmile gateway listening: http %s:%d, metrics %s:%d, admin %s:%d; routes: %s",
+            "lastmile gateway listening: http %s:%d, grpc %s, metrics %s:%d, admin %s:%d; "
+            "routes: %s",
             config.host,
             self.ports["http"],
+            f"{config.host}:{self.ports['grpc']}" if "grpc" in self.ports else "off",
             config.metrics_host or config.host,
             self.ports["metrics"],
             ADMIN_HOST,
@@ -166,6 +192,9 @@ class Gateway:
         for server in self._servers:
             server.close()
         self.shutting_down = True
+        grpc_stop = None
+        if self.grpc is not None:  # stops accepting now, drains in parallel with HTTP
+            grpc_stop = self.loop.create_task(self.grpc.stop(self.config.shutdown_timeout))
         for client in list(self.clients):
             client.shutdown()
         deadline = self.loop.time() + self.config.shutdown_timeout
@@ -173,6 +202,8 @@ class Gateway:
             await asyncio.sleep(0.02)
         for client in list(self.clients):
             client.abort()
+        if grpc_stop is not None:
+            await grpc_stop
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -189,6 +220,8 @@ class Gateway:
         wanted = table.upstreams() if table is not None else set()
         routing = CompiledRouting(table, self._pool_for)
         self.routing = routing
+        if self.grpc is not None:
+            self.grpc.set_table(table)
         for key in [k for k in self.pools if k not in wanted]:
             self.pools.pop(key).retire()
             self.last_ready.pop(key, None)
@@ -315,6 +348,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[GatewayConfig, str]:
     )
     p.add_argument("--host", default=defaults.host, help="address of the data listener")
     p.add_argument("--http-port", type=int, default=defaults.http_port)
+    p.add_argument(
+        "--grpc-port",
+        type=int,
+        default=DEFAULT_GRPC_PORT,
+        help="KServe v2 gRPC port, bound on --host (0: no gRPC listener)",
+    )
     p.add_argument("--metrics-port", type=int, default=defaults.metrics_port)
     p.add_argument("--metrics-host", default=None, help="address of /metrics (default: --host)")
     p.add_argument(
@@ -344,6 +383,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[GatewayConfig, str]:
     config = GatewayConfig(
         host=a.host,
         http_port=a.http_port,
+        grpc_port=a.grpc_port,
         metrics_port=a.metrics_port,
         admin_port=a.admin_port,
         metrics_host=a.metrics_host,

@@ -47,10 +47,11 @@ class GatewayStats:
     __slots__ = ("requests", "timings")
 
     def __init__(self) -> None:
-        self.requests: dict[tuple[str, str, int], int] = {}
+        # code: the HTTP status (int) for HTTP, the gRPC status name ("OK", "NOT_FOUND") for gRPC
+        self.requests: dict[tuple[str, str, int | str], int] = {}
         self.timings: dict[str, RouteTiming] = {}
 
-    def observe(self, route: str, target: str, code: int, seconds: float) -> None:
+    def observe(self, route: str, target: str, code: int | str, seconds: float) -> None:
         key = (route, target, code)
         requests = self.requests
         requests[key] = requests.get(key, 0) + 1
@@ -83,10 +84,11 @@ class GatewayCollector(Collector):
         requests = CounterMetricFamily(
             "lastmile_gateway_requests",
             "Inference requests answered by the gateway, by public route, Triton target and "
-            "HTTP status.",
+            "status: the HTTP code (200, 404, ...) or the gRPC status name (OK, NOT_FOUND, ...).",
             labels=["route", "target", "code"],
         )
-        for (route, target, code), value in sorted(self.stats.requests.items()):
+        items = sorted(self.stats.requests.items(), key=lambda kv: (*kv[0][:2], str(kv[0][2])))
+        for (route, target, code), value in items:
             requests.add_metric([route, target, str(code)], value)
         yield requests
 

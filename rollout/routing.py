@@ -33,24 +33,35 @@ MAX_TARGETS = 64
 
 _TABLE_KEYS = frozenset({"generation", "routes"})
 _ROUTE_KEYS = frozenset({"targets"})
-_TARGET_KEYS = frozenset({"url", "model", "version", "weight"})
+_TARGET_KEYS = frozenset({"url", "model", "version", "weight", "grpc"})
+_GRPC_ADDRESS_RE = re.compile(r"^(?:\[([0-9A-Fa-f:.]+)\]|([A-Za-z0-9.-]+)):([0-9]{1,5})$")
 
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """One Triton model (and optionally a pinned version) behind one upstream address."""
+    """One Triton model (and optionally a pinned version) behind one upstream address.
+
+    `url` is Triton's HTTP endpoint; `grpc` ("host:port", "[v6]:port") its KServe gRPC endpoint,
+    empty meaning Triton's default layout: the host of `url`, its port + 1.
+    """
 
     url: str
     model: str
     version: str = ""
     weight: float = 1.0
+    grpc: str = ""
     host: str = field(init=False, compare=False)
     port: int = field(init=False, compare=False)
+    grpc_host: str = field(init=False, compare=False)
+    grpc_port: int = field(init=False, compare=False)
 
     def __post_init__(self) -> None:
         host, port = _parse_upstream_url(self.url)
         object.__setattr__(self, "host", host)
         object.__setattr__(self, "port", port)
+        grpc_host, grpc_port = _grpc_address(self.grpc, host, port)
+        object.__setattr__(self, "grpc_host", grpc_host)
+        object.__setattr__(self, "grpc_port", grpc_port)
 
     @property
     def label(self) -> str:
@@ -58,12 +69,15 @@ class Target:
         return f"{self.model}:{self.version}" if self.version else self.model
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "url": self.url,
             "model": self.model,
             "version": self.version,
             "weight": self.weight,
         }
+        if self.grpc:
+            out["grpc"] = self.grpc
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +163,10 @@ class RoutingTable:
         """Distinct (host, port) pairs the table points at, for pools and health checks."""
         return {(t.host, t.port) for route in self.routes.values() for t in route.targets}
 
+    def grpc_upstreams(self) -> set[tuple[str, int]]:
+        """Distinct gRPC (host, port) pairs, one persistent channel each."""
+        return {(t.grpc_host, t.grpc_port) for route in self.routes.values() for t in route.targets}
+
 
 def _reject_unknown(obj: Mapping[str, Any], allowed: frozenset[str], where: str) -> None:
     unknown = sorted(str(k) for k in obj if k not in allowed)
@@ -202,7 +220,14 @@ def _parse_target(where: str, raw: Any) -> Target:
         or weight <= 0
     ):
         raise ValueError(f"{where}.weight must be a finite number > 0, got {weight!r}")
-    return Target(url=url, model=model, version=version, weight=float(weight))
+    grpc = raw.get("grpc", "")
+    if not isinstance(grpc, str):
+        raise ValueError(f"{where}.grpc must be a string like '127.0.0.1:8001'")
+    try:
+        _grpc_address(grpc, *_parse_upstream_url(url))
+    except ValueError as exc:
+        raise ValueError(f"{where}.grpc {exc}") from None
+    return Target(url=url, model=model, version=version, weight=float(weight), grpc=grpc)
 
 
 def _parse_upstream_url(url: str) -> tuple[str, int]:
@@ -226,6 +251,32 @@ def _parse_upstream_url(url: str) -> tuple[str, int]:
     ):
         raise ValueError(f"must be http://host:port, got {url!r}")
     return host, port
+
+
+def _grpc_address(grpc: str, http_host: str, http_port: int) -> tuple[str, int]:
+    """Parse "host:port" / "[v6]:port" (no scheme, path or user); "" derives it from the url."""
+    if not grpc:
+        if http_port >= 65535:
+            raise ValueError(
+                f"must be set: the url's port {http_port} has no default gRPC port (port + 1)"
+            )
+        return http_host, http_port + 1
+    match = _GRPC_ADDRESS_RE.fullmatch(grpc)
+    host = (match.group(1) or match.group(2)) if match else ""
+    port = int(match.group(3)) if match else 0
+    if match is None or not 0 < port < 65536 or not _valid_host(host):
+        raise ValueError(f"must be host:port (IPv6 as [addr]:port), got {grpc!r}")
+    if match.group(1) is not None and not _is_ipv6(host):
+        raise ValueError(f"must be host:port (IPv6 as [addr]:port), got {grpc!r}")
+    return host, port
+
+
+def _is_ipv6(host: str) -> bool:
+    try:
+        ipaddress.IPv6Address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _valid_host(host: str) -> bool:

@@ -94,7 +94,7 @@ def start_gateway(work: Path, routes: dict[str, Any] | None) -> GatewayProc:
     log_path = routes_file.with_suffix(".log")
     cmd = [
         sys.executable, "-m", "rollout.gateway", "--host", "127.0.0.1",
-        "--http-port", str(ports[0]), "--metrics-port", str(ports[1]),
+        "--http-port", str(ports[0]), "--grpc-port", "0", "--metrics-port", str(ports[1]),
         "--admin-port", str(ports[2]), "--routes-file", str(routes_file),
     ]  # fmt: skip
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))

@@ -88,6 +88,27 @@ def test_import_create_deploy_and_infer_through_gateway(
     np.testing.assert_allclose(np.array(cli["probabilities"]), expected[:2], rtol=1e-5)
 
 
+def test_grpc_clients_reach_the_pipeline_through_the_gateway(
+    system: RunningSystem, models: dict[str, Path]
+) -> None:
+    import tritonclient.grpc as grpcclient
+
+    address = system.state["gateway"]["grpc"]
+    client = grpcclient.InferenceServerClient(address)
+    try:
+        x = np.random.default_rng(9).normal(size=(3, 4)).astype(np.float32)
+        inp = grpcclient.InferInput("x", [3, 4], "FP32")
+        inp.set_data_from_numpy(x)
+        result = client.infer("fraud", [inp])
+        np.testing.assert_allclose(
+            result.as_numpy("probabilities"), _reference(models, x), rtol=1e-5, atol=1e-6
+        )
+        assert result.get_response().model_name == "fraud"
+        assert client.get_model_metadata("fraud").name == "fraud"
+    finally:
+        client.close()
+
+
 def test_second_pipeline_deploys_beside_the_first(
     system: RunningSystem, models: dict[str, Path]
 ) -> None:
