@@ -6,24 +6,26 @@ resource model come with the management API issue. It binds loopback by default.
 
 from __future__ import annotations
 
+import io
 import logging
 import re
 import shutil
+import tarfile
 import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from manager import __version__, store
 from manager.domain import ServingOptions
 from manager.errors import InvalidInput, LastmileError
-from manager.services import deployments, models, pipelines
+from manager.services import deployments, models, pipelines, repository
 from manager.services.context import Platform
 from manager.settings import Settings
 from manager.system import System
@@ -58,6 +60,28 @@ class DeployRequest(BaseModel):
 def _safe_filename(name: str) -> str:
     base = re.sub(r"[^A-Za-z0-9._-]", "_", Path(name).name)[:100].lstrip(".")
     return base or "upload.onnx"
+
+
+async def _receive_upload(request: Request, dest: Path, *, limit: int) -> None:
+    """Stream the request body to ``dest``, refusing it as soon as it passes ``limit``."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise InvalidInput(
+            f"upload of {int(declared)} bytes exceeds the limit of {limit} bytes",
+            hint="raise LASTMILE_MAX_UPLOAD_BYTES on the server",
+        )
+    size = 0
+    with open(dest, "wb") as out:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise InvalidInput(
+                    f"upload exceeds the limit of {limit} bytes",
+                    hint="raise LASTMILE_MAX_UPLOAD_BYTES on the server",
+                )
+            out.write(chunk)
+    if size == 0:
+        raise InvalidInput("the upload is empty", hint="send the file as the request body")
 
 
 def _problem(exc: LastmileError) -> JSONResponse:
@@ -115,29 +139,11 @@ def create_app(settings: Settings, *, system: System | None = None) -> FastAPI:
 
         ``filename`` is only used to name the file in messages.
         """
-        limit = settings.max_upload_bytes
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > limit:
-            raise InvalidInput(
-                f"upload of {int(declared)} bytes exceeds the limit of {limit} bytes",
-                hint="raise LASTMILE_MAX_UPLOAD_BYTES on the server",
-            )
         settings.ensure_dirs()
         upload_dir = Path(tempfile.mkdtemp(dir=settings.run_dir, prefix=".upload-"))
         tmp = upload_dir / _safe_filename(filename)
         try:
-            size = 0
-            with open(tmp, "wb") as out:
-                async for chunk in request.stream():
-                    size += len(chunk)
-                    if size > limit:
-                        raise InvalidInput(
-                            f"upload exceeds the limit of {limit} bytes",
-                            hint="raise LASTMILE_MAX_UPLOAD_BYTES on the server",
-                        )
-                    out.write(chunk)
-            if size == 0:
-                raise InvalidInput("the upload is empty", hint="send the .onnx file as the body")
+            await _receive_upload(request, tmp, limit=settings.max_upload_bytes)
             return await run_in_threadpool(
                 models.import_onnx,
                 platform(request),
@@ -195,6 +201,57 @@ def create_app(settings: Settings, *, system: System | None = None) -> FastAPI:
             pipeline=name,
             version=body.version if body else None,
         )
+
+    @app.get("/v1/workspaces/{workspace}/pipelines/{name}/export")
+    def export_pipeline(
+        workspace: str,
+        name: str,
+        request: Request,
+        version: int | None = None,
+        profile: Literal["cpu", "gpu"] = "gpu",
+    ) -> Response:
+        """The pipeline version as a Triton repository, in a tar.gz."""
+        settings.ensure_dirs()
+        work = Path(tempfile.mkdtemp(dir=settings.run_dir, prefix=".export-"))
+        try:
+            repository.export_pipeline(
+                platform(request),
+                workspace=workspace,
+                pipeline=name,
+                out_dir=work / "repository",
+                version=version,
+                profile=profile,
+            )
+            buffer = io.BytesIO()
+            with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+                tar.add(work / "repository", arcname=".")
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return Response(buffer.getvalue(), media_type="application/gzip")
+
+    @app.post("/v1/workspaces/{workspace}/repository/import", status_code=201)
+    async def import_repository(workspace: str, request: Request) -> dict[str, Any]:
+        """Register a Triton repository sent as a tar.gz body (models, versions, ensembles)."""
+        settings.ensure_dirs()
+        work = Path(tempfile.mkdtemp(dir=settings.run_dir, prefix=".import-"))
+        try:
+            archive = work / "repository.tar.gz"
+            await _receive_upload(request, archive, limit=settings.max_upload_bytes)
+            root = work / "repository"
+            root.mkdir()
+            try:
+                with tarfile.open(archive, mode="r:gz") as tar:
+                    tar.extractall(root, filter="data")
+            except (tarfile.TarError, OSError, EOFError) as exc:
+                raise InvalidInput(
+                    f"the upload is not a usable tar.gz archive: {exc}",
+                    hint="lastmile repo import DIR packs the folder for you",
+                ) from exc
+            return await run_in_threadpool(
+                repository.import_repository, platform(request), workspace=workspace, root=root
+            )
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
 
     @app.get("/v1/deployments")
     def list_deployments(request: Request) -> list[dict[str, Any]]:

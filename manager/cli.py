@@ -26,6 +26,10 @@ model_app = typer.Typer(help="Register model versions.", no_args_is_help=True)
 pipeline_app = typer.Typer(help="Define pipelines of model versions.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
 app.add_typer(pipeline_app, name="pipeline")
+repo_app = typer.Typer(
+    help="Triton model repositories: validate, import, export.", no_args_is_help=True
+)
+app.add_typer(repo_app, name="repo")
 
 out = Console()
 err = Console(stderr=True)
@@ -251,6 +255,62 @@ def pipeline_list(as_json: bool = JsonOpt) -> None:
         steps = " → ".join(f"{s['model']}:{s['version']}" for s in p["steps"])
         table.add_row(p["pipeline"], str(p["version"]), steps)
     _emit(items, as_json, table)
+
+
+@repo_app.command("validate")
+def repo_validate(
+    directory: Path = typer.Argument(..., help="Triton model repository folder."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Check a repository the way Triton would; exit 1 and list the problems if any."""
+    from manager.repository.validate import validate_repository
+
+    problems = validate_repository(directory)
+    if as_json:
+        _emit([p.to_dict() for p in problems], True)
+    elif problems:
+        for problem in problems:
+            out.print(f"[red]✗[/red] {problem}", highlight=False)
+        out.print(f"{len(problems)} problem(s) in {directory}")
+    else:
+        out.print(f"[green]✓[/green] {directory}: no problems")
+    if problems:
+        raise typer.Exit(1)
+
+
+@repo_app.command("export")
+def repo_export(
+    pipeline: str = typer.Argument(..., help="Pipeline to export."),
+    directory: Path = typer.Argument(..., help="New or empty folder to write."),
+    version: int | None = typer.Option(None, "--version", help="Pipeline version (latest)."),
+    profile: str = typer.Option(
+        "gpu", "--profile", help="gpu: backend onnxruntime (NGC Triton); cpu: embedded profile."
+    ),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Write a pipeline as a Triton model repository that a stock Triton loads."""
+    if profile not in ("cpu", "gpu"):
+        raise InvalidInput(f"unknown profile {profile!r}", hint="use --profile gpu or cpu")
+    with _client() as lm:
+        info = lm.export_pipeline(pipeline, directory, version=version, profile=profile)
+    _emit(info, as_json, f"wrote {', '.join(info['models'])} to {directory}")
+
+
+@repo_app.command("import")
+def repo_import(
+    directory: Path = typer.Argument(..., help="Triton model repository folder."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Register a repository: each model with its versions and config, ensembles as pipelines."""
+    with _client() as lm, err.status(f"importing {directory}…"):
+        info = lm.import_repository(directory)
+    human = (
+        "models: "
+        + ", ".join(f"{m['name']} ({m['versions']} version(s))" for m in info["models"])
+        + "\npipelines: "
+        + (", ".join(f"{p['pipeline']} v{p['version']}" for p in info["pipelines"]) or "none")
+    )
+    _emit(info, as_json, human)
 
 
 @app.command()

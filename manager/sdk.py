@@ -10,6 +10,8 @@ lm.infer("fraud", {"x": [[0.1, 0.2, 0.3, 0.4]]})
 
 from __future__ import annotations
 
+import io
+import tarfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -198,6 +200,52 @@ class Lastmile:
                 "POST",
                 f"/v1/workspaces/{self.workspace}/pipelines/{pipeline}/deploy",
                 json={"version": version},
+            )
+        )
+
+    def export_pipeline(
+        self,
+        pipeline: str,
+        out_dir: str | Path,
+        *,
+        version: int | None = None,
+        profile: str = "gpu",
+    ) -> dict[str, Any]:
+        """Write the pipeline as a Triton repository into ``out_dir`` (new or empty)."""
+        check_name(pipeline, kind="pipeline")
+        out = Path(out_dir)
+        if out.exists() and any(out.iterdir()):
+            raise InvalidInput(f"{out} is not empty", hint="export into a new or empty folder")
+        params: dict[str, Any] = {"profile": profile}
+        if version is not None:
+            params["version"] = version
+        try:
+            response = self._http.get(
+                f"/v1/workspaces/{self.workspace}/pipelines/{pipeline}/export", params=params
+            )
+        except httpx.TransportError as exc:
+            raise TritonUnavailable(f"the management API at {self.api_url} is unreachable") from exc
+        _raise_for_problem(response)
+        out.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(fileobj=io.BytesIO(response.content), mode="r:gz") as tar:
+            tar.extractall(out, filter="data")
+        models = sorted(p.name for p in out.iterdir() if (p / "config.pbtxt").is_file())
+        return {"pipeline": pipeline, "path": str(out), "models": models}
+
+    def import_repository(self, root: str | Path) -> dict[str, Any]:
+        """Register a Triton repository folder: models with versions, ensembles as pipelines."""
+        root = Path(root)
+        if not root.is_dir():
+            raise InvalidInput(f"{root} is not a folder", hint="give a Triton model repository")
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+            tar.add(root, arcname=".")
+        return dict(
+            self._call(
+                "POST",
+                f"/v1/workspaces/{self.workspace}/repository/import",
+                content=buffer.getvalue(),
+                headers={"content-type": "application/gzip"},
             )
         )
 

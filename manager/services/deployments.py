@@ -14,7 +14,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 
@@ -46,7 +46,7 @@ class _Needed:
     options: ServingOptions
 
 
-def _collect_models(
+def collect_models(
     session: Any, ws: store.Workspace, specs: list[PipelineSpec]
 ) -> dict[str, _Needed]:
     """Every model version the given pipeline specs use, grouped per Triton model."""
@@ -97,25 +97,34 @@ def _live_specs(
 
 
 def _write_model(
-    platform: Platform, writer: RepositoryWriter, item: _Needed, config: Any, versions: set[int]
+    platform: Platform,
+    writer: RepositoryWriter,
+    item: _Needed,
+    config: Any,
+    versions: set[int],
 ) -> None:
     model_py = python_model_source().encode()
     files = {v: item.files[v] for v in versions}
     extra = (
         {v: {PYTHON_MODEL_FILENAME: model_py} for v in files}
-        if platform.settings.profile == "cpu"
+        if config.backend == "python"
         else None
     )
     writer.write_model(item.triton_name, config, files, extra_files=extra)
 
 
-def _write_models(platform: Platform, writer: RepositoryWriter, needed: dict[str, _Needed]) -> None:
+def write_models(
+    platform: Platform,
+    writer: RepositoryWriter,
+    needed: dict[str, _Needed],
+    profile: Literal["cpu", "gpu"] | None = None,
+) -> None:
     settings = platform.settings
     for item in needed.values():
         config = model_config(
             triton_name=item.triton_name,
             signature=item.signature,
-            profile=settings.profile,
+            profile=profile or settings.profile,
             max_batch_size=settings.max_batch_size,
             versions=sorted(item.files),
             options=item.options,
@@ -191,7 +200,7 @@ def _quietly(call: Any, *args: Any) -> None:
         log.warning("while rolling back: %s", exc)
 
 
-def _write_ensemble(
+def write_ensemble(
     platform: Platform,
     writer: RepositoryWriter,
     ws: str,
@@ -289,14 +298,14 @@ def deploy(
         own_models = {triton_model_name(ws.name, s.model) for s in spec.steps}
         # What the previous version uses stays loaded until the gateway has switched.
         serving = others + ([prev] if prev and prev[0].ensemble != ensemble else [])
-        needed = _collect_models(session, ws, [spec] + [s for _, s in serving])
+        needed = collect_models(session, ws, [spec] + [s for _, s in serving])
 
         writer = RepositoryWriter(platform.settings.repository_dir)
         dependents = [d.ensemble for d, other in serving if _uses(ws.name, other, own_models)]
         snapshot = _snapshot(writer, needed, ensemble)
         try:
-            _write_models(platform, writer, needed)
-            _write_ensemble(platform, writer, ws.name, spec, ensemble, needed)
+            write_models(platform, writer, needed)
+            write_ensemble(platform, writer, ws.name, spec, ensemble, needed)
             with platform.triton.client(platform.settings.triton_load_timeout_s) as client:
                 _load_models_then_dependents(
                     platform, client, writer, own_models, [*dependents, ensemble]
@@ -346,7 +355,7 @@ def _retire(platform: Platform, *, workspace: str, ensemble: str) -> None:
         with platform.deploy_lock, platform.session() as session:
             ws = store.get_workspace(session, name=workspace)
             live = _live_specs(session, workspace_id=ws.id, exclude_pipeline_id=None)
-            needed = _collect_models(session, ws, [s for _, s in live])
+            needed = collect_models(session, ws, [s for _, s in live])
             writer = RepositoryWriter(platform.settings.repository_dir)
             shrunk = {
                 item.triton_name
@@ -356,7 +365,7 @@ def _retire(platform: Platform, *, workspace: str, ensemble: str) -> None:
             }
             if not shrunk:
                 return
-            _write_models(
+            write_models(
                 platform, writer, {k: v for k, v in needed.items() if v.triton_name in shrunk}
             )
             dependents = [d.ensemble for d, spec in live if _uses(ws.name, spec, shrunk)]
@@ -407,6 +416,7 @@ def routing_table(platform: Platform) -> dict[str, Any]:
             assert pipe is not None
             target = {
                 "url": platform.triton.endpoints.http_url,
+                "grpc": platform.triton.endpoints.grpc_url,
                 "model": dep.ensemble,
                 "version": "",
                 "weight": 1.0,

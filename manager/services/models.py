@@ -57,26 +57,45 @@ def model_version_info(model: store.Model, version: store.ModelVersion) -> dict[
     }
 
 
-def import_onnx(platform: Platform, *, workspace: str, name: str, path: Path) -> dict[str, Any]:
-    """Register ``path`` (an ONNX file) as the next version of model ``name``."""
-    check_name(workspace, kind="workspace")
+def register_onnx(
+    platform: Platform,
+    session: Any,
+    *,
+    workspace: store.Workspace,
+    name: str,
+    path: Path,
+    details: dict[str, Any] | None = None,
+) -> tuple[store.Model, store.ModelVersion]:
+    """Check ``path`` completely, keep it, and add the next version (flushed, not committed)."""
     check_name(name, kind="model")
     if not path.is_file():
         raise InvalidInput(f"{path} is not a file", hint="give the path of an .onnx file")
     info = inspect_onnx(path, max_bytes=platform.settings.max_upload_bytes)
     stored = _store_file(path, platform.settings.models_dir, info.sha256)
+    return store.add_model_version(
+        session,
+        workspace=workspace,
+        name=name,
+        sha256=info.sha256,
+        size_bytes=stored.stat().st_size,
+        path=str(stored.resolve()),
+        signature=info.signature.to_dict(),
+        details={
+            "opset": info.opset,
+            "ir_version": info.ir_version,
+            "producer": info.producer,
+            **(details or {}),
+        },
+    )
+
+
+def import_onnx(platform: Platform, *, workspace: str, name: str, path: Path) -> dict[str, Any]:
+    """Register ``path`` (an ONNX file) as the next version of model ``name``."""
+    check_name(workspace, kind="workspace")
+    check_name(name, kind="model")
     with platform.session() as session:
         ws = store.get_workspace(session, name=workspace)
-        model, version = store.add_model_version(
-            session,
-            workspace=ws,
-            name=name,
-            sha256=info.sha256,
-            size_bytes=stored.stat().st_size,
-            path=str(stored.resolve()),
-            signature=info.signature.to_dict(),
-            details={"opset": info.opset, "ir_version": info.ir_version, "producer": info.producer},
-        )
+        model, version = register_onnx(platform, session, workspace=ws, name=name, path=path)
         session.commit()
         result = model_version_info(model, version)
     log.info("imported %s as %s version %d", path, name, result["version"])

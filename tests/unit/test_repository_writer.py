@@ -264,3 +264,58 @@ def test_config_naming_a_version_without_files_is_refused(
     repo.write_model("ws.scaler", config_for([1]), {1: sources[1]})
     repo.write_model("ws.scaler", config_for([1, 2]), {2: sources[2]})  # 1 is published
     assert list(repo.read_config("ws.scaler").version_policy.specific.versions) == [1, 2]
+
+
+# -- batches --------------------------------------------------------------------------------
+def fraud_ensemble() -> ModelConfig:
+    pipeline = PipelineSpec(
+        name="fraud",
+        steps=(PipelineStep("scale", "scaler", 1, SIGNATURE, {"x": TensorRef("inputs", "x")}),),
+        outputs={"y": TensorRef("scale", "y")},
+    )
+    return ensemble_config(
+        triton_name="ws.fraud.v1",
+        pipeline=pipeline,
+        step_models={"scale": "ws.scaler"},
+        max_batch_size=8,
+    )
+
+
+def test_a_batch_publishes_what_single_writes_would(
+    repo: RepositoryWriter, sources: dict[int, Path], tmp_path: Path
+) -> None:
+    single = RepositoryWriter(tmp_path / "single")
+    single.write_model("ws.scaler", config_for([1, 2]), {1: sources[1], 2: sources[2]})
+    single.write_model("ws.other", config_for([1], "ws.other"), {1: sources[3]}, {1: MODEL_PY})
+    single.write_ensemble("ws.fraud.v1", fraud_ensemble())
+    with repo.batch() as batch:
+        batch.write_model("ws.scaler", config_for([1, 2]), {1: sources[1], 2: sources[2]})
+        batch.write_model("ws.other", config_for([1], "ws.other"), {1: sources[3]}, {1: MODEL_PY})
+        batch.write_ensemble("ws.fraud.v1", fraud_ensemble())
+        assert repo.list_models() == []  # nothing is visible before the block ends
+    assert snapshot(repo.root) == snapshot(single.root)
+    assert batch.added == {"ws.scaler": [1, 2], "ws.other": [1], "ws.fraud.v1": [1]}
+    with repo.batch() as again:  # adding a version to a published model
+        again.write_model("ws.scaler", config_for([1, 2, 3]), {3: sources[3]})
+    assert again.added == {"ws.scaler": [3]}
+    assert not (repo.root / ".staging").exists()
+
+
+def test_a_batch_with_a_conflict_publishes_nothing(
+    repo: RepositoryWriter, sources: dict[int, Path]
+) -> None:
+    repo.write_model("ws.scaler", config_for([1]), {1: sources[1]})
+    before = snapshot(repo.root)
+    with pytest.raises(Conflict, match=r"version 1 of model 'ws\.scaler'"), repo.batch() as batch:
+        batch.write_model("ws.other", config_for([1], "ws.other"), {1: sources[1]})
+        batch.write_model("ws.scaler", config_for([1]), {1: sources[2]})
+    assert snapshot(repo.root) == before
+    with pytest.raises(RuntimeError), repo.batch() as batch:
+        batch.write_model("ws.other", config_for([1], "ws.other"), {1: sources[1]})
+        raise RuntimeError("the caller failed half way")
+    assert snapshot(repo.root) == before
+    with pytest.raises(InvalidInput, match="twice"), repo.batch() as batch:
+        batch.write_model("ws.other", config_for([1], "ws.other"), {1: sources[1]})
+        batch.write_model("ws.other", config_for([1], "ws.other"), {1: sources[1]})
+    assert snapshot(repo.root) == before
+    assert not (repo.root / ".staging").exists()
