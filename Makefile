@@ -45,8 +45,11 @@ unit: install
 test: check
 	$(PY) -m pytest -q
 
+# Benchmarks print side-by-side ratios measured in one run (never timed unit tests).
 bench: install
 	$(PY) loadtests/bench_gateway.py
+	$(PY) loadtests/bench_gateway_grpc.py
+	$(PY) loadtests/bench_repository.py
 
 loadtest: bench
 
