@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	@$(MAKE) --no-print-directory system-deps
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -e '.[dev]'
+	$(PIP) install -q -e '.[dev,torch,sklearn,boosters,optimize]'
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -50,6 +50,7 @@ bench: install
 	$(PY) loadtests/bench_gateway.py
 	$(PY) loadtests/bench_gateway_grpc.py
 	$(PY) loadtests/bench_repository.py
+	$(PY) loadtests/bench_converters.py
 
 loadtest: bench
 

@@ -97,9 +97,9 @@ def _read_limited(path: Path, max_bytes: int) -> bytes:
     if info.st_size == 0:
         raise _refuse(path, "is empty")
     with open(path, "rb") as handle:
-        data = handle.read(max_bytes + 1)
-    if len(data) > max_bytes:  # grew between stat and read
-        raise _refuse(path, f"is over the limit of {max_bytes} bytes")
+        data = handle.read(info.st_size + 1)  # never more than the size checked above
+    if len(data) > info.st_size:  # grew between stat and read
+        raise _refuse(path, "changed while it was read", hint="import it again once written")
     return data
 
 

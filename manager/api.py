@@ -6,7 +6,10 @@ resource model come with the management API issue. It binds loopback by default.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import io
+import json
 import logging
 import re
 import shutil
@@ -15,9 +18,9 @@ import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
@@ -84,6 +87,20 @@ async def _receive_upload(request: Request, dest: Path, *, limit: int) -> None:
         raise InvalidInput("the upload is empty", hint="send the file as the request body")
 
 
+def _client_conversion(header: str | None) -> dict[str, Any] | None:
+    if not header:
+        return None
+    try:
+        report = json.loads(base64.b64decode(header, validate=True))
+    except (ValueError, binascii.Error) as exc:
+        raise InvalidInput(
+            "X-Lastmile-Conversion is not base64-encoded JSON", hint="send the SDK's report"
+        ) from exc
+    if not isinstance(report, dict):
+        raise InvalidInput("X-Lastmile-Conversion must be a JSON object")
+    return {"conversion": report, "converted_by": "client"}
+
+
 def _problem(exc: LastmileError) -> JSONResponse:
     body: dict[str, Any] = {
         "type": type(exc).__name__,
@@ -133,23 +150,45 @@ def create_app(settings: Settings, *, system: System | None = None) -> FastAPI:
 
     @app.post("/v1/workspaces/{workspace}/models/{name}/versions", status_code=201)
     async def import_model(
-        workspace: str, name: str, request: Request, filename: str = "upload.onnx"
+        workspace: str,
+        name: str,
+        request: Request,
+        filename: str = "upload.onnx",
+        framework: str = "onnx",
+        inputs: Annotated[list[str] | None, Query()] = None,
+        trust_pickle: bool = False,
+        rtol: float = 1e-4,
+        atol: float = 1e-5,
+        optimize: Annotated[list[str] | None, Query()] = None,
     ) -> dict[str, Any]:
-        """Upload an ONNX file as the raw request body (streamed, size-limited).
+        """Upload a model file as the raw request body (streamed, size-limited).
 
-        ``filename`` is only used to name the file in messages.
+        ONNX is registered as it is; other frameworks are converted to ONNX with a parity
+        check first. ``filename`` names the file in messages (and tells its format).
+        A client that converted the model itself may send its report in the
+        ``X-Lastmile-Conversion`` header (base64 JSON); it is stored as given.
         """
+        details = _client_conversion(request.headers.get("x-lastmile-conversion"))
         settings.ensure_dirs()
         upload_dir = Path(tempfile.mkdtemp(dir=settings.run_dir, prefix=".upload-"))
         tmp = upload_dir / _safe_filename(filename)
         try:
             await _receive_upload(request, tmp, limit=settings.max_upload_bytes)
             return await run_in_threadpool(
-                models.import_onnx,
+                models.import_model,
                 platform(request),
                 workspace=workspace,
                 name=name,
                 path=tmp,
+                conversion=models.ConversionOptions(
+                    framework=framework,
+                    inputs=tuple(inputs or ()),
+                    trust_pickle=trust_pickle,
+                    rtol=rtol,
+                    atol=atol,
+                    optimize=tuple(optimize or ()),
+                ),
+                details=details,
             )
         finally:
             shutil.rmtree(upload_dir, ignore_errors=True)

@@ -124,13 +124,41 @@ def status(as_json: bool = JsonOpt) -> None:
 
 @model_app.command("import")
 def model_import(
-    path: Path = typer.Argument(..., help="Model file (.onnx)."),
+    path: Path = typer.Argument(..., help="Model file (.onnx, .pt, .pkl/.joblib, .json, .txt, …)."),
     name: str = typer.Option(..., "--name", help="Registered model name."),
+    framework: str = typer.Option(
+        "onnx",
+        "--framework",
+        help="onnx, pytorch, torchscript, sklearn, xgboost, lightgbm or keras.",
+    ),
+    input_spec: list[str] = typer.Option(
+        [], "--input", help="NAME:DTYPE:SHAPE, e.g. x:float32:-1,8 (formats without a signature)."
+    ),
+    trust_pickle: bool = typer.Option(
+        False, "--trust-pickle", help="Allow unpickling this file (only for files you trust)."
+    ),
+    rtol: float = typer.Option(1e-4, "--rtol", help="Parity: relative tolerance."),
+    atol: float = typer.Option(1e-5, "--atol", help="Parity: absolute tolerance."),
+    optimize: list[str] = typer.Option(
+        [], "--optimize", help="Variants to try: ort, onnxslim, fp16, int8."
+    ),
     as_json: bool = JsonOpt,
 ) -> None:
-    """Register PATH as the next version of model NAME."""
-    with _client() as lm, err.status(f"importing {path}…"):
-        info = lm.import_model(path, name=name)
+    """Register PATH as the next version of model NAME (converted to ONNX when needed)."""
+    what = (
+        "importing" if framework == "onnx" else f"converting {framework} → ONNX, checking parity,"
+    )
+    with _client() as lm, err.status(f"{what} {path}…"):
+        info = lm.import_model(
+            path,
+            name=name,
+            framework=framework,
+            inputs=input_spec,
+            trust_pickle=trust_pickle,
+            rtol=rtol,
+            atol=atol,
+            optimize=tuple(optimize),
+        )
     sig = info["signature"]
     human = (
         f"model [bold]{info['model']}[/bold] version {info['version']} "

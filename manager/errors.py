@@ -94,5 +94,14 @@ _BY_TITLE = {
 
 
 def error_class(name: str) -> type[LastmileError]:
-    """The error class for a problem document's ``type`` (used by the SDK)."""
-    return _BY_TITLE.get(name, LastmileError)
+    """The error class for a problem document's ``type`` (used by the SDK); subclasses
+    defined elsewhere (converters) are found once imported, else the base class stands in."""
+    if name in _BY_TITLE:
+        return _BY_TITLE[name]
+    pending = list(LastmileError.__subclasses__())
+    while pending:
+        cls = pending.pop()
+        if cls.__name__ == name:
+            return cls
+        pending.extend(cls.__subclasses__())
+    return LastmileError

@@ -10,7 +10,9 @@ lm.infer("fraud", {"x": [[0.1, 0.2, 0.3, 0.4]]})
 
 from __future__ import annotations
 
+import base64
 import io
+import json
 import tarfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -130,11 +132,69 @@ class Lastmile:
     def status(self) -> dict[str, Any]:
         return dict(self._call("GET", "/v1/status"))
 
-    def import_model(self, path: str | Path, *, name: str) -> dict[str, Any]:
+    def import_model(
+        self,
+        source: str | Path | object,
+        *,
+        name: str,
+        framework: str = "onnx",
+        inputs: list[str] | None = None,
+        sample_input: Any = None,
+        trust_pickle: bool = False,
+        rtol: float = 1e-4,
+        atol: float = 1e-5,
+        optimize: tuple[str, ...] = (),
+    ) -> dict[str, Any]:
+        """Register a model version. ``source`` is a file (converted on the server when it is
+        not ONNX) or an in-memory model (a torch module, an sklearn estimator, a booster):
+        that one is converted here, parity-checked on ``sample_input``, and its ONNX uploaded
+        with the conversion report."""
         check_name(name, kind="model")
-        path = Path(path)
+        if isinstance(source, (str, Path)):
+            return self._upload(
+                Path(source),
+                name,
+                params={
+                    "framework": framework,
+                    "inputs": inputs or [],
+                    "trust_pickle": trust_pickle,
+                    "rtol": rtol,
+                    "atol": atol,
+                    "optimize": list(optimize),
+                },
+            )
+        import tempfile
+
+        from converters.api import convert, parse_input_spec
+
+        with tempfile.TemporaryDirectory(prefix="lastmile-convert-") as work:
+            report = convert(
+                source,
+                framework=framework,
+                out_dir=Path(work) / "out",
+                inputs=[parse_input_spec(t) for t in inputs or ()] or None,
+                sample_input=sample_input,
+                rtol=rtol,
+                atol=atol,
+                optimize=optimize,
+                max_bytes=Settings().max_upload_bytes,
+            )
+            summary = report.to_dict()
+            chosen = Path(summary.pop("recommended_path") or summary.pop("onnx_path"))
+            summary.pop("onnx_path", None)
+            header = base64.b64encode(json.dumps(summary).encode()).decode()
+            return self._upload(chosen, name, headers={"x-lastmile-conversion": header})
+
+    def _upload(
+        self,
+        path: Path,
+        name: str,
+        *,
+        params: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
         if not path.is_file():
-            raise InvalidInput(f"{path} is not a file", hint="give the path of an .onnx file")
+            raise InvalidInput(f"{path} is not a file", hint="give the path of a model file")
 
         def chunks() -> Iterator[bytes]:
             with open(path, "rb") as f:
@@ -146,10 +206,11 @@ class Lastmile:
                 "POST",
                 f"/v1/workspaces/{self.workspace}/models/{name}/versions",
                 content=chunks(),
-                params={"filename": path.name},
+                params={"filename": path.name, **(params or {})},
                 headers={
                     "content-type": "application/octet-stream",
                     "content-length": str(path.stat().st_size),
+                    **(headers or {}),
                 },
             )
         )

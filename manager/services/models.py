@@ -11,6 +11,7 @@ import logging
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -89,16 +90,77 @@ def register_onnx(
     )
 
 
-def import_onnx(platform: Platform, *, workspace: str, name: str, path: Path) -> dict[str, Any]:
-    """Register ``path`` (an ONNX file) as the next version of model ``name``."""
+@dataclass(frozen=True)
+class ConversionOptions:
+    """How to turn a non-ONNX model file into the ONNX that gets registered."""
+
+    framework: str = "onnx"
+    inputs: tuple[str, ...] = ()  # NAME:DTYPE:SHAPE, for formats without a signature
+    trust_pickle: bool = False
+    rtol: float = 1e-4
+    atol: float = 1e-5
+    optimize: tuple[str, ...] = ()
+
+
+def _convert(
+    platform: Platform, path: Path, options: ConversionOptions
+) -> tuple[Path, dict[str, Any]]:
+    """Convert to ONNX with a parity check; the recommended candidate gets registered."""
+    from converters.api import FRAMEWORKS, convert, parse_input_spec
+
+    if options.framework not in FRAMEWORKS:
+        raise InvalidInput(
+            f"unknown framework {options.framework!r}", hint="use one of " + ", ".join(FRAMEWORKS)
+        )
+    if options.trust_pickle:
+        log.warning("unpickling %s because the caller trusts it (--trust-pickle)", path.name)
+    report = convert(
+        path,
+        framework=options.framework,
+        out_dir=path.parent / "converted",
+        inputs=[parse_input_spec(text) for text in options.inputs] or None,
+        trust_pickle=options.trust_pickle,
+        rtol=options.rtol,
+        atol=options.atol,
+        optimize=options.optimize,
+        max_bytes=platform.settings.max_upload_bytes,
+        progress=lambda message: log.info("%s: %s", path.name, message),
+    )
+    chosen = report.recommended_path or report.onnx_path
+    summary = report.to_dict()
+    for key in ("onnx_path", "recommended_path"):  # server-side temp paths mean nothing later
+        summary.pop(key, None)
+    for candidate in summary["candidates"]:
+        candidate.pop("path", None)
+    return chosen, {"conversion": summary}
+
+
+def import_model(
+    platform: Platform,
+    *,
+    workspace: str,
+    name: str,
+    path: Path,
+    conversion: ConversionOptions | None = None,
+    details: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Register ``path`` as the next version of model ``name``: an ONNX file as it is, any
+    other framework's file converted (parity-checked, benchmarked) first."""
     check_name(workspace, kind="workspace")
     check_name(name, kind="model")
+    conversion = conversion or ConversionOptions()
+    extra = dict(details or {})
+    if conversion.framework != "onnx" or conversion.optimize:
+        path, converted = _convert(platform, path, conversion)
+        extra.update(converted)
     with platform.session() as session:
         ws = store.get_workspace(session, name=workspace)
-        model, version = register_onnx(platform, session, workspace=ws, name=name, path=path)
+        model, version = register_onnx(
+            platform, session, workspace=ws, name=name, path=path, details=extra
+        )
         session.commit()
         result = model_version_info(model, version)
-    log.info("imported %s as %s version %d", path, name, result["version"])
+    log.info("imported %s as %s version %d", path.name, name, result["version"])
     return result
 
 
