@@ -35,14 +35,12 @@ from converters.common import (
     ConversionError,
     ConvertedModel,
     Progress,
-    check_source_file,
-    describe_object,
     first_error_lines,
+    open_source,
     probe_in_child,
     require,
-    sha256_file,
-    source_path,
     version_of,
+    write_onnx,
 )
 from converters.sklearn_onnx import cast_sample, load_pickle, single_input_spec
 from manager.domain import TensorSpec
@@ -218,8 +216,7 @@ def convert_booster(
     onnxmltools = require("onnxmltools", extra="boosters", framework=framework)
     from onnxmltools.convert.common.data_types import FloatTensorType
 
-    path = source_path(source)
-    sha256 = None
+    path, sha256, described = open_source(source, max_bytes=max_bytes)
     if path is not None:
         if path.suffix.lower() in PICKLE_SUFFIXES:
             model = load_pickle(
@@ -229,14 +226,11 @@ def convert_booster(
                 what=f"a pickled {framework} model",
             )
         else:
-            check_source_file(path, max_bytes=max_bytes)
             progress(f"loading {path.name} ({framework}'s own format, no pickle)")
             loader = _load_xgboost if framework == "xgboost" else _load_lightgbm
             model = loader(module, path)
-        sha256 = sha256_file(path, max_bytes=max_bytes)
-        described = f"file {path.name}"
     else:
-        model, described = source, describe_object(source)
+        model = source
     _check_type(framework, module, model)
     name, datatype, width = single_input_spec(
         model,
@@ -264,8 +258,7 @@ def convert_booster(
         ) from exc
     if _free_batch_dims(onx):
         log.info("declared a dynamic batch dim on %s outputs", framework)
-    out_path.write_bytes(onx.SerializeToString())
-    output_names = [o.name for o in onx.graph.output]
+    output_names = write_onnx(onx, out_path)
     return ConvertedModel(
         onnx_path=out_path,
         reference=_booster_reference(framework, module, model, output_names, name),

@@ -14,6 +14,7 @@ import hashlib
 import logging
 import os
 import stat
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -22,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from manager.domain import TensorSpec
+from manager.domain import NUMPY_DTYPES, TensorSpec
 from manager.errors import InvalidInput, InvalidModelFile, RuntimeSetupError
 from manager.names import check_tensor_name
 
@@ -33,24 +34,8 @@ Arrays = dict[str, np.ndarray]
 Reference = Callable[[Arrays], Arrays]
 
 # KServe v2 datatype -> numpy dtype, for inputs we generate and outputs we compare.
-KSERVE_TO_NUMPY: dict[str, Any] = {
-    "BOOL": np.bool_,
-    "UINT8": np.uint8,
-    "UINT16": np.uint16,
-    "UINT32": np.uint32,
-    "UINT64": np.uint64,
-    "INT8": np.int8,
-    "INT16": np.int16,
-    "INT32": np.int32,
-    "INT64": np.int64,
-    "FP16": np.float16,
-    "FP32": np.float32,
-    "FP64": np.float64,
-    "BYTES": np.object_,
-}
-NUMPY_TO_KSERVE: dict[str, str] = {
-    np.dtype(v).name: k for k, v in KSERVE_TO_NUMPY.items() if k != "BYTES"
-}
+KSERVE_TO_NUMPY: dict[str, Any] = {**NUMPY_DTYPES, "BYTES": np.object_}
+NUMPY_TO_KSERVE: dict[str, str] = {np.dtype(v).name: k for k, v in NUMPY_DTYPES.items()}
 
 
 class ConversionError(InvalidModelFile):
@@ -202,6 +187,33 @@ def source_path(source: object) -> Path | None:
 def describe_object(obj: object) -> str:
     kind = type(obj)
     return f"object {kind.__module__}.{kind.__qualname__}"
+
+
+def open_source(source: object, *, max_bytes: int) -> tuple[Path | None, str | None, str]:
+    """A converter's source as (path, sha256, description) before anything loads it.
+
+    A file is checked (`check_source_file`) and hashed; an in-memory object has no path and
+    no hash, only its type's name.
+    """
+    path = source_path(source)
+    if path is None:
+        return None, None, describe_object(source)
+    check_source_file(path, max_bytes=max_bytes)
+    return path, sha256_file(path, max_bytes=max_bytes), f"file {path.name}"
+
+
+def write_onnx(onx: Any, out_path: Path) -> list[str]:
+    """Write the ONNX ModelProto `onx` to `out_path`; its output names, in graph order."""
+    out_path.write_bytes(onx.SerializeToString())
+    return [o.name for o in onx.graph.output]
+
+
+def framework_main(argv: list[str] | None, framework: str) -> int:
+    """A framework module's CLI: ``converters.api``'s, `--framework` defaulting to `framework`."""
+    from converters.api import main as api_main
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    return api_main([*args, "--framework", framework] if "--framework" not in args else args)
 
 
 def normalize_sample(

@@ -33,13 +33,11 @@ from converters.common import (
     ConversionError,
     ConvertedModel,
     Progress,
-    check_source_file,
-    describe_object,
     first_error_lines,
+    framework_main,
     gate_pickle,
+    open_source,
     require,
-    sha256_file,
-    source_path,
     version_of,
 )
 from manager.domain import TensorSpec
@@ -108,16 +106,12 @@ def convert_keras(
     tf = require("tensorflow", extra="keras", framework="keras")
     tf2onnx = require("tf2onnx", extra="keras", framework="keras")
     keras = require("keras", extra="keras", framework="keras")
-    path = source_path(source)
-    sha256 = None
+    path, sha256, described = open_source(source, max_bytes=max_bytes)
     if path is not None:
-        check_source_file(path, max_bytes=max_bytes)
-        sha256 = sha256_file(path, max_bytes=max_bytes)
         progress(f"loading {path.name} with Keras {keras.__version__} (safe mode)")
         model = _load(keras, path, trust_pickle=trust_pickle)
-        described = f"file {path.name}"
     else:
-        model, described = source, describe_object(source)
+        model = source
     if not hasattr(model, "inputs") or not model.inputs:
         raise InvalidInput(
             "framework keras expects a built Keras model with known inputs",
@@ -168,10 +162,7 @@ def convert_keras(
 
 
 def main(argv: list[str] | None = None) -> int:
-    from converters.api import main as api_main
-
-    args = list(sys.argv[1:] if argv is None else argv)
-    return api_main([*args, "--framework", "keras"] if "--framework" not in args else args)
+    return framework_main(argv, "keras")
 
 
 if __name__ == "__main__":

@@ -29,13 +29,13 @@ from converters.common import (
     ConvertedModel,
     Progress,
     check_source_file,
-    describe_object,
     first_error_lines,
+    framework_main,
     gate_pickle,
+    open_source,
     require,
-    sha256_file,
-    source_path,
     version_of,
+    write_onnx,
 )
 from manager.domain import TensorSpec
 from manager.errors import InvalidInput, InvalidModelFile
@@ -160,17 +160,14 @@ def convert_sklearn(
     skl2onnx = require("skl2onnx", extra="sklearn", framework="sklearn")
     from sklearn.base import BaseEstimator, is_classifier
 
-    path = source_path(source)
-    sha256 = None
+    path, sha256, described = open_source(source, max_bytes=max_bytes)
     if path is not None:
         model = load_pickle(
             path, trust_pickle=trust_pickle, max_bytes=max_bytes, what="a scikit-learn model"
         )
         progress(f"unpickled {path.name} (trusted by the caller)")
-        sha256 = sha256_file(path, max_bytes=max_bytes)
-        described = f"file {path.name}"
     else:
-        model, described = source, describe_object(source)
+        model = source
     if not isinstance(model, BaseEstimator):
         raise InvalidInput(
             f"framework sklearn expects a fitted scikit-learn estimator, got {type(model).__name__}"
@@ -196,8 +193,7 @@ def convert_sklearn(
             hint="replace the unsupported step with one skl2onnx knows "
             "(skl2onnx.supported_converters()), or register a custom converter",
         ) from exc
-    out_path.write_bytes(onx.SerializeToString())
-    output_names = [o.name for o in onx.graph.output]
+    output_names = write_onnx(onx, out_path)
     return ConvertedModel(
         onnx_path=out_path,
         reference=sklearn_reference(model, output_names, name),
@@ -212,10 +208,7 @@ def convert_sklearn(
 
 
 def main(argv: list[str] | None = None) -> int:
-    from converters.api import main as api_main
-
-    args = list(sys.argv[1:] if argv is None else argv)
-    return api_main([*args, "--framework", "sklearn"] if "--framework" not in args else args)
+    return framework_main(argv, "sklearn")
 
 
 if __name__ == "__main__":

@@ -43,13 +43,11 @@ from converters.common import (
     ConvertedModel,
     Progress,
     arrays_from_specs,
-    check_source_file,
-    describe_object,
     first_error_lines,
+    framework_main,
     gate_pickle,
+    open_source,
     require,
-    sha256_file,
-    source_path,
     tile_batch,
     version_of,
 )
@@ -228,16 +226,12 @@ def convert_torch(
 ) -> ConvertedModel:
     torch = require("torch", extra="torch", framework=framework)
     warnings: list[str] = []
-    path = source_path(source)
-    sha256 = None
+    path, sha256, described = open_source(source, max_bytes=max_bytes)
     if path is not None:
-        check_source_file(path, max_bytes=max_bytes)
-        sha256 = sha256_file(path, max_bytes=max_bytes)
         progress(f"loading {path.name} with torch {torch.__version__}")
         model, kind = _load_file(torch, path, framework=framework, trust_pickle=trust_pickle)
-        described = f"file {path.name}"
     else:
-        model, kind, described = source, _model_kind(torch, source), describe_object(source)
+        model, kind = source, _model_kind(torch, source)
     if kind in ("module", "script") and model.training:
         model.eval()
         warnings.append("the module was in training mode; it was switched to eval mode")
@@ -339,12 +333,7 @@ def _export(
 
 
 def main(argv: list[str] | None = None) -> int:
-    from converters.api import main as api_main
-
-    args = list(sys.argv[1:] if argv is None else argv)
-    if "--framework" not in args:
-        args += ["--framework", "pytorch"]
-    return api_main(args)
+    return framework_main(argv, "pytorch")
 
 
 if __name__ == "__main__":

@@ -1,23 +1,42 @@
 """Tiny Triton models and helpers shared by the benchmarks and the gateway e2e tests.
 
 Kept out of ``tests/`` so that a benchmark runs without the test suite; the tests import the
-model writer from here (one copy).
+model writer, the Triton/gateway start-up and the stop helpers from here (one copy).
 """
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
 import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
+
+from manager.errors import RuntimeSetupError
+from manager.triton.runtime import EmbeddedTriton, find_wheel
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+T = TypeVar("T")
 
 # A batch-capable Python-backend model: y = factor * x, FP32 [4].
 _CONFIG = """\
 name: "{name}"
 backend: "python"
 max_batch_size: 8
-input [ {{ name: "x" data_type: TYPE_FP32 dims: [ 4 ] }} ]
+{version_policy}input [ {{ name: "x" data_type: TYPE_FP32 dims: [ 4 ] }} ]
 output [ {{ name: "y" data_type: TYPE_FP32 dims: [ 4 ] }} ]
 instance_group [ {{ count: {instances} kind: KIND_CPU }} ]
 """
+_ALL_VERSIONS = "version_policy: { all { } }\n"
 
 _MODEL_PY = """\
 import numpy as np
@@ -37,12 +56,30 @@ class TritonPythonModel:
 """
 
 
-def write_scale_model(repo: Path, name: str, *, factor: float = 2.0, instances: int = 1) -> None:
-    """Write a Python-backend model `name` computing y = factor * x into `repo`."""
+def write_scale_model(
+    repo: Path,
+    name: str,
+    *,
+    factor: float = 2.0,
+    instances: int = 1,
+    versions: Mapping[int, float] | None = None,
+) -> None:
+    """Write a Python-backend model `name` computing y = factor * x into `repo`.
+
+    By default one version (1) with `factor`; `versions` (version -> factor) writes several
+    instead, all of them served (``version_policy: all``).
+    """
     model_dir = repo / name
-    (model_dir / "1").mkdir(parents=True, exist_ok=True)
-    (model_dir / "config.pbtxt").write_text(_CONFIG.format(name=name, instances=instances))
-    (model_dir / "1" / "model.py").write_text(_MODEL_PY.format(factor=repr(float(factor))))
+    model_dir.mkdir(parents=True, exist_ok=True)
+    policy = "" if versions is None else _ALL_VERSIONS
+    (model_dir / "config.pbtxt").write_text(
+        _CONFIG.format(name=name, instances=instances, version_policy=policy)
+    )
+    for version, version_factor in (versions or {1: factor}).items():
+        (model_dir / str(version)).mkdir(exist_ok=True)
+        (model_dir / str(version) / "model.py").write_text(
+            _MODEL_PY.format(factor=repr(float(version_factor)))
+        )
 
 
 def free_ports(n: int) -> list[int]:
@@ -56,3 +93,172 @@ def free_ports(n: int) -> list[int]:
     for s in socks:
         s.close()
     return ports
+
+
+def triton_missing() -> bool:
+    """True when nvidia-pytriton's tritonserver is not installed (the e2e tests skip then)."""
+    try:
+        find_wheel()
+    except RuntimeSetupError:
+        return True
+    return False
+
+
+def embedded_triton(
+    work: Path, http_port: int, grpc_port: int, metrics_port: int
+) -> EmbeddedTriton:
+    """A tritonserver (not started yet) serving ``work/repo``, logging to ``work``."""
+    return EmbeddedTriton(
+        repository=work / "repo",
+        work_dir=work,
+        http_port=http_port,
+        grpc_port=grpc_port,
+        metrics_port=metrics_port,
+        log_path=work / "tritonserver.log",
+        start_timeout_s=120,
+    )
+
+
+def gateway_command(*args: str) -> list[str]:
+    """The command line of ``python -m rollout.gateway`` on loopback with `args` after it."""
+    return [sys.executable, "-m", "rollout.gateway", "--host", "127.0.0.1", *args]
+
+
+def gateway_env() -> dict[str, str]:
+    """The environment the gateway subprocess runs with: this one, with the repo importable."""
+    return dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+
+
+def launch_gateway(args: Sequence[str], log_path: Path) -> subprocess.Popen[bytes]:
+    """Start the gateway subprocess (see `gateway_command`), its output going to `log_path`."""
+    with log_path.open("wb") as log:
+        return subprocess.Popen(
+            gateway_command(*args),
+            cwd=REPO_ROOT,
+            env=gateway_env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def wait_gateway_ready(proc: subprocess.Popen[bytes], http_port: int, log_path: Path) -> None:
+    """Wait up to 20 s for the gateway's /v2/health/ready; RuntimeError if it exits or not."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(log_path.read_text())
+        try:
+            url = f"http://127.0.0.1:{http_port}/v2/health/ready"
+            with urllib.request.urlopen(url, timeout=1) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    proc.kill()
+    proc.wait()
+    raise RuntimeError("gateway did not become ready")
+
+
+def stop_gateway(proc: subprocess.Popen[bytes], timeout_s: float, *, strict: bool = False) -> int:
+    """SIGTERM `proc` (if still running) and return its exit code, waiting up to `timeout_s`.
+
+    Past that it is killed; `strict` then re-raises the timeout (a test's failure), otherwise
+    the killed process's exit code is returned (a benchmark reports it).
+    """
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        if strict:
+            proc.wait(timeout=5)
+            raise
+        return proc.wait()
+
+
+def http_call(method: str, url: str, body: str | None = None) -> tuple[int, bytes]:
+    """One HTTP request; (status, body) for error statuses too."""
+    request = urllib.request.Request(
+        url, data=body.encode() if body is not None else None, method=method
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=5) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+# ---- benchmark plumbing (bench_gateway.py, bench_gateway_grpc.py) -------------------------
+
+
+def run_fast(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run the coroutine `make()` on uvloop when installed, else on asyncio's loop."""
+    try:
+        import uvloop
+
+        return uvloop.run(make())
+    except ImportError:
+        return asyncio.run(make())
+
+
+def latency_stats(latencies: list[float], elapsed: float, errors: int) -> dict[str, float]:
+    """Throughput, p50/p99 in ms and errors of one measurement (sorts `latencies`)."""
+    latencies.sort()
+    n = len(latencies)
+    return {
+        "rps": n / elapsed,
+        "p50_ms": latencies[n // 2] * 1000 if n else 0.0,
+        "p99_ms": latencies[min(n - 1, int(n * 0.99))] * 1000 if n else 0.0,
+        "errors": errors,
+    }
+
+
+LEVELS = (1, 16)  # concurrent connections / clients per cell
+Samples = dict[tuple[str, int], list[dict[str, float]]]
+
+
+def alternate_rounds(
+    once: Callable[[str, int, float], dict[str, float]], rounds: int, seconds: float
+) -> Samples:
+    """Warm up both targets, then `rounds` rounds at each level, direct/gateway order swapped
+    every round so that noise from other work on the machine hits both sides alike."""
+    for name in ("direct", "gateway"):  # warm up connections, the stub and the gateway
+        once(name, 16, 1.0)
+    samples: Samples = {}
+    for round_no in range(rounds):
+        for level in LEVELS:
+            order = ["direct", "gateway"] if round_no % 2 == 0 else ["gateway", "direct"]
+            for name in order:
+                samples.setdefault((name, level), []).append(once(name, level, seconds))
+    return samples
+
+
+def summarize(
+    samples: Samples,
+    level_key: str,
+    extra: Callable[[list[dict[str, float]]], dict[str, Any]] = lambda runs: {},
+) -> tuple[list[dict[str, Any]], dict[str, dict[str, float]]]:
+    """The rows (medians of the rounds, `extra` columns after p99) and gateway/direct ratios."""
+    rows: list[dict[str, Any]] = []
+    for (name, level), runs in samples.items():
+        rows.append(
+            {
+                "target": name,
+                level_key: level,
+                **{k: statistics.median(r[k] for r in runs) for k in ("rps", "p50_ms", "p99_ms")},
+                **extra(runs),
+                "errors": sum(r["errors"] for r in runs),
+                "rps_rounds": [round(r["rps"]) for r in runs],
+            }
+        )
+    by = {(r["target"], r[level_key]): r for r in rows}
+    ratios = {
+        str(level): {
+            "throughput_ratio": by[("gateway", level)]["rps"] / by[("direct", level)]["rps"],
+            "added_p50_ms": by[("gateway", level)]["p50_ms"] - by[("direct", level)]["p50_ms"],
+        }
+        for level in LEVELS
+    }
+    return sorted(rows, key=lambda r: (r[level_key], r["target"])), ratios

@@ -18,13 +18,10 @@ import json
 import os
 import re
 import shutil
-import signal
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +29,18 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(REPO_ROOT))
 
-from loadtests._models import free_ports, write_scale_model  # noqa: E402
-from manager.triton.runtime import EmbeddedTriton  # noqa: E402
+from loadtests._models import (  # noqa: E402
+    alternate_rounds,
+    embedded_triton,
+    free_ports,
+    latency_stats,
+    launch_gateway,
+    run_fast,
+    stop_gateway,
+    summarize,
+    wait_gateway_ready,
+    write_scale_model,
+)
 
 MODEL = "default.bench.v1"
 ROUTE = "bench"
@@ -100,26 +107,13 @@ async def _drive(port: int, path: str, conns: int, seconds: float) -> dict[str, 
 
     began = loop.time()
     await asyncio.gather(*(connection() for _ in range(conns)))
-    elapsed = loop.time() - began
-    latencies.sort()
-    n = len(latencies)
-    return {
-        "rps": n / elapsed,
-        "p50_ms": latencies[n // 2] * 1000 if n else 0.0,
-        "p99_ms": latencies[min(n - 1, int(n * 0.99))] * 1000 if n else 0.0,
-        "errors": errors,
-    }
+    return latency_stats(latencies, loop.time() - began, errors)
 
 
 def run_driver(url: str, conns: int, seconds: float) -> dict[str, float]:
     port = int(url.split(":")[2].split("/")[0])
     path = "/" + url.split("/", 3)[3]
-    try:
-        import uvloop
-
-        return uvloop.run(_drive(port, path, conns, seconds))
-    except ImportError:
-        return asyncio.run(_drive(port, path, conns, seconds))
+    return run_fast(lambda: _drive(port, path, conns, seconds))
 
 
 def start_gateway(work: Path, triton_url: str) -> tuple[subprocess.Popen[bytes], int]:
@@ -130,28 +124,13 @@ def start_gateway(work: Path, triton_url: str) -> tuple[subprocess.Popen[bytes],
         )
     )
     http_port, metrics_port, admin_port = free_ports(3)
-    cmd = [
-        sys.executable, "-m", "rollout.gateway", "--host", "127.0.0.1",
+    args = [
         "--http-port", str(http_port), "--grpc-port", "0", "--metrics-port", str(metrics_port),
         "--admin-port", str(admin_port), "--routes-file", str(routes), "--log-level", "WARNING",
     ]  # fmt: skip
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
-    with (work / "gateway.log").open("wb") as log:
-        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError((work / "gateway.log").read_text())
-        try:
-            url = f"http://127.0.0.1:{http_port}/v2/health/ready"
-            with urllib.request.urlopen(url, timeout=1) as resp:
-                if resp.status == 200:
-                    return proc, http_port
-        except OSError:
-            pass
-        time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("gateway did not become ready")
+    proc = launch_gateway(args, work / "gateway.log")
+    wait_gateway_ready(proc, http_port, work / "gateway.log")
+    return proc, http_port
 
 
 def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -159,16 +138,7 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     tool = "wrk" if shutil.which("wrk") and not args.driver else "asyncio-driver"
     script = work / "bench.lua"
     script.write_text(WRK_SCRIPT % BODY)
-    http, grpc, metrics = free_ports(3)
-    triton = EmbeddedTriton(
-        repository=work / "repo",
-        work_dir=work,
-        http_port=http,
-        grpc_port=grpc,
-        metrics_port=metrics,
-        log_path=work / "tritonserver.log",
-        start_timeout_s=120,
-    )
+    triton = embedded_triton(work, *free_ports(3))
     with triton:
         with triton.client() as client:
             client.load_model(MODEL)
@@ -185,48 +155,16 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                     return run_wrk(urls[name], conns, seconds, script)
                 return run_driver(urls[name], conns, seconds)
 
-            for name in urls:  # warm up connections, the stub and the gateway's pool
-                once(name, 16, 1.0)
-            samples: dict[tuple[str, int], list[dict[str, float]]] = {}
-            for round_no in range(args.rounds):
-                for conns in (1, 16):
-                    order = ["direct", "gateway"] if round_no % 2 == 0 else ["gateway", "direct"]
-                    for name in order:
-                        samples.setdefault((name, conns), []).append(
-                            once(name, conns, args.seconds)
-                        )
+            samples = alternate_rounds(once, args.rounds, args.seconds)
         finally:
-            gateway.send_signal(signal.SIGTERM)
-            try:
-                gateway_rc = gateway.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                gateway.kill()
-                gateway_rc = gateway.wait()
-    rows: list[dict[str, Any]] = []
-    for (name, conns), runs in samples.items():
-        rows.append(
-            {
-                "target": name,
-                "connections": conns,
-                **{k: statistics.median(r[k] for r in runs) for k in ("rps", "p50_ms", "p99_ms")},
-                "errors": sum(r["errors"] for r in runs),
-                "rps_rounds": [round(r["rps"]) for r in runs],
-            }
-        )
-    by = {(r["target"], r["connections"]): r for r in rows}
-    ratios = {
-        str(conns): {
-            "throughput_ratio": by[("gateway", conns)]["rps"] / by[("direct", conns)]["rps"],
-            "added_p50_ms": by[("gateway", conns)]["p50_ms"] - by[("direct", conns)]["p50_ms"],
-        }
-        for conns in (1, 16)
-    }
+            gateway_rc = stop_gateway(gateway, 20)
+    rows, ratios = summarize(samples, "connections")
     return {
         "tool": tool,
         "seconds": args.seconds,
         "rounds": args.rounds,
         "cpus": os.cpu_count(),
-        "rows": sorted(rows, key=lambda r: (r["connections"], r["target"])),
+        "rows": rows,
         "ratios": ratios,
         "gateway_exit_code": gateway_rc,
     }

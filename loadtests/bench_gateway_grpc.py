@@ -22,13 +22,11 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -43,8 +41,18 @@ import tritonclient.grpc as grpcclient  # noqa: E402
 import tritonclient.grpc.aio as aioclient  # noqa: E402
 from tritonclient.grpc import service_pb2 as pb  # noqa: E402
 
-from loadtests._models import free_ports, write_scale_model  # noqa: E402
-from manager.triton.runtime import EmbeddedTriton  # noqa: E402
+from loadtests._models import (  # noqa: E402
+    alternate_rounds,
+    embedded_triton,
+    free_ports,
+    latency_stats,
+    launch_gateway,
+    run_fast,
+    stop_gateway,
+    summarize,
+    wait_gateway_ready,
+    write_scale_model,
+)
 
 MODEL = "default.bench.v1"
 ROUTE = "bench"
@@ -107,23 +115,11 @@ async def _drive(address: str, model: str, clients: int, seconds: float, driver:
     await asyncio.gather(*(one_client() for _ in range(clients)))
     elapsed = loop.time() - began
     await close()
-    latencies.sort()
-    n = len(latencies)
-    return {
-        "rps": n / elapsed,
-        "p50_ms": latencies[n // 2] * 1000 if n else 0.0,
-        "p99_ms": latencies[min(n - 1, int(n * 0.99))] * 1000 if n else 0.0,
-        "errors": errors,
-    }
+    return latency_stats(latencies, elapsed, errors)
 
 
 def run_driver(address: str, model: str, clients: int, seconds: float, driver: str) -> Any:
-    try:
-        import uvloop
-
-        return uvloop.run(_drive(address, model, clients, seconds, driver))
-    except ImportError:
-        return asyncio.run(_drive(address, model, clients, seconds, driver))
+    return run_fast(lambda: _drive(address, model, clients, seconds, driver))
 
 
 def cpu_seconds(pid: int) -> float | None:
@@ -140,44 +136,19 @@ def start_gateway(work: Path, http_url: str, grpc_url: str) -> tuple[subprocess.
     target = {"url": http_url, "grpc": grpc_url, "model": MODEL}
     routes.write_text(json.dumps({"generation": 1, "routes": {ROUTE: {"targets": [target]}}}))
     http_port, grpc_port, metrics_port, admin_port = free_ports(4)
-    cmd = [
-        sys.executable, "-m", "rollout.gateway", "--host", "127.0.0.1",
+    args = [
         "--http-port", str(http_port), "--grpc-port", str(grpc_port),
         "--metrics-port", str(metrics_port), "--admin-port", str(admin_port),
         "--routes-file", str(routes), "--log-level", "WARNING",
     ]  # fmt: skip
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
-    with (work / "gateway.log").open("wb") as log:
-        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError((work / "gateway.log").read_text())
-        try:
-            url = f"http://127.0.0.1:{http_port}/v2/health/ready"
-            with urllib.request.urlopen(url, timeout=1) as resp:
-                if resp.status == 200:
-                    return proc, grpc_port
-        except OSError:
-            pass
-        time.sleep(0.1)
-    proc.kill()
-    proc.wait()
-    raise RuntimeError("gateway did not become ready")
+    proc = launch_gateway(args, work / "gateway.log")
+    wait_gateway_ready(proc, http_port, work / "gateway.log")
+    return proc, grpc_port
 
 
 def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     write_scale_model(work / "repo", MODEL)
-    http, grpc_port, metrics = free_ports(3)
-    triton = EmbeddedTriton(
-        repository=work / "repo",
-        work_dir=work,
-        http_port=http,
-        grpc_port=grpc_port,
-        metrics_port=metrics,
-        log_path=work / "tritonserver.log",
-        start_timeout_s=120,
-    )
+    triton = embedded_triton(work, *free_ports(3))
     with triton:
         with triton.client() as client:
             client.load_model(MODEL)
@@ -199,53 +170,26 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                     result["gateway_cpu_us"] = (after - before) / done * 1e6
                 return result
 
-            for name in targets:  # warm up channels, the stub and the gateway
-                once(name, 16, 1.0)
-            samples: dict[tuple[str, int], list[dict[str, float]]] = {}
-            for round_no in range(args.rounds):
-                for clients in (1, 16):
-                    order = ["direct", "gateway"] if round_no % 2 == 0 else ["gateway", "direct"]
-                    for name in order:
-                        samples.setdefault((name, clients), []).append(
-                            once(name, clients, args.seconds)
-                        )
+            samples = alternate_rounds(once, args.rounds, args.seconds)
         finally:
-            gateway.send_signal(signal.SIGTERM)
-            try:
-                gateway_rc = gateway.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                gateway.kill()
-                gateway_rc = gateway.wait()
-    rows: list[dict[str, Any]] = []
-    for (name, clients), runs in samples.items():
-        rows.append(
-            {
-                "target": name,
-                "clients": clients,
-                **{k: statistics.median(r[k] for r in runs) for k in ("rps", "p50_ms", "p99_ms")},
-                "gateway_cpu_us": (
-                    statistics.median(r["gateway_cpu_us"] for r in runs)
-                    if all("gateway_cpu_us" in r for r in runs)
-                    else None
-                ),
-                "errors": sum(r["errors"] for r in runs),
-                "rps_rounds": [round(r["rps"]) for r in runs],
-            }
-        )
-    by = {(r["target"], r["clients"]): r for r in rows}
-    ratios = {
-        str(clients): {
-            "throughput_ratio": by[("gateway", clients)]["rps"] / by[("direct", clients)]["rps"],
-            "added_p50_ms": by[("gateway", clients)]["p50_ms"] - by[("direct", clients)]["p50_ms"],
+            gateway_rc = stop_gateway(gateway, 30)
+
+    def gateway_cpu(runs: list[dict[str, float]]) -> dict[str, Any]:
+        return {
+            "gateway_cpu_us": (
+                statistics.median(r["gateway_cpu_us"] for r in runs)
+                if all("gateway_cpu_us" in r for r in runs)
+                else None
+            )
         }
-        for clients in (1, 16)
-    }
+
+    rows, ratios = summarize(samples, "clients", gateway_cpu)
     return {
         "driver": args.driver,
         "seconds": args.seconds,
         "rounds": args.rounds,
         "cpus": os.cpu_count(),
-        "rows": sorted(rows, key=lambda r: (r["clients"], r["target"])),
+        "rows": rows,
         "ratios": ratios,
         "gateway_exit_code": gateway_rc,
     }

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 # KServe v2 / Triton datatype names (the strings seen on the wire and in model metadata).
 DATATYPES = (
     "BOOL",
@@ -26,6 +28,22 @@ DATATYPES = (
     "BYTES",
     "BF16",
 )
+
+# The numeric ones as numpy dtypes (BYTES and BF16 have no plain numpy counterpart here).
+NUMPY_DTYPES: dict[str, Any] = {
+    "BOOL": np.bool_,
+    "UINT8": np.uint8,
+    "UINT16": np.uint16,
+    "UINT32": np.uint32,
+    "UINT64": np.uint64,
+    "INT8": np.int8,
+    "INT16": np.int16,
+    "INT32": np.int32,
+    "INT64": np.int64,
+    "FP16": np.float16,
+    "FP32": np.float32,
+    "FP64": np.float64,
+}
 
 
 @dataclass(frozen=True)

@@ -21,24 +21,10 @@ from typing import Any
 import httpx
 import numpy as np
 
+from manager.domain import NUMPY_DTYPES
 from manager.errors import InvalidInput, LastmileError, TritonUnavailable, error_class
 from manager.names import check_name
 from manager.settings import Settings
-
-_NUMPY_DTYPES = {
-    "BOOL": np.bool_,
-    "UINT8": np.uint8,
-    "UINT16": np.uint16,
-    "UINT32": np.uint32,
-    "UINT64": np.uint64,
-    "INT8": np.int8,
-    "INT16": np.int16,
-    "INT32": np.int32,
-    "INT64": np.int64,
-    "FP16": np.float16,
-    "FP32": np.float32,
-    "FP64": np.float64,
-}
 
 
 def _raise_for_problem(response: httpx.Response) -> None:
@@ -340,7 +326,7 @@ class Lastmile:
         tensors = []
         for name, value in inputs.items():
             datatype = wanted[name]["datatype"]
-            dtype = _NUMPY_DTYPES.get(datatype)
+            dtype = NUMPY_DTYPES.get(datatype)
             if dtype is None:
                 raise InvalidInput(f"input {name!r} has datatype {datatype}, not supported here")
             try:
@@ -363,6 +349,6 @@ class Lastmile:
         _raise_for_problem(response)
         result = {}
         for out in response.json()["outputs"]:
-            dtype = _NUMPY_DTYPES.get(out["datatype"], np.float64)
+            dtype = NUMPY_DTYPES.get(out["datatype"], np.float64)
             result[out["name"]] = np.asarray(out["data"], dtype=dtype).reshape(out["shape"])
         return result

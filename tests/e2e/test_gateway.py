@@ -3,14 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,26 +16,21 @@ import pytest
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from loadtests._models import write_scale_model
-from manager.errors import RuntimeSetupError
-from manager.triton.runtime import EmbeddedTriton, find_wheel
-from tests.conftest import free_ports
-
-
-def _triton_missing() -> bool:
-    try:
-        find_wheel()
-    except RuntimeSetupError:
-        return True
-    return False
-
+from loadtests._models import (
+    embedded_triton,
+    free_ports,
+    http_call,
+    launch_gateway,
+    stop_gateway,
+    triton_missing,
+    write_scale_model,
+)
 
 pytestmark = [
     pytest.mark.e2e,
-    pytest.mark.skipif(_triton_missing(), reason="nvidia-pytriton's tritonserver missing"),
+    pytest.mark.skipif(triton_missing(), reason="nvidia-pytriton's tritonserver missing"),
 ]
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 V1, V2 = "default.diamond.v1", "default.diamond.v2"
 
 
@@ -63,27 +53,12 @@ class GatewayProc:
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=5)
-            raise
+        return stop_gateway(self.proc, 20, strict=True)
 
 
 def _call(method: str, url: str, body: str | None = None) -> tuple[int, dict[str, Any]]:
-    request = urllib.request.Request(
-        url, data=body.encode() if body is not None else None, method=method
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=5) as resp:
-            raw = resp.read()
-            return resp.status, json.loads(raw) if raw else {}
-    except urllib.error.HTTPError as exc:
-        raw = exc.read()
-        return exc.code, json.loads(raw) if raw else {}
+    status, raw = http_call(method, url, body)
+    return status, json.loads(raw) if raw else {}
 
 
 def start_gateway(work: Path, routes: dict[str, Any] | None) -> GatewayProc:
@@ -92,14 +67,11 @@ def start_gateway(work: Path, routes: dict[str, Any] | None) -> GatewayProc:
         routes_file.write_text(json.dumps(routes))
     ports = free_ports(3)
     log_path = routes_file.with_suffix(".log")
-    cmd = [
-        sys.executable, "-m", "rollout.gateway", "--host", "127.0.0.1",
+    args = [
         "--http-port", str(ports[0]), "--grpc-port", "0", "--metrics-port", str(ports[1]),
         "--admin-port", str(ports[2]), "--routes-file", str(routes_file),
     ]  # fmt: skip
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = launch_gateway(args, log_path)
     gw = GatewayProc(proc, ports[0], ports[2], ports[1], log_path)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
@@ -134,16 +106,7 @@ def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     work = tmp_path_factory.mktemp("triton")
     write_scale_model(work / "repo", V1, factor=2.0)
     write_scale_model(work / "repo", V2, factor=3.0)
-    http, grpc, metrics = free_ports(3)
-    server = EmbeddedTriton(
-        repository=work / "repo",
-        work_dir=work,
-        http_port=http,
-        grpc_port=grpc,
-        metrics_port=metrics,
-        log_path=work / "tritonserver.log",
-        start_timeout_s=120,
-    )
+    server = embedded_triton(work, *free_ports(3))
     with server, server.client() as client:
         for model in (V1, V2):
             client.load_model(model)

@@ -4,14 +4,9 @@ official `tritonclient.grpc`, unchanged, pointed at the gateway."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import socket
 import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,59 +17,26 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from manager.errors import RuntimeSetupError
-from manager.triton.runtime import EmbeddedTriton, find_wheel
-from tests.conftest import free_ports
-
-
-def _triton_missing() -> bool:
-    try:
-        find_wheel()
-    except RuntimeSetupError:
-        return True
-    return False
-
+from loadtests._models import (
+    REPO_ROOT,
+    embedded_triton,
+    free_ports,
+    gateway_command,
+    gateway_env,
+    http_call,
+    launch_gateway,
+    stop_gateway,
+    triton_missing,
+    write_scale_model,
+)
+from manager.triton.runtime import EmbeddedTriton
 
 pytestmark = [
     pytest.mark.e2e,
-    pytest.mark.skipif(_triton_missing(), reason="nvidia-pytriton's tritonserver missing"),
+    pytest.mark.skipif(triton_missing(), reason="nvidia-pytriton's tritonserver missing"),
 ]
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 MODEL = "default.diamond"  # versions 1 (y = 2x) and 2 (y = 3x), both loaded
-
-_CONFIG = """\
-name: "{name}"
-backend: "python"
-max_batch_size: 8
-version_policy: {{ all {{ }} }}
-input [ {{ name: "x" data_type: TYPE_FP32 dims: [ 4 ] }} ]
-output [ {{ name: "y" data_type: TYPE_FP32 dims: [ 4 ] }} ]
-instance_group [ {{ count: 1 kind: KIND_CPU }} ]
-"""
-
-_MODEL_PY = """\
-import numpy as np
-import triton_python_backend_utils as pb_utils
-
-
-class TritonPythonModel:
-    def execute(self, requests):
-        responses = []
-        for request in requests:
-            x = pb_utils.get_input_tensor_by_name(request, "x").as_numpy()
-            y = (x * {factor}).astype(np.float32)
-            responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("y", y)]))
-        return responses
-"""
-
-
-def write_model(repo: Path, name: str, factors: dict[int, float]) -> None:
-    (repo / name).mkdir(parents=True)
-    (repo / name / "config.pbtxt").write_text(_CONFIG.format(name=name))
-    for version, factor in factors.items():
-        (repo / name / str(version)).mkdir()
-        (repo / name / str(version) / "model.py").write_text(_MODEL_PY.format(factor=factor))
 
 
 def consecutive_free_ports() -> tuple[int, int]:
@@ -90,17 +52,6 @@ def consecutive_free_ports() -> tuple[int, int]:
                 continue
         return port, port + 1
     raise AssertionError("no two consecutive free ports")
-
-
-def _call(method: str, url: str, body: str | None = None) -> tuple[int, bytes]:
-    request = urllib.request.Request(
-        url, data=body.encode() if body is not None else None, method=method
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=5) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
 
 
 @dataclass
@@ -120,34 +71,19 @@ class Gateway:
         return self.log_path.read_text(errors="replace")
 
     def put_routes(self, table: dict[str, Any]) -> tuple[int, bytes]:
-        return _call("PUT", f"http://127.0.0.1:{self.admin_port}/routes", json.dumps(table))
+        return http_call("PUT", f"http://127.0.0.1:{self.admin_port}/routes", json.dumps(table))
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=5)
-            raise
+        return stop_gateway(self.proc, 30, strict=True)
 
 
 @pytest.fixture(scope="module")
 def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedTriton]:
     work = tmp_path_factory.mktemp("triton-grpc")
-    write_model(work / "repo", MODEL, {1: 2.0, 2: 3.0})
+    write_scale_model(work / "repo", MODEL, versions={1: 2.0, 2: 3.0})
     http, grpc = consecutive_free_ports()
     (metrics,) = free_ports(1)
-    server = EmbeddedTriton(
-        repository=work / "repo",
-        work_dir=work,
-        http_port=http,
-        grpc_port=grpc,
-        metrics_port=metrics,
-        log_path=work / "tritonserver.log",
-        start_timeout_s=120,
-    )
+    server = embedded_triton(work, http, grpc, metrics)
     with server, server.client() as client:
         client.load_model(MODEL)
         yield server
@@ -158,14 +94,11 @@ def gateway(triton: EmbeddedTriton, tmp_path_factory: pytest.TempPathFactory) ->
     work = tmp_path_factory.mktemp("gateway-grpc")
     http, grpc, metrics, admin = free_ports(4)
     log_path = work / "gateway.log"
-    cmd = [
-        sys.executable, "-m", "rollout.gateway", "--host", "127.0.0.1",
+    args = [
         "--http-port", str(http), "--grpc-port", str(grpc),
         "--metrics-port", str(metrics), "--admin-port", str(admin), "--health-interval", "0.2",
     ]  # fmt: skip
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = launch_gateway(args, log_path)
     gw = Gateway(proc, http, grpc, metrics, admin, log_path)
     endpoints = triton.endpoints
     table = {
@@ -306,7 +239,7 @@ def test_grpc_requests_are_counted_in_the_gateway_metrics(
     client: grpcclient.InferenceServerClient, gateway: Gateway
 ) -> None:
     infer(client, "diamond-v1")
-    status, body = _call("GET", f"http://127.0.0.1:{gateway.metrics_port}/metrics")
+    status, body = http_call("GET", f"http://127.0.0.1:{gateway.metrics_port}/metrics")
     assert status == 200
     text = body.decode()
     ok = 'lastmile_gateway_requests_total{code="OK",route="diamond-v1",target="default.diamond:1"}'
@@ -316,7 +249,7 @@ def test_grpc_requests_are_counted_in_the_gateway_metrics(
 
 
 def test_http_side_still_serves_the_same_table(gateway: Gateway) -> None:
-    status, _ = _call("GET", f"http://127.0.0.1:{gateway.http_port}/v2/models/diamond/ready")
+    status, _ = http_call("GET", f"http://127.0.0.1:{gateway.http_port}/v2/models/diamond/ready")
     assert status == 200
 
 
@@ -324,12 +257,10 @@ def test_gateway_start_fails_cleanly_when_the_grpc_port_is_taken(
     gateway: Gateway, tmp_path: Path
 ) -> None:
     http, metrics, admin = free_ports(3)
-    cmd = [
-        sys.executable, "-m", "rollout.gateway", "--host", "127.0.0.1",
+    cmd = gateway_command(
         "--http-port", str(http), "--grpc-port", str(gateway.grpc_port),
         "--metrics-port", str(metrics), "--admin-port", str(admin),
-    ]  # fmt: skip
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, timeout=30)
+    )  # fmt: skip
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=gateway_env(), capture_output=True, timeout=30)
     assert proc.returncode == 2
     assert b"cannot listen for gRPC" in proc.stderr
