@@ -246,10 +246,11 @@ def pipeline_create(
     step: list[str] = typer.Option(..., "--step", help="MODEL or MODEL:VERSION, in order."),
     as_json: bool = JsonOpt,
 ) -> None:
-    """Create the next version of a pipeline chaining the given model versions."""
+    """Create the next version of a pipeline chaining model versions (no-op if unchanged)."""
     with _client() as lm:
         info = lm.create_pipeline(name, steps=step)
-    human = f"pipeline [bold]{info['pipeline']}[/bold] version {info['version']}: " + " → ".join(
+    verb = "version" if info.get("created", True) else "unchanged, still version"
+    human = f"pipeline [bold]{info['pipeline']}[/bold] {verb} {info['version']}: " + " → ".join(
         f"{s['model']}:{s['version']}" for s in info["steps"]
     )
     _emit(info, as_json, human)
