@@ -70,6 +70,21 @@ class ConversionReport:
     def candidate(self, name: str) -> Candidate | None:
         return next((c for c in self.candidates if c.name == name), None)
 
+    @property
+    def chosen_path(self) -> Path:
+        """The ONNX file to register: the recommended candidate, else the plain conversion."""
+        return self.recommended_path or self.onnx_path
+
+    def record(self) -> dict[str, Any]:
+        """What the registry keeps: the report without the paths of this conversion's
+        scratch folder, which mean nothing once it is gone."""
+        data = self.to_dict()
+        data.pop("onnx_path")
+        data.pop("recommended_path")
+        for candidate in data["candidates"]:
+            candidate.pop("path", None)
+        return data
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "onnx_path": str(self.onnx_path),

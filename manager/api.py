@@ -15,8 +15,8 @@ import re
 import shutil
 import tarfile
 import tempfile
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -63,6 +63,17 @@ class DeployRequest(BaseModel):
 def _safe_filename(name: str) -> str:
     base = re.sub(r"[^A-Za-z0-9._-]", "_", Path(name).name)[:100].lstrip(".")
     return base or "upload.onnx"
+
+
+@contextmanager
+def _scratch(settings: Settings, purpose: str) -> Iterator[Path]:
+    """A private folder under LASTMILE_HOME/run for one request, removed whatever happens."""
+    settings.ensure_dirs()
+    work = Path(tempfile.mkdtemp(dir=settings.run_dir, prefix=f".{purpose}-"))
+    try:
+        yield work
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 async def _receive_upload(request: Request, dest: Path, *, limit: int) -> None:
@@ -169,10 +180,8 @@ def create_app(settings: Settings, *, system: System | None = None) -> FastAPI:
         ``X-Lastmile-Conversion`` header (base64 JSON); it is stored as given.
         """
         details = _client_conversion(request.headers.get("x-lastmile-conversion"))
-        settings.ensure_dirs()
-        upload_dir = Path(tempfile.mkdtemp(dir=settings.run_dir, prefix=".upload-"))
-        tmp = upload_dir / _safe_filename(filename)
-        try:
+        with _scratch(settings, "upload") as upload_dir:
+            tmp = upload_dir / _safe_filename(filename)
             await _receive_upload(request, tmp, limit=settings.max_upload_bytes)
             return await run_in_threadpool(
                 models.import_model,
@@ -190,8 +199,6 @@ def create_app(settings: Settings, *, system: System | None = None) -> FastAPI:
                 ),
                 details=details,
             )
-        finally:
-            shutil.rmtree(upload_dir, ignore_errors=True)
 
     @app.put("/v1/workspaces/{workspace}/models/{name}/serving")
     def configure_model(
@@ -250,9 +257,7 @@ def create_app(settings: Settings, *, system: System | None = None) -> FastAPI:
         profile: Literal["cpu", "gpu"] = "gpu",
     ) -> Response:
         """The pipeline version as a Triton repository, in a tar.gz."""
-        settings.ensure_dirs()
-        work = Path(tempfile.mkdtemp(dir=settings.run_dir, prefix=".export-"))
-        try:
+        with _scratch(settings, "export") as work:
             repository.export_pipeline(
                 platform(request),
                 workspace=workspace,
@@ -264,16 +269,12 @@ def create_app(settings: Settings, *, system: System | None = None) -> FastAPI:
             buffer = io.BytesIO()
             with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
                 tar.add(work / "repository", arcname=".")
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
         return Response(buffer.getvalue(), media_type="application/gzip")
 
     @app.post("/v1/workspaces/{workspace}/repository/import", status_code=201)
     async def import_repository(workspace: str, request: Request) -> dict[str, Any]:
         """Register a Triton repository sent as a tar.gz body (models, versions, ensembles)."""
-        settings.ensure_dirs()
-        work = Path(tempfile.mkdtemp(dir=settings.run_dir, prefix=".import-"))
-        try:
+        with _scratch(settings, "import") as work:
             archive = work / "repository.tar.gz"
             await _receive_upload(request, archive, limit=settings.max_upload_bytes)
             root = work / "repository"
@@ -289,8 +290,6 @@ def create_app(settings: Settings, *, system: System | None = None) -> FastAPI:
             return await run_in_threadpool(
                 repository.import_repository, platform(request), workspace=workspace, root=root
             )
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
 
     @app.get("/v1/deployments")
     def list_deployments(request: Request) -> list[dict[str, Any]]:

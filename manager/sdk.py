@@ -97,7 +97,7 @@ class Lastmile:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
@@ -106,7 +106,10 @@ class Lastmile:
                 hint="is it running? lastmile status",
             ) from exc
         _raise_for_problem(response)
-        return response.json()
+        return response
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self._request(method, path, **kwargs).json()
 
     @property
     def gateway_url(self) -> str:
@@ -165,11 +168,8 @@ class Lastmile:
                 optimize=optimize,
                 max_bytes=Settings().max_upload_bytes,
             )
-            summary = report.to_dict()
-            chosen = Path(summary.pop("recommended_path") or summary.pop("onnx_path"))
-            summary.pop("onnx_path", None)
-            header = base64.b64encode(json.dumps(summary).encode()).decode()
-            return self._upload(chosen, name, headers={"x-lastmile-conversion": header})
+            header = base64.b64encode(json.dumps(report.record()).encode()).decode()
+            return self._upload(report.chosen_path, name, headers={"x-lastmile-conversion": header})
 
     def _upload(
         self,
@@ -266,13 +266,9 @@ class Lastmile:
         params: dict[str, Any] = {"profile": profile}
         if version is not None:
             params["version"] = version
-        try:
-            response = self._http.get(
-                f"/v1/workspaces/{self.workspace}/pipelines/{pipeline}/export", params=params
-            )
-        except httpx.TransportError as exc:
-            raise TritonUnavailable(f"the management API at {self.api_url} is unreachable") from exc
-        _raise_for_problem(response)
+        response = self._request(
+            "GET", f"/v1/workspaces/{self.workspace}/pipelines/{pipeline}/export", params=params
+        )
         out.mkdir(parents=True, exist_ok=True)
         with tarfile.open(fileobj=io.BytesIO(response.content), mode="r:gz") as tar:
             tar.extractall(out, filter="data")

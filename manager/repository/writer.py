@@ -370,6 +370,17 @@ class RepositoryWriter:
         log.info("removed %s from the repository", triton_name)
         return True
 
+    def version_folders(self, triton_name: str) -> dict[int, Path]:
+        """The numbered version folders of a model as they are on disk (none if absent)."""
+        final = self._model_dir(triton_name)
+        if not final.is_dir():
+            return {}
+        return {
+            int(child.name): child
+            for child in sorted(final.iterdir())
+            if child.is_dir() and child.name.isdigit()
+        }
+
     def remove_versions(self, triton_name: str, keep: set[int] | frozenset[int]) -> list[int]:
         """Delete version folders not in ``keep`` (after the config stopped naming them)."""
         final = self._model_dir(triton_name)
@@ -379,16 +390,16 @@ class RepositoryWriter:
                 return removed
             config = self.read_config(triton_name)
             listed = set(config.version_policy.specific.versions)
-            for child in sorted(final.iterdir()):
-                if child.is_dir() and child.name.isdigit() and int(child.name) not in keep:
-                    if int(child.name) in listed:
+            for version, child in self.version_folders(triton_name).items():
+                if version not in keep:
+                    if version in listed:
                         raise Conflict(
-                            f"version {child.name} of {triton_name!r} is still in its config",
+                            f"version {version} of {triton_name!r} is still in its config",
                             hint="publish a config without it first",
                         )
                     with self._staging() as staging:
                         os.rename(child, staging / child.name)
-                    removed.append(int(child.name))
+                    removed.append(version)
         return sorted(removed)
 
     def list_models(self) -> list[str]:
@@ -412,15 +423,14 @@ class RepositoryWriter:
         if not (final / CONFIG_FILENAME).is_file():
             raise NotFound(f"model {triton_name!r} is not in the repository")
         files: dict[str, bytes] = {}
-        for folder in sorted(final.iterdir()):
-            if folder.is_dir() and folder.name.isdigit():
-                contents = [p for p in sorted(folder.rglob("*")) if p.is_file()]
-                for path in contents:
-                    files[path.relative_to(final).as_posix()] = path.read_bytes()
-                if not contents:
-                    # Triton only creates a version folder it receives a file for; an
-                    # ensemble pushed with no files fails to load ("failed to poll").
-                    files[f"{folder.name}/{PLACEHOLDER_FILENAME}"] = b""
+        for folder in self.version_folders(triton_name).values():
+            contents = [p for p in sorted(folder.rglob("*")) if p.is_file()]
+            for path in contents:
+                files[path.relative_to(final).as_posix()] = path.read_bytes()
+            if not contents:
+                # Triton only creates a version folder it receives a file for; an
+                # ensemble pushed with no files fails to load ("failed to poll").
+                files[f"{folder.name}/{PLACEHOLDER_FILENAME}"] = b""
         return files
 
 

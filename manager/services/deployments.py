@@ -96,13 +96,7 @@ def _live_specs(
     return live
 
 
-def _write_model(
-    platform: Platform,
-    writer: RepositoryWriter,
-    item: _Needed,
-    config: Any,
-    versions: set[int],
-) -> None:
+def _write_model(writer: RepositoryWriter, item: _Needed, config: Any, versions: set[int]) -> None:
     model_py = python_model_source().encode()
     files = {v: item.files[v] for v in versions}
     extra = (
@@ -130,7 +124,7 @@ def write_models(
             options=item.options,
             template_dirs=settings.template_dir,
         )
-        _write_model(platform, writer, item, config, set(item.files))
+        _write_model(writer, item, config, set(item.files))
 
 
 @dataclass
@@ -152,11 +146,7 @@ def _snapshot(writer: RepositoryWriter, needed: dict[str, _Needed], ensemble: st
             for item in needed.values()
         },
         folders={
-            item.triton_name: {
-                int(p.name)
-                for p in (writer.root / item.triton_name).iterdir()
-                if p.is_dir() and p.name.isdigit()
-            }
+            item.triton_name: set(writer.version_folders(item.triton_name))
             for item in needed.values()
             if item.triton_name in present
         },
@@ -186,7 +176,7 @@ def _roll_back(
                 continue
             keep = set(old.version_policy.specific.versions)
             if keep <= set(by_triton[name].files):
-                _write_model(platform, writer, by_triton[name], old, keep)
+                _write_model(writer, by_triton[name], old, keep)
             writer.remove_versions(name, snapshot.folders[name])
             _quietly(_load, platform, client, writer, name)
         for name in dependents:
@@ -365,19 +355,16 @@ def _retire(platform: Platform, *, workspace: str, ensemble: str) -> None:
             }
             if not shrunk:
                 return
-            write_models(
-                platform, writer, {k: v for k, v in needed.items() if v.triton_name in shrunk}
-            )
+            shrunk_needed = {k: v for k, v in needed.items() if v.triton_name in shrunk}
+            write_models(platform, writer, shrunk_needed)
             dependents = [d.ensemble for d, spec in live if _uses(ws.name, spec, shrunk)]
             try:
                 _load_models_then_dependents(platform, client, writer, shrunk, dependents)
             except LastmileError as exc:
                 log.warning("could not drop unused model versions: %s", exc)
                 return
-            for name in shrunk:
-                writer.remove_versions(
-                    name, set(writer.read_config(name).version_policy.specific.versions)
-                )
+            for item in shrunk_needed.values():
+                writer.remove_versions(item.triton_name, set(item.files))
 
 
 def deployment_info(session: Any, deployment: store.Deployment) -> dict[str, Any]:

@@ -112,8 +112,6 @@ def _convert(
         raise InvalidInput(
             f"unknown framework {options.framework!r}", hint="use one of " + ", ".join(FRAMEWORKS)
         )
-    if options.trust_pickle:
-        log.warning("unpickling %s because the caller trusts it (--trust-pickle)", path.name)
     report = convert(
         path,
         framework=options.framework,
@@ -126,13 +124,7 @@ def _convert(
         max_bytes=platform.settings.max_upload_bytes,
         progress=lambda message: log.info("%s: %s", path.name, message),
     )
-    chosen = report.recommended_path or report.onnx_path
-    summary = report.to_dict()
-    for key in ("onnx_path", "recommended_path"):  # server-side temp paths mean nothing later
-        summary.pop(key, None)
-    for candidate in summary["candidates"]:
-        candidate.pop("path", None)
-    return chosen, {"conversion": summary}
+    return report.chosen_path, {"conversion": report.record()}
 
 
 def import_model(
