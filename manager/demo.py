@@ -111,14 +111,20 @@ def run_demo(settings: Settings, console: Console) -> int:
             f"2. up in {time.monotonic() - t0:.1f} s: gateway {state['gateway']['http']}, "
             f"Triton {state['triton'][0]['http']}, API {state['api']['url']}"
         )
-        with Lastmile(state["api"]["url"], gateway_url=state["gateway"]["http"]) as lm:
+        key_path = settings.owner_key_path
+        console.print(f"   the server owner's API key is in {key_path} (mode 0600)")
+        with Lastmile(
+            state["api"]["url"],
+            api_key=key_path.read_text().strip(),
+            gateway_url=state["gateway"]["http"],
+        ) as lm:
             for path, name in ((scaler, "scaler"), (classifier, "classifier")):
                 info = lm.import_model(path, name=name)
                 console.print(f"3. imported {name} as version {info['version']}")
             pipe = lm.create_pipeline("fraud", steps=["scaler", "classifier"])
             console.print(f"4. pipeline fraud v{pipe['version']}: scaler → classifier")
             with console.status("5. deploying (repository, ensemble, load on Triton)…"):
-                dep = lm.deploy("fraud")
+                dep = lm.deploy("fraud", version=pipe["version"])
             console.print(f"5. deployed as Triton ensemble {dep['ensemble']} ({dep['state']})")
 
             x = rng.normal(size=(5, N_FEATURES)).astype(np.float32)

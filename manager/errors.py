@@ -1,16 +1,23 @@
 """Errors users can act on.
 
 Every error says what was wrong, where, and how to fix it. Each class carries the HTTP status
-the API answers with; one handler in ``manager.api`` turns them into
+the API answers with; the handlers in ``manager.api.problems`` turns them into
 ``application/problem+json``. Third-party errors are translated where they occur
 (``raise ... from exc``).
 
     LastmileError (500)
     ├── InvalidInput (422)          bad name, bad argument, bad file
     │   ├── InvalidModelFile (422)  corrupt / unreadable ONNX
-    │   └── PipelineError (422)     steps that do not fit together
-    ├── NotFound (404)
-    ├── Conflict (409)              already exists, in use
+    │   ├── PipelineError (422)     steps that do not fit together
+    │   ├── BadRequest (400)        a body that is not what the route takes
+    │   ├── PayloadTooLarge (413)   upload or archive over a limit
+    │   └── UnsupportedMedia (415)  content type a route does not take
+    ├── Unauthenticated (401)       no key, unknown, revoked or expired key
+    ├── Forbidden (403)             role too low, setting off, foreign origin or host
+    ├── NotFound (404)              also: a resource in a workspace you are not a member of
+    ├── Conflict (409)              already exists, in use, a concurrent change
+    │   └── PreconditionFailed (412) If-Match does not match the current version
+    ├── ApiUnreachable (503)        the SDK could not reach the management API
     ├── TritonError (502)           Triton refused or failed
     │   └── TritonUnavailable (503) not running / not ready in time
     ├── GatewayError (502)          the gateway refused or is unreachable
@@ -46,6 +53,31 @@ class PipelineError(InvalidInput):
     title = "Invalid pipeline"
 
 
+class BadRequest(InvalidInput):
+    status_code = 400
+    title = "Bad request"
+
+
+class PayloadTooLarge(InvalidInput):
+    status_code = 413
+    title = "Payload too large"
+
+
+class UnsupportedMedia(InvalidInput):
+    status_code = 415
+    title = "Unsupported media type"
+
+
+class Unauthenticated(LastmileError):
+    status_code = 401
+    title = "Unauthenticated"
+
+
+class Forbidden(LastmileError):
+    status_code = 403
+    title = "Forbidden"
+
+
 class NotFound(LastmileError):
     status_code = 404
     title = "Not found"
@@ -54,6 +86,16 @@ class NotFound(LastmileError):
 class Conflict(LastmileError):
     status_code = 409
     title = "Conflict"
+
+
+class PreconditionFailed(Conflict):
+    status_code = 412
+    title = "Precondition failed"
+
+
+class ApiUnreachable(LastmileError):
+    status_code = 503
+    title = "Lastmile API not reachable"
 
 
 class TritonError(LastmileError):
@@ -83,8 +125,15 @@ _BY_TITLE = {
         InvalidInput,
         InvalidModelFile,
         PipelineError,
+        BadRequest,
+        PayloadTooLarge,
+        UnsupportedMedia,
+        Unauthenticated,
+        Forbidden,
         NotFound,
         Conflict,
+        PreconditionFailed,
+        ApiUnreachable,
         TritonError,
         TritonUnavailable,
         GatewayError,

@@ -1,11 +1,16 @@
-"""Python SDK: the same operations as the CLI, against a running management API and gateway.
+"""Python SDK: typed methods mirroring the management API, and the data-plane helpers.
 
-from manager.sdk import Lastmile
-lm = Lastmile.from_home(".lastmile")          # or Lastmile("http://127.0.0.1:8080")
-lm.import_model("scaler.onnx", name="scaler")
-lm.create_pipeline("fraud", steps=["scaler", "classifier:1"])
-lm.deploy("fraud")
-lm.infer("fraud", {"x": [[0.1, 0.2, 0.3, 0.4]]})
+    from manager.sdk import Lastmile
+    lm = Lastmile("http://127.0.0.1:8080", api_key="lm_...", workspace="fraud-team")
+    # or, on the machine that runs `lastmile up`: Lastmile.from_settings(Settings())
+    lm.import_model("scaler.onnx", name="scaler")
+    lm.create_pipeline("fraud", steps=["scaler", "classifier:1"])
+    lm.deploy("fraud", version="latest")
+    lm.infer("fraud", {"x": [[0.1, 0.2, 0.3, 0.4]]})
+
+Errors are the server's own exception classes (``manager.errors``): a 422 is ``InvalidInput``,
+a 404 ``NotFound``, a 401 ``Unauthenticated``; an API that cannot be reached is
+``ApiUnreachable``, never a Triton error.
 """
 
 from __future__ import annotations
@@ -14,17 +19,28 @@ import base64
 import io
 import json
 import tarfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import numpy as np
 
 from manager.domain import NUMPY_DTYPES
-from manager.errors import InvalidInput, LastmileError, TritonUnavailable, error_class
+from manager.errors import (
+    ApiUnreachable,
+    GatewayError,
+    InvalidInput,
+    LastmileError,
+    NotFound,
+    TritonUnavailable,
+    Unauthenticated,
+    error_class,
+)
 from manager.names import check_name
 from manager.settings import Settings
+
+API = "/api/v1"
 
 
 def _raise_for_problem(response: httpx.Response) -> None:
@@ -36,10 +52,37 @@ def _raise_for_problem(response: httpx.Response) -> None:
         body = {}
     if isinstance(body, dict) and "detail" in body and "type" in body:
         cls = error_class(str(body["type"]))
+        if cls is LastmileError and response.status_code != 500:
+            cls = _by_status(response.status_code)
         raise cls(str(body["detail"]), hint=body.get("hint"))
     if isinstance(body, dict) and "error" in body:  # KServe error from the gateway
-        raise LastmileError(f"{response.status_code}: {body['error']}")
-    raise LastmileError(f"{response.request.url} answered {response.status_code}: {response.text}")
+        raise _gateway_error(response.status_code, str(body["error"]))
+    raise _by_status(response.status_code)(
+        f"{response.request.url} answered {response.status_code}: {response.text[:300]}"
+    )
+
+
+def _by_status(status: int) -> type[LastmileError]:
+    for cls in (InvalidInput, NotFound, Unauthenticated, TritonUnavailable):
+        if cls.status_code == status:
+            return cls
+    return error_class({400: "BadRequest", 403: "Forbidden", 409: "Conflict"}.get(status, ""))
+
+
+def _gateway_error(status: int, message: str) -> LastmileError:
+    if "batch-size must be <=" in message or ("batch size" in message and "exceeds" in message):
+        return InvalidInput(
+            message,
+            hint="the request has more rows than the pipeline's max_batch_size: raise it with "
+            "lastmile model configure MODEL --max-batch-size N for each step, then redeploy",
+        )
+    if status == 404:
+        return NotFound(message, hint="lastmile deployment list shows what is live")
+    if status in (400, 422):
+        return InvalidInput(message)
+    if status == 503:
+        return TritonUnavailable(message)
+    return GatewayError(f"{status}: {message}")
 
 
 def load_pipeline_yaml(path: Path) -> Any:
@@ -61,32 +104,61 @@ def load_pipeline_yaml(path: Path) -> Any:
         ) from exc
 
 
+def read_credentials(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def resolve_connection(settings: Settings) -> tuple[str, str | None, str | None]:
+    """(API URL, API key, gateway URL) from settings, ``lastmile login`` and the state file."""
+    from manager.system import read_state
+
+    state = read_state(settings)
+    api_url = settings.api_url or (state["api"]["url"] if state else None)
+    if api_url is None:
+        raise ApiUnreachable(
+            f"nothing is running for LASTMILE_HOME={settings.home} and no API URL is set",
+            hint="start it with: lastmile up --detach, or set LASTMILE_API_URL",
+        )
+    key = settings.api_key.get_secret_value() if settings.api_key else None
+    if key is None:
+        saved = read_credentials(settings.credentials_path).get("servers", {})
+        key = saved.get(api_url.rstrip("/"), {}).get("key")
+    if key is None and state is not None:
+        try:
+            key = settings.owner_key_path.read_text().strip() or None
+        except OSError:
+            key = None
+    gateway = state["gateway"]["http"] if state and not settings.api_url else None
+    return api_url, key, gateway
+
+
 class Lastmile:
     def __init__(
         self,
         api_url: str,
         *,
+        api_key: str | None = None,
         gateway_url: str | None = None,
         workspace: str = "default",
         timeout_s: float = 300.0,
     ) -> None:
         self.api_url = api_url.rstrip("/")
         self.workspace = check_name(workspace, kind="workspace")
-        self._http = httpx.Client(base_url=self.api_url, timeout=timeout_s)
+        headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+        self._http = httpx.Client(base_url=self.api_url, timeout=timeout_s, headers=headers)
         self._gateway_url = gateway_url
 
     @classmethod
     def from_settings(cls, settings: Settings, **kwargs: Any) -> Lastmile:
-        """Find the running system through the state file in ``LASTMILE_HOME``."""
-        from manager.system import read_state
-
-        state = read_state(settings)
-        if state is None:
-            raise TritonUnavailable(
-                f"nothing is running for LASTMILE_HOME={settings.home}",
-                hint="start it with: lastmile up --detach",
-            )
-        return cls(state["api"]["url"], gateway_url=state["gateway"]["http"], **kwargs)
+        """Connect as the CLI does: LASTMILE_API_URL / _API_KEY / _WORKSPACE, the key saved by
+        ``lastmile login``, or the local system's state file and owner key."""
+        api_url, key, gateway = resolve_connection(settings)
+        kwargs.setdefault("workspace", settings.workspace)
+        return cls(api_url, api_key=key, gateway_url=gateway, **kwargs)
 
     def close(self) -> None:
         self._http.close()
@@ -101,15 +173,29 @@ class Lastmile:
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
-            raise TritonUnavailable(
-                f"the management API at {self.api_url} is unreachable: {exc}",
-                hint="is it running? lastmile status",
+            raise ApiUnreachable(
+                f"Lastmile API not reachable at {self.api_url}: {exc}",
+                hint="is it running? lastmile up --detach; or check LASTMILE_API_URL",
             ) from exc
         _raise_for_problem(response)
         return response
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
-        return self._request(method, path, **kwargs).json()
+        response = self._request(method, path, **kwargs)
+        return None if response.status_code == 204 else response.json()
+
+    def _pages(self, path: str, params: dict[str, Any] | None = None) -> list[Any]:
+        items: list[Any] = []
+        query = dict(params or {})
+        while True:
+            page = self._call("GET", path, params=query)
+            items += page["items"]
+            if not page.get("next_cursor"):
+                return items
+            query["cursor"] = page["next_cursor"]
+
+    def _ws(self, workspace: str | None = None) -> str:
+        return f"{API}/workspaces/{check_name(workspace or self.workspace, kind='workspace')}"
 
     @property
     def gateway_url(self) -> str:
@@ -117,40 +203,116 @@ class Lastmile:
             self._gateway_url = self.status()["gateway"]["http"]
         return self._gateway_url
 
-    # -- control plane ---------------------------------------------------------------------
+    # -- who and where -----------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
-        return dict(self._call("GET", "/v1/status"))
+        return dict(self._call("GET", f"{API}/status"))
 
+    def whoami(self) -> dict[str, Any]:
+        return dict(self._call("GET", f"{API}/whoami"))
+
+    def templates(self) -> list[dict[str, str]]:
+        return list(self._call("GET", f"{API}/templates"))
+
+    # -- workspaces, members, principals, keys -----------------------------------------------
+    def workspaces(self) -> list[dict[str, Any]]:
+        return self._pages(f"{API}/workspaces")
+
+    def create_workspace(self, name: str) -> dict[str, Any]:
+        return dict(self._call("POST", f"{API}/workspaces", json={"name": name}))
+
+    def get_workspace(self, name: str | None = None) -> dict[str, Any]:
+        return dict(self._call("GET", self._ws(name)))
+
+    def delete_workspace(self, name: str) -> None:
+        self._call("DELETE", self._ws(name))
+
+    def members(self, workspace: str | None = None) -> list[dict[str, Any]]:
+        return list(self._call("GET", f"{self._ws(workspace)}/members"))
+
+    def set_member(self, principal: str, role: str, *, workspace: str | None = None) -> Any:
+        check_name(principal, kind="principal")
+        return self._call("PUT", f"{self._ws(workspace)}/members/{principal}", json={"role": role})
+
+    def remove_member(self, principal: str, *, workspace: str | None = None) -> None:
+        check_name(principal, kind="principal")
+        self._call("DELETE", f"{self._ws(workspace)}/members/{principal}")
+
+    def create_service_key(
+        self, name: str, *, role: str = "editor", expires_in_days: int | None = None
+    ) -> dict[str, Any]:
+        body = {"name": name, "role": role, "expires_in_days": expires_in_days}
+        return dict(self._call("POST", f"{self._ws()}/service-keys", json=body))
+
+    def service_keys(self) -> list[dict[str, Any]]:
+        return list(self._call("GET", f"{self._ws()}/service-keys"))
+
+    def create_principal(
+        self,
+        name: str,
+        *,
+        workspace: str | None = None,
+        role: str | None = None,
+        expires_in_days: int | None = None,
+    ) -> dict[str, Any]:
+        body = {
+            "name": name,
+            "workspace": workspace,
+            "role": role,
+            "expires_in_days": expires_in_days,
+        }
+        return dict(self._call("POST", f"{API}/principals", json=body))
+
+    def principals(self) -> list[dict[str, Any]]:
+        return list(self._call("GET", f"{API}/principals"))
+
+    def create_key(
+        self, *, label: str = "", principal: str | None = None, expires_in_days: int | None = None
+    ) -> dict[str, Any]:
+        body = {"label": label, "principal": principal, "expires_in_days": expires_in_days}
+        return dict(self._call("POST", f"{API}/keys", json=body))
+
+    def keys(self, *, principal: str | None = None) -> list[dict[str, Any]]:
+        params = {"principal": principal} if principal else None
+        return list(self._call("GET", f"{API}/keys", params=params))
+
+    def revoke_key(self, key_id: str) -> dict[str, Any]:
+        return dict(self._call("DELETE", f"{API}/keys/{key_id}"))
+
+    # -- models ------------------------------------------------------------------------------
     def import_model(
         self,
         source: str | Path | object,
         *,
         name: str,
-        framework: str = "onnx",
+        framework: str | None = None,
         inputs: list[str] | None = None,
         sample_input: Any = None,
         trust_pickle: bool = False,
         rtol: float = 1e-4,
         atol: float = 1e-5,
         optimize: tuple[str, ...] = (),
+        force: bool = False,
+        progress: Callable[[int], None] | None = None,
     ) -> dict[str, Any]:
         """Register a model version. ``source`` is a file (converted on the server when it is
-        not ONNX) or an in-memory model (a torch module, an sklearn estimator, a booster):
-        that one is converted here, parity-checked on ``sample_input``, and its ONNX uploaded
-        with the conversion report."""
+        not ONNX, with ``sample_input`` rows for the parity check) or an in-memory model (a
+        torch module, an sklearn estimator, a booster): that one is converted here,
+        parity-checked on ``sample_input``, and its ONNX uploaded with the conversion report
+        (which the server keeps marked as client-supplied)."""
         check_name(name, kind="model")
+        params: dict[str, Any] = {
+            "inputs": inputs or [],
+            "trust_pickle": trust_pickle,
+            "rtol": rtol,
+            "atol": atol,
+            "optimize": list(optimize),
+            "force": force,
+        }
+        if framework:
+            params["framework"] = framework
         if isinstance(source, (str, Path)):
             return self._upload(
-                Path(source),
-                name,
-                params={
-                    "framework": framework,
-                    "inputs": inputs or [],
-                    "trust_pickle": trust_pickle,
-                    "rtol": rtol,
-                    "atol": atol,
-                    "optimize": list(optimize),
-                },
+                Path(source), name, params=params, sample=sample_input, progress=progress
             )
         import tempfile
 
@@ -159,7 +321,7 @@ class Lastmile:
         with tempfile.TemporaryDirectory(prefix="lastmile-convert-") as work:
             report = convert(
                 source,
-                framework=framework,
+                framework=framework or "onnx",
                 out_dir=Path(work) / "out",
                 inputs=[parse_input_spec(t) for t in inputs or ()] or None,
                 sample_input=sample_input,
@@ -169,30 +331,54 @@ class Lastmile:
                 max_bytes=Settings().max_upload_bytes,
             )
             header = base64.b64encode(json.dumps(report.record()).encode()).decode()
-            return self._upload(report.chosen_path, name, headers={"x-lastmile-conversion": header})
+            return self._upload(
+                report.chosen_path,
+                name,
+                params={"force": force},
+                headers={"x-lastmile-conversion": header},
+                progress=progress,
+            )
 
     def _upload(
         self,
         path: Path,
         name: str,
         *,
-        params: dict[str, Any] | None = None,
+        params: dict[str, Any],
         headers: dict[str, str] | None = None,
+        sample: Any = None,
+        progress: Callable[[int], None] | None = None,
     ) -> dict[str, Any]:
         if not path.is_file():
             raise InvalidInput(f"{path} is not a file", hint="give the path of a model file")
+        url = f"{self._ws()}/models/{name}/versions"
+        if sample is not None:
+            from manager.model_files import sample_to_npz_bytes
+
+            with open(path, "rb") as f:
+                files = {
+                    "file": (path.name, f, "application/octet-stream"),
+                    "sample": ("sample.npz", sample_to_npz_bytes(sample), "application/x-npz"),
+                }
+                return dict(
+                    self._call("POST", url, files=files, params=params, headers=headers or {})
+                )
 
         def chunks() -> Iterator[bytes]:
+            sent = 0
             with open(path, "rb") as f:
                 while chunk := f.read(1024 * 1024):
                     yield chunk
+                    sent += len(chunk)
+                    if progress is not None:
+                        progress(sent)
 
         return dict(
             self._call(
                 "POST",
-                f"/v1/workspaces/{self.workspace}/models/{name}/versions",
+                url,
                 content=chunks(),
-                params={"filename": path.name, **(params or {})},
+                params={"filename": path.name, **params},
                 headers={
                     "content-type": "application/octet-stream",
                     "content-length": str(path.stat().st_size),
@@ -201,55 +387,138 @@ class Lastmile:
             )
         )
 
-    def configure_model(self, name: str, **options: Any) -> dict[str, Any]:
-        """Set how Triton serves ``name``: tuning=[...], instances=, gpus=, max_batch_size=,
-        preferred_batch_sizes=, max_queue_delay_us=, response_cache=, warmup=."""
+    def models(self, *, name_prefix: str | None = None) -> list[dict[str, Any]]:
+        params = {"name_prefix": name_prefix} if name_prefix else None
+        return self._pages(f"{self._ws()}/models", params)
+
+    def model(self, name: str) -> dict[str, Any]:
         check_name(name, kind="model")
-        return dict(
-            self._call(
-                "PUT", f"/v1/workspaces/{self.workspace}/models/{name}/serving", json=options
-            )
+        return dict(self._call("GET", f"{self._ws()}/models/{name}"))
+
+    def model_version(self, name: str, version: int) -> dict[str, Any]:
+        check_name(name, kind="model")
+        return dict(self._call("GET", f"{self._ws()}/models/{name}/versions/{int(version)}"))
+
+    def download_model(self, name: str, version: int, dest: str | Path) -> Path:
+        check_name(name, kind="model")
+        dest = Path(dest)
+        url = f"{self._ws()}/models/{name}/versions/{int(version)}/artifact"
+        try:
+            with self._http.stream("GET", url) as response:
+                if not response.is_success:
+                    response.read()
+                    _raise_for_problem(response)
+                tmp = dest.with_name(f".{dest.name}.part")
+                with open(tmp, "wb") as out:
+                    for chunk in response.iter_bytes(1024 * 1024):
+                        out.write(chunk)
+                tmp.replace(dest)
+        except httpx.TransportError as exc:
+            raise ApiUnreachable(f"Lastmile API not reachable at {self.api_url}: {exc}") from exc
+        return dest
+
+    def delete_model_version(self, name: str, version: int) -> None:
+        check_name(name, kind="model")
+        self._call("DELETE", f"{self._ws()}/models/{name}/versions/{int(version)}")
+
+    def serving(self, name: str) -> dict[str, Any]:
+        check_name(name, kind="model")
+        response = self._request("GET", f"{self._ws()}/models/{name}/serving")
+        return dict(response.json()) | {"etag": response.headers.get("etag")}
+
+    def configure_model(
+        self, name: str, *, if_match: str | None = None, **options: Any
+    ) -> dict[str, Any]:
+        """Set how Triton serves ``name``: tuning=[...], instances=, gpus=, max_batch_size=,
+        preferred_batch_sizes=, max_queue_delay_us=, response_cache=, warmup=. ``if_match``
+        (the ETag of :meth:`serving`) makes it fail with 412 if someone changed it since."""
+        check_name(name, kind="model")
+        headers = {"if-match": if_match} if if_match else {}
+        response = self._request(
+            "PUT", f"{self._ws()}/models/{name}/serving", json=options, headers=headers
         )
+        return dict(response.json()) | {"etag": response.headers.get("etag")}
 
-    def templates(self) -> list[dict[str, str]]:
-        return list(self._call("GET", "/v1/templates"))
-
-    def models(self) -> list[dict[str, Any]]:
-        return list(self._call("GET", f"/v1/workspaces/{self.workspace}/models"))
-
+    # -- pipelines ---------------------------------------------------------------------------
     def create_pipeline(self, name: str, *, steps: list[str]) -> dict[str, Any]:
-        return dict(
-            self._call(
-                "POST",
-                f"/v1/workspaces/{self.workspace}/pipelines",
-                json={"name": name, "steps": steps},
-            )
-        )
+        return self.apply_pipeline({"name": name, "steps": steps})
 
-    def apply_pipeline(self, definition: Mapping[str, Any] | str | Path) -> dict[str, Any]:
-        """Create a pipeline version from a DAG definition: a dict, or a YAML file's path."""
+    def apply_pipeline(
+        self, definition: Mapping[str, Any] | str | Path, *, if_match: str | None = None
+    ) -> dict[str, Any]:
+        """Create a pipeline version from a definition: a dict, or a YAML file's path."""
         document = (
             load_pipeline_yaml(Path(definition))
             if isinstance(definition, (str, Path))
             else dict(definition)
         )
-        return dict(
-            self._call("POST", f"/v1/workspaces/{self.workspace}/pipelines/apply", json=document)
+        headers = {"if-match": if_match} if if_match else {}
+        return dict(self._call("POST", f"{self._ws()}/pipelines", json=document, headers=headers))
+
+    def validate_pipeline(self, definition: Mapping[str, Any] | str | Path) -> dict[str, Any]:
+        document = (
+            load_pipeline_yaml(Path(definition))
+            if isinstance(definition, (str, Path))
+            else dict(definition)
         )
+        return dict(self._call("POST", f"{self._ws()}/pipelines/validate", json=document))
 
     def pipelines(self) -> list[dict[str, Any]]:
-        return list(self._call("GET", f"/v1/workspaces/{self.workspace}/pipelines"))
+        return self._pages(f"{self._ws()}/pipelines")
 
-    def deploy(self, pipeline: str, *, version: int | None = None) -> dict[str, Any]:
+    def pipeline(self, name: str, *, version: int | None = None) -> dict[str, Any]:
+        check_name(name, kind="pipeline")
+        path = f"{self._ws()}/pipelines/{name}"
+        if version is not None:
+            path += f"/versions/{int(version)}"
+        return dict(self._call("GET", path))
+
+    def pipeline_versions(self, name: str) -> list[dict[str, Any]]:
+        check_name(name, kind="pipeline")
+        return list(self._call("GET", f"{self._ws()}/pipelines/{name}/versions"))
+
+    def delete_pipeline(self, name: str) -> None:
+        check_name(name, kind="pipeline")
+        self._call("DELETE", f"{self._ws()}/pipelines/{name}")
+
+    # -- deployments -------------------------------------------------------------------------
+    def deploy(self, pipeline: str, *, version: int | Literal["latest"]) -> dict[str, Any]:
+        """Put ``version`` of ``pipeline`` live; ``latest`` must be said explicitly."""
         check_name(pipeline, kind="pipeline")
         return dict(
             self._call(
                 "POST",
-                f"/v1/workspaces/{self.workspace}/pipelines/{pipeline}/deploy",
+                f"{self._ws()}/deployments",
+                json={"pipeline": pipeline, "version": version},
+            )
+        )
+
+    def undeploy(self, pipeline: str) -> dict[str, Any]:
+        check_name(pipeline, kind="pipeline")
+        return dict(self._call("DELETE", f"{self._ws()}/deployments/{pipeline}"))
+
+    def rollback(self, pipeline: str, *, version: int | None = None) -> dict[str, Any]:
+        check_name(pipeline, kind="pipeline")
+        return dict(
+            self._call(
+                "POST",
+                f"{self._ws()}/deployments/{pipeline}/rollback",
                 json={"version": version},
             )
         )
 
+    def deployment(self, pipeline: str) -> dict[str, Any]:
+        check_name(pipeline, kind="pipeline")
+        return dict(self._call("GET", f"{self._ws()}/deployments/{pipeline}"))
+
+    def deployments(self) -> list[dict[str, Any]]:
+        return list(self._call("GET", f"{self._ws()}/deployments"))
+
+    def deployment_history(self, pipeline: str) -> list[dict[str, Any]]:
+        check_name(pipeline, kind="pipeline")
+        return self._pages(f"{self._ws()}/deployments/{pipeline}/history")
+
+    # -- repositories ------------------------------------------------------------------------
     def export_pipeline(
         self,
         pipeline: str,
@@ -266,9 +535,7 @@ class Lastmile:
         params: dict[str, Any] = {"profile": profile}
         if version is not None:
             params["version"] = version
-        response = self._request(
-            "GET", f"/v1/workspaces/{self.workspace}/pipelines/{pipeline}/export", params=params
-        )
+        response = self._request("GET", f"{self._ws()}/pipelines/{pipeline}/export", params=params)
         out.mkdir(parents=True, exist_ok=True)
         with tarfile.open(fileobj=io.BytesIO(response.content), mode="r:gz") as tar:
             tar.extractall(out, filter="data")
@@ -286,27 +553,48 @@ class Lastmile:
         return dict(
             self._call(
                 "POST",
-                f"/v1/workspaces/{self.workspace}/repository/import",
+                f"{self._ws()}/repository/import",
                 content=buffer.getvalue(),
                 headers={"content-type": "application/gzip"},
             )
         )
 
-    def deployments(self) -> list[dict[str, Any]]:
-        return list(self._call("GET", "/v1/deployments"))
-
+    # -- observability -----------------------------------------------------------------------
     def metrics(self, *, model: str | None = None, scrape: bool = False) -> list[dict[str, Any]]:
         if scrape:
-            self._call("POST", "/v1/metrics/scrape")
+            self._call("POST", f"{API}/metrics/scrape")
         params = {"model": model} if model else None
-        return list(self._call("GET", "/v1/metrics", params=params))
+        return list(self._call("GET", f"{self._ws()}/metrics", params=params))
+
+    def audit(
+        self,
+        *,
+        workspace: str | None = None,
+        action: str | None = None,
+        principal: str | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"limit": limit}
+        for key, value in (("workspace", workspace), ("action", action), ("principal", principal)):
+            if value:
+                params[key] = value
+        return list(self._call("GET", f"{API}/audit", params=params)["items"])
 
     # -- data plane (through the gateway, KServe v2 JSON) ----------------------------------
+    def _gateway(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = httpx.request(method, f"{self.gateway_url}{path}", **kwargs)
+        except httpx.TransportError as exc:
+            raise GatewayError(
+                f"the gateway at {self.gateway_url} is not reachable: {exc}",
+                hint="lastmile status shows where it runs",
+            ) from exc
+        _raise_for_problem(response)
+        return response
+
     def metadata(self, pipeline: str) -> dict[str, Any]:
         check_name(pipeline, kind="pipeline")
-        response = httpx.get(f"{self.gateway_url}/v2/models/{pipeline}", timeout=30)
-        _raise_for_problem(response)
-        return dict(response.json())
+        return dict(self._gateway("GET", f"/v2/models/{pipeline}", timeout=30).json())
 
     def infer(self, pipeline: str, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """Send one request through the gateway; inputs are arrays or nested lists."""
@@ -337,12 +625,9 @@ class Lastmile:
                     "data": array.flatten().tolist(),
                 }
             )
-        response = httpx.post(
-            f"{self.gateway_url}/v2/models/{pipeline}/infer",
-            json={"inputs": tensors},
-            timeout=60,
+        response = self._gateway(
+            "POST", f"/v2/models/{pipeline}/infer", json={"inputs": tensors}, timeout=60
         )
-        _raise_for_problem(response)
         result = {}
         for out in response.json()["outputs"]:
             dtype = NUMPY_DTYPES.get(out["datatype"], np.float64)

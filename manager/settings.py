@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -31,7 +31,33 @@ class Settings(BaseSettings):
         "Python-backend model (embedded tritonserver); `gpu` emits backend onnxruntime models "
         "for NGC Triton containers.",
     )
-    bind_host: str = Field(default="127.0.0.1", description="Address the gateway and API bind.")
+    api_bind_host: str = Field(
+        default="127.0.0.1",
+        description="Address the management API binds. Separate from the gateway's: exposing "
+        "the gateway to clients never exposes the API.",
+    )
+    gateway_bind_host: str = Field(
+        default="127.0.0.1", description="Address the gateway (KServe v2 HTTP, gRPC) binds."
+    )
+    api_allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host names the API answers to (Host header), besides localhost, "
+        "127.0.0.1, [::1] and LASTMILE_API_BIND_HOST; anything else is refused (no DNS "
+        'rebinding). JSON list, e.g. ["lastmile.internal"].',
+    )
+    api_allowed_origins: list[str] = Field(
+        default_factory=list,
+        description="Browser origins allowed to call mutating routes (e.g. a web console at "
+        '["https://console.example"]); requests from any other Origin are refused.',
+    )
+    api_header_timeout_s: float = Field(
+        default=10.0, description="Seconds a client has to send a request's headers."
+    )
+    allow_pickle_uploads: bool = Field(
+        default=False,
+        description="Let workspace admins upload pickled models (trust_pickle) over the API. "
+        "Unpickling runs the file's code on the server: leave off unless you trust every admin.",
+    )
     gateway_http_port: int = Field(default=8000, description="Gateway KServe v2 HTTP port.")
     gateway_grpc_port: int = Field(default=8001, description="Gateway KServe v2 gRPC port.")
     gateway_metrics_port: int = Field(default=8002, description="Gateway Prometheus metrics port.")
@@ -78,7 +104,35 @@ class Settings(BaseSettings):
         default=5.0, description="Seconds between two scrapes of Triton's /metrics."
     )
     max_upload_bytes: int = Field(
-        default=512 * 1024 * 1024, description="Largest model file accepted by an import."
+        default=512 * 1024 * 1024,
+        gt=0,
+        description="Largest request body accepted by an upload (checked while streaming).",
+    )
+    max_archive_bytes: int = Field(
+        default=2 * 1024 * 1024 * 1024,
+        gt=0,
+        description="Largest total size a repository archive may extract to.",
+    )
+    max_archive_members: int = Field(
+        default=10_000, gt=0, description="Most files and folders a repository archive may hold."
+    )
+    api_url: str | None = Field(
+        default=None,
+        description="For the CLI and SDK: the management API to talk to. Default: the one "
+        "`lastmile up` runs for LASTMILE_HOME (its state file).",
+    )
+    api_key: SecretStr | None = Field(
+        default=None,
+        description="For the CLI and SDK: the API key to send. Default: the key stored by "
+        "`lastmile login`, else LASTMILE_HOME/admin.key when it is readable.",
+    )
+    workspace: str = Field(
+        default="default", description="For the CLI and SDK: the workspace to work in."
+    )
+    credentials_file: Path | None = Field(
+        default=None,
+        description="Where `lastmile login` keeps API keys (mode 0600). Default: "
+        "$XDG_CONFIG_HOME/lastmile/credentials.json (~/.config/...).",
     )
     start_timeout_s: float = Field(
         default=120.0, description="Seconds `lastmile up --detach` waits for the system to be up."
@@ -108,9 +162,36 @@ class Settings(BaseSettings):
         return self.home / "models"
 
     @property
-    def api_url(self) -> str:
-        return f"http://{self.bind_host}:{self.api_port}"
+    def local_api_url(self) -> str:
+        """Where this machine reaches the API that ``lastmile up`` serves."""
+        return f"http://{_url_host(self.api_bind_host)}:{self.api_port}"
+
+    @property
+    def gateway_host(self) -> str:
+        """Where a local client reaches the gateway (a wildcard bind is reached on loopback)."""
+        return _url_host(self.gateway_bind_host)
+
+    @property
+    def owner_key_path(self) -> Path:
+        return self.home / "admin.key"
+
+    @property
+    def credentials_path(self) -> Path:
+        if self.credentials_file is not None:
+            return self.credentials_file
+        import os
+
+        base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+        return Path(base) / "lastmile" / "credentials.json"
 
     def ensure_dirs(self) -> None:
         for path in (self.home, self.repository_dir, self.logs_dir, self.run_dir, self.models_dir):
             path.mkdir(parents=True, exist_ok=True)
+
+
+def _url_host(bind: str) -> str:
+    if bind in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    if bind == "::":
+        return "[::1]"
+    return f"[{bind}]" if ":" in bind else bind

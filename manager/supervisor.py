@@ -59,13 +59,17 @@ def check_ports_free(settings: Settings) -> None:
             "LASTMILE_TRITON_METRICS_PORT": settings.triton_metrics_port,
         }
     for setting, port in ports.items():
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        host = settings.api_bind_host if setting == "LASTMILE_API_PORT" else "127.0.0.1"
+        if setting.startswith("LASTMILE_GATEWAY") and setting != "LASTMILE_GATEWAY_ADMIN_PORT":
+            host = settings.gateway_bind_host
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
-                sock.bind((settings.bind_host, port))
+                sock.bind((host, port))
             except OSError as exc:
                 raise RuntimeSetupError(
-                    f"port {port} on {settings.bind_host} is taken ({exc.strerror})",
+                    f"port {port} on {host} is taken ({exc.strerror})",
                     hint=f"stop what uses it, or choose another port with {setting}=...",
                 ) from exc
 
@@ -77,7 +81,7 @@ def running_state(settings: Settings) -> dict[str, Any] | None:
     return None
 
 
-def _check_can_start(settings: Settings) -> None:
+def check_can_start(settings: Settings) -> None:
     if running_state(settings):
         raise Conflict(
             f"Lastmile already runs for LASTMILE_HOME={settings.home}",
@@ -86,26 +90,34 @@ def _check_can_start(settings: Settings) -> None:
     check_ports_free(settings)
 
 
-def serve_foreground(settings: Settings) -> None:
-    import uvicorn
+def bootstrap_owner(settings: Settings) -> str | None:
+    """Upgrade the store and make the server owner on first start; returns its new key
+    (written to LASTMILE_HOME/admin.key, mode 0600) so that the CLI shows it once."""
+    from manager import store
+    from manager.services import auth
+    from manager.services.context import Platform
 
-    from manager.api import create_app
-
-    _check_can_start(settings)
     settings.ensure_dirs()
-    uvicorn.run(
-        create_app(settings),
-        host=settings.bind_host,
-        port=settings.api_port,
-        log_level="info",
-        access_log=False,
-        timeout_graceful_shutdown=30,
-    )
+    engine = store.make_engine(settings.db_url)
+    try:
+        store.init_db(engine)
+        return auth.ensure_owner(Platform(settings=settings, engine=engine))
+    finally:
+        engine.dispose()
+
+
+def serve_foreground(settings: Settings) -> None:
+    from manager.api import create_app
+    from manager.api.server import serve
+
+    check_can_start(settings)
+    settings.ensure_dirs()
+    serve(create_app(settings), settings)
 
 
 def start_detached(settings: Settings) -> dict[str, Any]:
     """Start ``lastmile up`` in the background and wait until its API answers."""
-    _check_can_start(settings)
+    check_can_start(settings)
     settings.ensure_dirs()
     log_path = settings.logs_dir / "lastmile.log"
     env = dict(os.environ, LASTMILE_HOME=str(settings.home.resolve()))

@@ -89,7 +89,7 @@ class GatewayProcess:
         s = self.settings
         cmd = [
             sys.executable, "-m", "rollout.gateway",
-            "--host", s.bind_host,
+            "--host", s.gateway_bind_host,
             "--http-port", str(s.gateway_http_port),
             "--grpc-port", str(s.gateway_grpc_port),
             "--metrics-port", str(s.gateway_metrics_port),
@@ -182,11 +182,11 @@ class System:
     def status(self) -> dict[str, Any]:
         s = self.settings
         triton = self.platform.triton
-        host = s.bind_host
+        host = s.gateway_host
         return {
             "home": str(s.home.resolve()),
             "pid": os.getpid(),
-            "api": {"url": s.api_url},
+            "api": {"url": s.local_api_url},
             "gateway": {
                 "http": f"http://{host}:{s.gateway_http_port}",
                 "grpc": f"{host}:{s.gateway_grpc_port}",

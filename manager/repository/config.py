@@ -29,6 +29,7 @@ __all__ = [
     "MODEL_FILENAME",
     "PYTHON_MODEL_FILENAME",
     "check_triton_name",
+    "effective_max_batch_size",
     "ensemble_config",
     "merge_template",
     "model_config",
@@ -154,6 +155,21 @@ def _set_tensor(message: Any, spec: TensorSpec, *, batched: bool, reshape: bool 
             message.reshape.SetInParent()
 
 
+def effective_max_batch_size(
+    signature: Signature, *, default: int, options: ServingOptions | None = None
+) -> int:
+    """The ``max_batch_size`` that ``model_config`` gives this model: the serving option when
+    set (0 included), else ``default``; 0 when the model has no batch dimension.
+
+    It is its own function so that whoever builds an ensemble over the model (which may not
+    batch more than any of its steps) reads the same number the step's config gets, instead
+    of re-deriving it and drifting (a step configured to 256 under an ensemble left at 64).
+    """
+    options = options or ServingOptions()
+    size = default if options.max_batch_size is None else options.max_batch_size
+    return size if signature.batched and size > 0 else 0
+
+
 def model_config(
     *,
     triton_name: str,
@@ -183,7 +199,8 @@ def model_config(
         raise InvalidInput(f"unknown repository profile {profile!r}", hint="use 'cpu' or 'gpu'")
     if max_batch_size < 0:
         raise InvalidInput(f"max_batch_size must be >= 0, not {max_batch_size}")
-    batched = signature.batched and max_batch_size > 0
+    max_batch_size = effective_max_batch_size(signature, default=max_batch_size, options=options)
+    batched = max_batch_size > 0
     config = ModelConfig()
     merge_template(config, template or BASE_TEMPLATES[profile], template_dirs=template_dirs)
     if dynamic_batching and batched:
@@ -199,7 +216,7 @@ def model_config(
     if not batched:
         config.ClearField("dynamic_batching")  # Triton refuses it with max_batch_size 0
     config.name = triton_name
-    config.max_batch_size = max_batch_size if batched else 0
+    config.max_batch_size = max_batch_size
     for spec in signature.inputs:
         _set_tensor(config.input.add(), spec, batched=batched)
     for spec in signature.outputs:

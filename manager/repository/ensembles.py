@@ -214,7 +214,17 @@ class _EnsembleCheck:
                 continue
             model = self.repo.model(step.model_name)
             if model is None:
-                if step.model_name not in self.repo.unreadable:  # else its own problem says
+                if self.repo.single_model:
+                    self.add(
+                        self.label(i),
+                        f"names model {step.model_name!r}, which is missing: only the "
+                        f"ensemble's own folder was given, and it holds no other model",
+                        hint="validate the repository folder that holds the ensemble and "
+                        f"{step.model_name!r} (its parent, {str(self.repo.root)!r}, if they "
+                        "live together)",
+                        rule="unknown-model",
+                    )
+                elif step.model_name not in self.repo.unreadable:  # else its own problem says
                     close = difflib.get_close_matches(step.model_name, self.repo.models, n=1)
                     self.add(
                         self.label(i),

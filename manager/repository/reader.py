@@ -15,7 +15,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from google.protobuf import text_format
 
@@ -27,7 +27,9 @@ __all__ = [
     "Problem",
     "RepoModel",
     "Repository",
+    "Severity",
     "is_safe_model_name",
+    "read_model_folder",
     "read_repository",
 ]
 
@@ -45,13 +47,19 @@ def is_safe_model_name(name: str) -> bool:
     return bool(_SAFE_NAME_RE.fullmatch(name)) and ".." not in name
 
 
+Severity = Literal["error", "warning"]
+
+
 @dataclass(frozen=True)
 class Problem:
     """One thing Triton would refuse (or silently get wrong), said so a person can fix it.
 
-    ``model`` is the model (folder) it belongs to; ``where`` narrows it down, e.g.
-    ``"step 2 (model 'b'), input 'x'"`` (steps count from 1, in the order of the config);
-    ``rule`` is a stable identifier for tools and tests (``"missing-model-file"``).
+    ``model`` is the model (folder) it belongs to, empty for the repository as a whole;
+    ``where`` narrows it down, e.g. ``"step 2 (model 'b'), input 'x'"`` (steps count from 1,
+    in the order of the config); ``rule`` is a stable identifier for tools and tests
+    (``"missing-model-file"``). ``severity`` is ``"error"`` for what Triton refuses and
+    ``"warning"`` for what it accepts but is almost certainly not what the user meant (an
+    empty repository): callers that gate on a clean repository look at errors only.
     """
 
     model: str
@@ -59,11 +67,17 @@ class Problem:
     message: str
     hint: str = ""
     rule: str = ""
+    severity: Severity = "error"
+
+    @property
+    def is_error(self) -> bool:
+        return self.severity == "error"
 
     def __str__(self) -> str:
-        where = f": {self.where}" if self.where else ""
+        prefix = "warning: " if self.severity == "warning" else ""
+        head = ": ".join(part for part in (self.model, self.where) if part)
         hint = f" ({self.hint})" if self.hint else ""
-        return f"{self.model}{where}: {self.message}{hint}"
+        return f"{prefix}{head + ': ' if head else ''}{self.message}{hint}"
 
     def to_dict(self) -> dict[str, str]:
         return {
@@ -72,6 +86,7 @@ class Problem:
             "message": self.message,
             "hint": self.hint,
             "rule": self.rule,
+            "severity": self.severity,
         }
 
 
@@ -112,6 +127,7 @@ class Repository:
     models: dict[str, RepoModel] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
     unreadable: set[str] = field(default_factory=set)
+    single_model: bool = False  # read by read_model_folder: the models next to it were not
 
     def model(self, name: str) -> RepoModel | None:
         return self.models.get(name)
@@ -265,37 +281,63 @@ def read_repository(root: Path) -> Repository:
     with os.scandir(root) as scan:
         entries = sorted(scan, key=lambda e: e.name)
     for entry in entries:
-        name = entry.name
-        if name.startswith(".") or not entry.is_dir():
+        if entry.name.startswith(".") or not entry.is_dir():
             continue
-        folder = Path(entry.path)
-        if entry.is_symlink() and _escapes(folder, resolved_root):
-            repo.problems.append(
-                Problem(
-                    name,
-                    "",
-                    "the model folder is a symbolic link that points outside the repository",
-                    hint="copy the model in instead of linking it",
-                    rule="unsafe-link",
-                )
-            )
-            repo.unreadable.add(name)
-            continue
-        if not is_safe_model_name(name):
-            repo.problems.append(
-                Problem(
-                    name,
-                    "",
-                    f"{name!r} is not a safe model name",
-                    hint="use letters, digits, '_', '.' or '-' (at most 128, no '..'), "
-                    "starting with a letter, digit or '_'",
-                    rule="unsafe-name",
-                )
-            )
-        config = _read_config(name, folder / CONFIG_FILENAME, repo)
-        versions = _read_versions(name, folder, resolved_root, repo)
-        if config is None:
-            repo.unreadable.add(name)
-            continue
-        repo.models[name] = RepoModel(name=name, config=config, versions=versions, path=folder)
+        _read_model(repo, entry.name, Path(entry.path), entry.is_symlink(), resolved_root)
     return repo
+
+
+def read_model_folder(folder: Path) -> Repository:
+    """Parse one model folder (one that holds ``config.pbtxt``) as a repository of only it.
+
+    Someone who runs ``repo validate`` on a model folder wants that model checked, not its
+    version folders read as models. The models next to it are deliberately not read: an
+    ensemble checked this way reports its steps' models as missing, because they are not
+    part of what was asked to be checked (``Repository.single_model`` lets messages say so).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise NotFound(
+            f"model folder {str(folder)!r} is not a folder",
+            hint="pass a model folder (it holds config.pbtxt) or a repository folder",
+        )
+    resolved = folder.resolve()
+    repo = Repository(root=resolved.parent, single_model=True)
+    # The folder itself was named by the user, so it is not checked as a link out of the
+    # repository; its version folders still are, against the folder that holds it.
+    _read_model(repo, resolved.name, resolved, False, resolved.parent)
+    return repo
+
+
+def _read_model(
+    repo: Repository, name: str, folder: Path, is_link: bool, resolved_root: Path
+) -> None:
+    if is_link and _escapes(folder, resolved_root):
+        repo.problems.append(
+            Problem(
+                name,
+                "",
+                "the model folder is a symbolic link that points outside the repository",
+                hint="copy the model in instead of linking it",
+                rule="unsafe-link",
+            )
+        )
+        repo.unreadable.add(name)
+        return
+    if not is_safe_model_name(name):
+        repo.problems.append(
+            Problem(
+                name,
+                "",
+                f"{name!r} is not a safe model name",
+                hint="use letters, digits, '_', '.' or '-' (at most 128, no '..'), "
+                "starting with a letter, digit or '_'",
+                rule="unsafe-name",
+            )
+        )
+    config = _read_config(name, folder / CONFIG_FILENAME, repo)
+    versions = _read_versions(name, folder, resolved_root, repo)
+    if config is None:
+        repo.unreadable.add(name)
+        return
+    repo.models[name] = RepoModel(name=name, config=config, versions=versions, path=folder)

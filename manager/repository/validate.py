@@ -7,7 +7,9 @@ step and which tensor, and how to fix it. Nothing stops at the first problem: a 
 file is reported next to a data type mismatch in the ensemble that uses it.
 
 ``reader`` parses the folder, this module checks each model on its own, ``ensembles`` checks
-what ensembles need from the models they name.
+what ensembles need from the models they name, ``decoupled`` which response stream each
+ensemble tensor belongs to. A folder that is one model (it holds ``config.pbtxt``) is checked
+as a repository of only that model, and an empty repository is a warning, not a pass.
 """
 
 from __future__ import annotations
@@ -17,11 +19,14 @@ import os
 import stat
 from pathlib import Path
 
+from manager.repository.decoupled import check_decoupled_streams
 from manager.repository.ensembles import check_ensemble, find_ensemble_cycles
 from manager.repository.reader import (
+    CONFIG_FILENAME,
     Problem,
     RepoModel,
     Repository,
+    read_model_folder,
     read_repository,
 )
 from manager.triton.client import model_config_pb2
@@ -34,8 +39,11 @@ __all__ = [
     "Repository",
     "check_model",
     "effective_backend",
+    "errors",
+    "is_model_folder",
     "model_file_name",
     "read_repository",
+    "read_repository_or_model",
     "validate_repository",
 ]
 
@@ -336,18 +344,58 @@ def check_model(model: RepoModel) -> list[Problem]:
     ]
 
 
-def validate_repository(root: Path) -> list[Problem]:
-    """Every problem in the repository at ``root``; an empty list means Triton can load it.
+def is_model_folder(path: Path) -> bool:
+    """A folder that holds ``config.pbtxt`` itself: one model, not a repository of them."""
+    return (Path(path) / CONFIG_FILENAME).is_file()
 
-    Never raises for a problem inside the repository; raises ``NotFound`` when ``root`` is
-    not a folder. Problems come grouped by model, in name order.
+
+def read_repository_or_model(path: Path) -> Repository:
+    """The repository at ``path``, or, when ``path`` is one model's folder, a repository that
+    holds only that model (see ``reader.read_model_folder``). Raises ``NotFound`` when
+    ``path`` is not a folder."""
+    path = Path(path)
+    if path.is_dir() and is_model_folder(path):
+        return read_model_folder(path)
+    return read_repository(path)
+
+
+def errors(problems: list[Problem]) -> list[Problem]:
+    """The problems that make Triton refuse the repository (warnings left out)."""
+    return [p for p in problems if p.is_error]
+
+
+def _empty(repo: Repository) -> Problem:
+    return Problem(
+        "",
+        str(repo.root),
+        "holds no model folder: Triton would start and serve nothing",
+        hint="a repository holds one folder per model (NAME/config.pbtxt and version "
+        "folders NAME/1/, ...); check that this is the folder you meant",
+        rule="empty-repository",
+        severity="warning",
+    )
+
+
+def validate_repository(root: Path) -> list[Problem]:
+    """Every problem in the repository at ``root``; an empty list means Triton can load it,
+    and a list of warnings only (``errors(...)`` empty) means it can load it but probably
+    not as meant.
+
+    ``root`` may also be one model's folder (it holds ``config.pbtxt``): that model is then
+    checked as the only one of a repository, so an ensemble checked alone reports its step
+    models as missing. An empty repository is a warning. Never raises for a problem inside
+    the repository; raises ``NotFound`` when ``root`` is not a folder. Problems come grouped
+    by model, in name order.
     """
-    repo = read_repository(Path(root))
+    repo = read_repository_or_model(Path(root))
     problems: list[Problem] = list(repo.problems)
+    if not repo.models and not repo.unreadable:
+        problems.append(_empty(repo))
     for model in repo.models.values():
         problems.extend(check_model(model))
         if model.is_ensemble:
             problems.extend(check_ensemble(repo, model))
+            problems.extend(check_decoupled_streams(repo, model))
     problems.extend(find_ensemble_cycles(repo))
     order = {name: i for i, name in enumerate(sorted({*repo.models, *repo.unreadable}))}
     problems.sort(key=lambda p: order.get(p.model, len(order)))  # stable within a model

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
+from manager.errors import Conflict
 from manager.settings import Settings
 from manager.triton.runtime import TritonRuntime
 
@@ -23,6 +24,25 @@ class Platform:
     triton: TritonRuntime | None = None
     gateway_admin_url: str | None = None
     deploy_lock: threading.Lock = field(default_factory=threading.Lock)
+    _busy: set[str] = field(default_factory=set)
+    _busy_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @contextmanager
+    def exclusive(self, key: str, what: str) -> Iterator[None]:
+        """At most one change of ``key`` (e.g. one pipeline's deployment) at a time: a second
+        concurrent one is a 409 at once instead of queueing behind the first."""
+        with self._busy_lock:
+            if key in self._busy:
+                raise Conflict(
+                    f"{what} is already in progress",
+                    hint="wait for it to finish, then look at the deployment's status",
+                )
+            self._busy.add(key)
+        try:
+            yield
+        finally:
+            with self._busy_lock:
+                self._busy.discard(key)
 
     @contextmanager
     def session(self) -> Iterator[Session]:

@@ -24,6 +24,7 @@ from manager.errors import GatewayError, LastmileError, PipelineError, TritonErr
 from manager.names import check_name, triton_ensemble_name, triton_model_name
 from manager.repository.config import (
     PYTHON_MODEL_FILENAME,
+    effective_max_batch_size,
     ensemble_config,
     model_config,
     validate_pipeline,
@@ -199,13 +200,16 @@ def write_ensemble(
     needed: dict[str, _Needed],
 ) -> None:
     step_models = {s.name: triton_model_name(ws, s.model) for s in spec.steps}
-    # Triton: an ensemble may not batch more than any of its steps.
+    # Triton: an ensemble may not batch more than any of its steps. Each step's figure is the
+    # one write_models put in its config (a configured 256 included, 0 when it cannot batch,
+    # which makes the ensemble unbatched too), not the settings' default.
     max_batch = min(
-        [platform.settings.max_batch_size]
-        + [
-            needed[s.model].options.max_batch_size or platform.settings.max_batch_size
-            for s in spec.steps
-        ]
+        effective_max_batch_size(
+            needed[s.model].signature,
+            default=platform.settings.max_batch_size,
+            options=needed[s.model].options,
+        )
+        for s in spec.steps
     )
     writer.write_ensemble(
         ensemble,
@@ -264,19 +268,41 @@ def _require_triton(platform: Platform) -> None:
 
 
 def deploy(
-    platform: Platform, *, workspace: str, pipeline: str, version: int | None = None
+    platform: Platform,
+    *,
+    workspace: str,
+    pipeline: str,
+    version: int | None = None,
+    principal: str = "",
+    action: str = "deploy",
 ) -> dict[str, Any]:
-    """Build, publish and load a pipeline version; route the gateway to it once ready."""
+    """Build, publish and load a pipeline version; route the gateway to it once ready.
+    A second deploy of the same pipeline while one runs is a 409; each outcome is recorded
+    in the pipeline's deployment history."""
     check_name(workspace, kind="workspace")
     check_name(pipeline, kind="pipeline")
-    _require_triton(platform)
-    assert platform.triton is not None
+    with platform.exclusive(
+        f"deploy:{workspace}/{pipeline}", f"a deployment of pipeline {pipeline!r}"
+    ):
+        return _deploy(platform, workspace, pipeline, version, principal, action)
+
+
+def _deploy(
+    platform: Platform,
+    workspace: str,
+    pipeline: str,
+    version: int | None,
+    principal: str,
+    action: str,
+) -> dict[str, Any]:
     with platform.deploy_lock, platform.session() as session:
         ws = store.get_workspace(session, name=workspace)
         pipe = store.get_pipeline(session, workspace=ws, name=pipeline)
         pv = store.get_pipeline_version(session, pipeline=pipe, version=version)
         spec = PipelineSpec.from_dict(pv.spec)
         validate_pipeline(spec)
+        _require_triton(platform)
+        assert platform.triton is not None
         previous = store.get_deployment(session, pipeline=pipe)
         prev: tuple[store.Deployment, PipelineSpec] | None = None
         if previous is not None and previous.state == "live":
@@ -313,7 +339,16 @@ def deploy(
                     state="failed",
                     error=str(exc),
                 )
-                session.commit()
+            store.add_deployment_event(
+                session,
+                pipeline=pipe,
+                version=pv.version,
+                action=action,
+                outcome="failed",
+                principal=principal,
+                error=str(exc),
+            )
+            session.commit()
             raise
         deployment = store.save_deployment(
             session,
@@ -322,6 +357,14 @@ def deploy(
             ensemble=ensemble,
             triton_models=sorted(own_models),
             state="live",
+        )
+        store.add_deployment_event(
+            session,
+            pipeline=pipe,
+            version=pv.version,
+            action=action,
+            outcome="live",
+            principal=principal,
         )
         session.commit()
         info = deployment_info(session, deployment)
@@ -386,9 +429,13 @@ def deployment_info(session: Any, deployment: store.Deployment) -> dict[str, Any
     }
 
 
-def list_deployments(platform: Platform) -> list[dict[str, Any]]:
+def list_deployments(
+    platform: Platform, *, workspaces: set[str] | None = None
+) -> list[dict[str, Any]]:
+    """Deployments of the given workspaces (all when None)."""
     with platform.session() as session:
-        return [deployment_info(session, d) for d in store.list_deployments(session)]
+        infos = [deployment_info(session, d) for d in store.list_deployments(session)]
+    return [d for d in infos if workspaces is None or d["workspace"] in workspaces]
 
 
 def routing_table(platform: Platform) -> dict[str, Any]:

@@ -7,7 +7,9 @@ rename) and only then registered, so a bad file leaves neither a row nor a file 
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -15,10 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from converters.onnx_import import inspect_onnx
 from manager import store
-from manager.domain import ServingOptions, Signature
-from manager.errors import InvalidInput
+from manager.domain import PipelineSpec, ServingOptions, Signature
+from manager.errors import Conflict, InvalidInput, PreconditionFailed
 from manager.names import check_name, triton_model_name
 from manager.repository.config import model_config
 from manager.services.context import Platform
@@ -45,6 +49,14 @@ def _store_file(src: Path, dest_dir: Path, sha256: str) -> Path:
     return dest
 
 
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1024 * 1024):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def model_version_info(model: store.Model, version: store.ModelVersion) -> dict[str, Any]:
     return {
         "model": model.name,
@@ -54,7 +66,19 @@ def model_version_info(model: store.Model, version: store.ModelVersion) -> dict[
         "size_bytes": version.size_bytes,
         "signature": version.signature,
         "details": version.details,
+        "created_by": version.created_by,
         "created_at": version.created_at.isoformat(),
+    }
+
+
+def model_info(session: Any, model: store.Model) -> dict[str, Any]:
+    return {
+        "name": model.name,
+        "serving": ServingOptions.from_dict(model.serving).to_dict(),
+        "revision": model.revision,
+        "versions": [
+            model_version_info(model, v) for v in store.list_model_versions(session, model=model)
+        ],
     }
 
 
@@ -66,6 +90,7 @@ def register_onnx(
     name: str,
     path: Path,
     details: dict[str, Any] | None = None,
+    created_by: str = "",
 ) -> tuple[store.Model, store.ModelVersion]:
     """Check ``path`` completely, keep it, and add the next version (flushed, not committed)."""
     check_name(name, kind="model")
@@ -87,6 +112,7 @@ def register_onnx(
             "producer": info.producer,
             **(details or {}),
         },
+        created_by=created_by,
     )
 
 
@@ -100,6 +126,16 @@ class ConversionOptions:
     rtol: float = 1e-4
     atol: float = 1e-5
     optimize: tuple[str, ...] = ()
+    sample: dict[str, np.ndarray] | np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("rtol", "atol"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise InvalidInput(
+                    f"{name} must be a finite number >= 0, not {value}",
+                    hint="e.g. rtol=1e-4, atol=1e-5",
+                )
 
 
 def _convert(
@@ -121,6 +157,7 @@ def _convert(
         rtol=options.rtol,
         atol=options.atol,
         optimize=options.optimize,
+        sample_input=options.sample,
         max_bytes=platform.settings.max_upload_bytes,
         progress=lambda message: log.info("%s: %s", path.name, message),
     )
@@ -135,29 +172,66 @@ def import_model(
     path: Path,
     conversion: ConversionOptions | None = None,
     details: dict[str, Any] | None = None,
+    created_by: str = "",
+    force: bool = False,
 ) -> dict[str, Any]:
     """Register ``path`` as the next version of model ``name``: an ONNX file as it is, any
-    other framework's file converted (parity-checked, benchmarked) first."""
+    other framework's file converted (parity-checked, benchmarked) first.
+
+    A file whose content (sha256 of what was uploaded) is already a version of this model
+    answers with that version (``created: false``) unless ``force``.
+    """
     check_name(workspace, kind="workspace")
     check_name(name, kind="model")
     conversion = conversion or ConversionOptions()
+    source_sha = file_sha256(path)
+    if not force:
+        existing = _same_content(platform, workspace, name, source_sha)
+        if existing is not None:
+            return existing
     extra = dict(details or {})
+    extra["source_sha256"] = source_sha
     if conversion.framework != "onnx" or conversion.optimize:
         path, converted = _convert(platform, path, conversion)
         extra.update(converted)
     with platform.session() as session:
         ws = store.get_workspace(session, name=workspace)
         model, version = register_onnx(
-            platform, session, workspace=ws, name=name, path=path, details=extra
+            platform,
+            session,
+            workspace=ws,
+            name=name,
+            path=path,
+            details=extra,
+            created_by=created_by,
         )
         session.commit()
-        result = model_version_info(model, version)
+        result = model_version_info(model, version) | {"created": True}
     log.info("imported %s as %s version %d", path.name, name, result["version"])
     return result
 
 
+def _same_content(
+    platform: Platform, workspace: str, name: str, source_sha: str
+) -> dict[str, Any] | None:
+    with platform.session() as session:
+        ws = store.get_workspace(session, name=workspace)
+        model = store.find_model(session, workspace=ws, name=name)
+        if model is None:
+            return None
+        for version in reversed(store.list_model_versions(session, model=model)):
+            if source_sha in (version.sha256, version.details.get("source_sha256")):
+                return model_version_info(model, version) | {"created": False}
+    return None
+
+
 def configure_model(
-    platform: Platform, *, workspace: str, name: str, options: ServingOptions
+    platform: Platform,
+    *,
+    workspace: str,
+    name: str,
+    options: ServingOptions,
+    if_revision: int | None = None,
 ) -> dict[str, Any]:
     """Set how Triton serves a model. The config is built once against the latest version
     first, so options that do not fit the model are refused before anything is stored; the
@@ -168,6 +242,11 @@ def configure_model(
     with platform.session() as session:
         ws = store.get_workspace(session, name=workspace)
         model = store.get_model(session, workspace=ws, name=name)
+        if if_revision is not None and if_revision != model.revision:
+            raise PreconditionFailed(
+                f"model {name!r} is at serving revision {model.revision}, not {if_revision}",
+                hint="read it again (GET …/serving) and send the new ETag in If-Match",
+            )
         latest = store.get_model_version(session, model=model, version=None)
         config = model_config(
             triton_name=triton_model_name(workspace, name),
@@ -179,22 +258,106 @@ def configure_model(
             template_dirs=settings.template_dir,
         )
         model.serving = options.to_dict()
+        model.revision += 1
         session.add(model)
         session.commit()
-    return {"model": name, "serving": options.to_dict(), "config": config_to_text(config)}
+        revision = model.revision
+    return {
+        "model": name,
+        "serving": options.to_dict(),
+        "config": config_to_text(config),
+        "revision": revision,
+    }
 
 
-def list_models(platform: Platform, *, workspace: str) -> list[dict[str, Any]]:
+def get_serving(platform: Platform, *, workspace: str, name: str) -> dict[str, Any]:
     with platform.session() as session:
         ws = store.get_workspace(session, name=workspace)
-        return [
-            {
-                "name": model.name,
-                "serving": ServingOptions.from_dict(model.serving).to_dict(),
-                "versions": [
-                    model_version_info(model, v)
-                    for v in store.list_model_versions(session, model=model)
-                ],
-            }
-            for model in store.list_models(session, workspace=ws)
-        ]
+        model = store.get_model(session, workspace=ws, name=name)
+        options = ServingOptions.from_dict(model.serving)
+        latest = store.get_model_version(session, model=model, version=None)
+        config = model_config(
+            triton_name=triton_model_name(workspace, name),
+            signature=Signature.from_dict(latest.signature),
+            profile=platform.settings.profile,
+            max_batch_size=platform.settings.max_batch_size,
+            versions=[latest.version],
+            options=options,
+            template_dirs=platform.settings.template_dir,
+        )
+        return {
+            "model": name,
+            "serving": options.to_dict(),
+            "config": config_to_text(config),
+            "revision": model.revision,
+        }
+
+
+def list_models(
+    platform: Platform,
+    *,
+    workspace: str,
+    after_id: int | None = None,
+    limit: int | None = None,
+    name_prefix: str | None = None,
+) -> tuple[list[dict[str, Any]], int | None]:
+    """A page of models (by id) and the id to continue after, None at the end."""
+    with platform.session() as session:
+        ws = store.get_workspace(session, name=workspace)
+        page, more = store.list_models(
+            session, workspace=ws, after_id=after_id, limit=limit, name_prefix=name_prefix
+        )
+        return [model_info(session, m) for m in page], more
+
+
+def get_model(platform: Platform, *, workspace: str, name: str) -> dict[str, Any]:
+    with platform.session() as session:
+        ws = store.get_workspace(session, name=workspace)
+        return model_info(session, store.get_model(session, workspace=ws, name=name))
+
+
+def get_version(
+    platform: Platform, *, workspace: str, name: str, version: int
+) -> tuple[dict[str, Any], Path]:
+    with platform.session() as session:
+        ws = store.get_workspace(session, name=workspace)
+        model = store.get_model(session, workspace=ws, name=name)
+        mv = store.get_model_version(session, model=model, version=version)
+        return model_version_info(model, mv), Path(mv.path)
+
+
+def _versions_in_use(session: Any, ws: store.Workspace, model: str) -> dict[int, list[str]]:
+    """Model version → the pipelines (name:version) whose deployment serves it."""
+    used: dict[int, list[str]] = {}
+    for dep in store.list_deployments(session, workspace_id=ws.id):
+        if dep.state not in ("live", "pending"):
+            continue
+        pv = session.get(store.PipelineVersion, dep.pipeline_version_id)
+        pipe = session.get(store.Pipeline, dep.pipeline_id)
+        for step in PipelineSpec.from_dict(pv.spec).steps:
+            if step.model == model:
+                used.setdefault(step.version, []).append(f"{pipe.name}:{pv.version}")
+    return used
+
+
+def delete_version(platform: Platform, *, workspace: str, name: str, version: int) -> None:
+    """Drop a model version no deployment serves; its file goes when no version keeps it.
+    The model itself goes with its last version."""
+    with platform.deploy_lock, platform.session() as session:
+        ws = store.get_workspace(session, name=workspace)
+        model = store.get_model(session, workspace=ws, name=name)
+        mv = store.get_model_version(session, model=model, version=version)
+        users = _versions_in_use(session, ws, name).get(version)
+        if users:
+            raise Conflict(
+                f"model {name!r} version {version} is served by deployment(s) " + ", ".join(users),
+                hint="undeploy or redeploy those pipelines first",
+            )
+        path, sha = Path(mv.path), mv.sha256
+        store.delete_model_version(session, version=mv)
+        if not store.list_model_versions(session, model=model):
+            store.delete_model(session, model=model)
+        session.commit()
+        if not store.sha_in_use(session, sha256=sha):
+            path.unlink(missing_ok=True)
+    log.info("deleted model %s version %d", name, version)

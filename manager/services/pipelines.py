@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from manager import store
 from manager.domain import PIPELINE_INPUTS, PipelineSpec, PipelineStep, Signature, TensorRef
-from manager.errors import InvalidInput, NotFound, PipelineError
+from manager.errors import Conflict, InvalidInput, NotFound, PipelineError, PreconditionFailed
 from manager.names import check_name
 from manager.repository.config import validate_pipeline
 from manager.repository.pipeline import sort_steps
@@ -108,6 +108,7 @@ def pipeline_version_info(
         ],
         "inputs": [t.to_dict() for t in spec.input_specs()],
         "outputs": [t.to_dict() for t in spec.output_specs()],
+        "created_by": version.created_by,
         "created_at": version.created_at.isoformat(),
     }
 
@@ -168,9 +169,17 @@ def build_from_document(platform: Platform, *, workspace: str, document: Any) ->
     return sort_steps(PipelineSpec(name=doc.name, steps=tuple(steps), outputs=outputs))
 
 
-def _store_spec(platform: Platform, *, workspace: str, spec: PipelineSpec) -> dict[str, Any]:
+def _store_spec(
+    platform: Platform,
+    *,
+    workspace: str,
+    spec: PipelineSpec,
+    created_by: str = "",
+    if_version: int | None = None,
+) -> dict[str, Any]:
     """Validate and store ``spec`` as the next pipeline version, unless it equals the latest
-    (applying the same definition twice is a no-op)."""
+    (applying the same definition twice is a no-op). ``if_version`` (from ``If-Match``) makes
+    the write conditional on the latest version still being that one (0: no version yet)."""
     validate_pipeline(spec)
     with platform.session() as session:
         ws = store.get_workspace(session, name=workspace)
@@ -180,12 +189,18 @@ def _store_spec(platform: Platform, *, workspace: str, spec: PipelineSpec) -> di
             )
         except NotFound:
             latest = None
+        current = latest.version if latest is not None else 0
+        if if_version is not None and if_version != current:
+            raise PreconditionFailed(
+                f"pipeline {spec.name!r} is at version {current}, not {if_version}",
+                hint="read it again and send its ETag in If-Match",
+            )
         if latest is not None and latest.spec == spec.to_dict():
             pipeline = session.get(store.Pipeline, latest.pipeline_id)
             assert pipeline is not None
             return {**pipeline_version_info(pipeline, latest), "created": False}
         pipeline, version = store.add_pipeline_version(
-            session, workspace=ws, name=spec.name, spec=spec.to_dict()
+            session, workspace=ws, name=spec.name, spec=spec.to_dict(), created_by=created_by
         )
         session.commit()
         info = pipeline_version_info(pipeline, version)
@@ -194,24 +209,148 @@ def _store_spec(platform: Platform, *, workspace: str, spec: PipelineSpec) -> di
 
 
 def create_pipeline(
-    platform: Platform, *, workspace: str, name: str, steps: list[str]
+    platform: Platform,
+    *,
+    workspace: str,
+    name: str,
+    steps: list[str],
+    created_by: str = "",
+    if_version: int | None = None,
 ) -> dict[str, Any]:
     """Validate and store a chain of model versions as the next version of a pipeline."""
     spec = build_chain(platform, workspace=workspace, name=name, steps=steps)
-    return _store_spec(platform, workspace=workspace, spec=spec)
+    return _store_spec(
+        platform, workspace=workspace, spec=spec, created_by=created_by, if_version=if_version
+    )
 
 
-def apply_pipeline(platform: Platform, *, workspace: str, document: Any) -> dict[str, Any]:
-    """Create the next version of a pipeline from a (YAML) definition of its DAG."""
-    spec = build_from_document(platform, workspace=workspace, document=document)
-    return _store_spec(platform, workspace=workspace, spec=spec)
+def apply_pipeline(
+    platform: Platform,
+    *,
+    workspace: str,
+    document: Any,
+    created_by: str = "",
+    if_version: int | None = None,
+) -> dict[str, Any]:
+    """Create the next version of a pipeline from a definition: a DAG (steps as objects)
+    or a chain (steps as ``MODEL[:VERSION]`` strings)."""
+    spec = build_spec(platform, workspace=workspace, document=document)
+    return _store_spec(
+        platform, workspace=workspace, spec=spec, created_by=created_by, if_version=if_version
+    )
 
 
-def list_pipelines(platform: Platform, *, workspace: str) -> list[dict[str, Any]]:
+def build_spec(platform: Platform, *, workspace: str, document: Any) -> PipelineSpec:
+    """A chain document ``{name, steps: [str, ...]}`` or a DAG document, resolved."""
+    if (
+        isinstance(document, dict)
+        and isinstance(document.get("steps"), list)
+        and document["steps"]
+        and all(isinstance(step, str) for step in document["steps"])
+    ):
+        extra = set(document) - {"name", "steps"}
+        if extra:
+            raise PipelineError(
+                f"invalid pipeline definition: unknown field(s) {sorted(extra)} in a chain",
+                hint="a chain has name and steps only; describe outputs in a DAG definition",
+            )
+        name = document.get("name")
+        if not isinstance(name, str):
+            raise PipelineError("invalid pipeline definition: name: Field required")
+        return build_chain(platform, workspace=workspace, name=name, steps=document["steps"])
+    return build_from_document(platform, workspace=workspace, document=document)
+
+
+def validate_definition(platform: Platform, *, workspace: str, document: Any) -> dict[str, Any]:
+    """Resolve and validate a definition like a create would, storing nothing."""
+    spec = build_spec(platform, workspace=workspace, document=document)
+    validate_pipeline(spec)
+    steps = [
+        {
+            "name": s.name,
+            "model": s.model,
+            "version": s.version,
+            "inputs": {k: str(v) for k, v in s.inputs.items()},
+        }
+        for s in spec.steps
+    ]
+    return {
+        "valid": True,
+        "pipeline": {
+            "pipeline": spec.name,
+            "version": 0,
+            "steps": steps,
+            "inputs": [t.to_dict() for t in spec.input_specs()],
+            "outputs": [t.to_dict() for t in spec.output_specs()],
+            "created_at": store.utcnow().isoformat(),
+        },
+    }
+
+
+def _deployed_version(session: Any, pipeline: store.Pipeline) -> int | None:
+    dep = store.get_deployment(session, pipeline=pipeline)
+    if dep is None or dep.state != "live":
+        return None
+    pv = session.get(store.PipelineVersion, dep.pipeline_version_id)
+    return pv.version if pv is not None else None
+
+
+def list_pipelines(
+    platform: Platform,
+    *,
+    workspace: str,
+    after_id: int | None = None,
+    limit: int | None = None,
+    name_prefix: str | None = None,
+) -> tuple[list[dict[str, Any]], int | None]:
     with platform.session() as session:
         ws = store.get_workspace(session, name=workspace)
+        page, more = store.list_pipelines(
+            session, workspace=ws, after_id=after_id, limit=limit, name_prefix=name_prefix
+        )
         result = []
-        for pipeline in store.list_pipelines(session, workspace=ws):
+        for pipeline in page:
             latest = store.get_pipeline_version(session, pipeline=pipeline)
-            result.append(pipeline_version_info(pipeline, latest))
-        return result
+            result.append(
+                pipeline_version_info(pipeline, latest)
+                | {"deployed_version": _deployed_version(session, pipeline)}
+            )
+        return result, more
+
+
+def get_pipeline(
+    platform: Platform, *, workspace: str, name: str, version: int | None = None
+) -> dict[str, Any]:
+    with platform.session() as session:
+        ws = store.get_workspace(session, name=workspace)
+        pipeline = store.get_pipeline(session, workspace=ws, name=name)
+        pv = store.get_pipeline_version(session, pipeline=pipeline, version=version)
+        return pipeline_version_info(pipeline, pv) | {
+            "deployed_version": _deployed_version(session, pipeline)
+        }
+
+
+def list_versions(platform: Platform, *, workspace: str, name: str) -> list[dict[str, Any]]:
+    with platform.session() as session:
+        ws = store.get_workspace(session, name=workspace)
+        pipeline = store.get_pipeline(session, workspace=ws, name=name)
+        return [
+            pipeline_version_info(pipeline, pv)
+            for pv in store.list_pipeline_versions(session, pipeline=pipeline)
+        ]
+
+
+def delete_pipeline(platform: Platform, *, workspace: str, name: str) -> None:
+    """Forget a pipeline and all its versions; refused while it is deployed."""
+    with platform.deploy_lock, platform.session() as session:
+        ws = store.get_workspace(session, name=workspace)
+        pipeline = store.get_pipeline(session, workspace=ws, name=name)
+        dep = store.get_deployment(session, pipeline=pipeline)
+        if dep is not None and dep.state in ("live", "pending"):
+            raise Conflict(
+                f"pipeline {name!r} is deployed ({dep.ensemble})",
+                hint=f"undeploy it first: lastmile undeploy {name}",
+            )
+        store.delete_pipeline_history(session, pipeline=pipeline)
+        store.delete_pipeline(session, pipeline=pipeline)
+        session.commit()

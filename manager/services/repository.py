@@ -25,8 +25,9 @@ from manager.repository.python_model import python_model_source
 from manager.repository.reader import RepoModel
 from manager.repository.validate import (
     effective_backend,
+    errors,
     model_file_name,
-    read_repository,
+    read_repository_or_model,
     validate_repository,
 )
 from manager.repository.writer import RepositoryWriter
@@ -62,7 +63,7 @@ def export_pipeline(
     writer = RepositoryWriter(out_dir)
     deployments.write_models(platform, writer, needed, profile=profile)
     deployments.write_ensemble(platform, writer, ws.name, spec, ensemble, needed)
-    problems = validate_repository(out_dir)
+    problems = errors(validate_repository(out_dir))  # warnings do not make it unusable
     if problems:  # a bug of ours, never the user's: say so plainly
         raise PipelineError(
             "the exported repository does not validate: " + "; ".join(map(str, problems))
@@ -129,13 +130,13 @@ def _serving_options(model: RepoModel) -> ServingOptions:
 def import_repository(platform: Platform, *, workspace: str, root: Path) -> dict[str, Any]:
     """Register every model (all served versions, serving options) and every ensemble."""
     check_name(workspace, kind="workspace")
-    problems = validate_repository(root)
+    problems = errors(validate_repository(root))  # warnings (an empty folder) do not block
     if problems:
         raise InvalidInput(
             f"the repository has {len(problems)} problem(s): " + "; ".join(map(str, problems)),
             hint="lastmile repo validate DIR lists them; fix them and import again",
         )
-    repo = read_repository(root)
+    repo = read_repository_or_model(root)  # read as validated: a model folder is one model
     models = {n: m for n, m in repo.models.items() if not m.is_ensemble}
     ensembles = {n: m for n, m in repo.models.items() if m.is_ensemble}
     names = {n: _registry_name(n, workspace, ensemble=False) for n in models}

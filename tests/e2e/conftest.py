@@ -39,6 +39,8 @@ class RunningSystem:
                 "LASTMILE_TRITON_GRPC_PORT": str(s.triton_grpc_port),
                 "LASTMILE_TRITON_METRICS_PORT": str(s.triton_metrics_port),
                 "LASTMILE_SCRAPE_INTERVAL_S": "1",
+                # the sklearn e2e test uploads a pickle as the owner (a workspace admin)
+                "LASTMILE_ALLOW_PICKLE_UPLOADS": "true",
                 "COLUMNS": "200",
             }
         )

@@ -27,7 +27,7 @@ def _serve(system: RunningSystem, name: str, path: Path, *args: str) -> dict[str
     assert info["details"]["conversion"]["parity"]["passed"] is True
     assert info["details"]["conversion"]["lineage"]["source_sha256"]
     system.cli("pipeline", "create", f"{name}-pipe", "--step", name)
-    system.cli("deploy", f"{name}-pipe")
+    system.cli("deploy", f"{name}-pipe", "--version", "latest")
     client = httpclient.InferenceServerClient(system.gateway)
     try:
         meta = client.get_model_metadata(f"{name}-pipe")
@@ -67,7 +67,7 @@ def test_sklearn_pipeline_from_joblib(system: RunningSystem, tmp_path: Path) -> 
     joblib.dump(model, path)
     refused = system.cli("model", "import", str(path), "--name", "sk", "--framework", "sklearn",
                          check=False)  # fmt: skip
-    assert refused.returncode == 1 and "--trust-pickle" in refused.stderr
+    assert refused.returncode == 6 and "--trust-pickle" in refused.stderr
     got = _serve(system, "sk", path, "--framework", "sklearn", "--trust-pickle",
                  "--input", "x:float32:-1,6")  # fmt: skip
     np.testing.assert_array_equal(got["label"].reshape(-1), model.predict(X))
@@ -99,10 +99,13 @@ def test_sdk_converts_an_in_memory_model_and_stores_its_report(system: RunningSy
     model = GradientBoostingClassifier(n_estimators=10, max_depth=2).fit(X_TRAIN, Y_TRAIN)
     with Lastmile.from_settings(system.settings) as lm:
         info = lm.import_model(model, name="gbc", framework="sklearn", sample_input=X_TRAIN[:32])
+        # the client's own report is kept, marked as its claim, never as the server's
         assert info["details"]["converted_by"] == "client"
-        assert info["details"]["conversion"]["parity"]["passed"] is True
+        assert "conversion" not in info["details"]
+        assert info["details"]["client_conversion"]["parity"]["passed"] is True
+        assert info["details"]["lineage"].startswith("client-supplied")
         lm.create_pipeline("gbc-pipe", steps=["gbc"])
-        lm.deploy("gbc-pipe")
+        lm.deploy("gbc-pipe", version="latest")
         (only_input,) = lm.metadata("gbc-pipe")["inputs"]
         got = lm.infer("gbc-pipe", {only_input["name"]: X.tolist()})
     np.testing.assert_allclose(got["probabilities"], model.predict_proba(X), atol=1e-5)

@@ -87,7 +87,7 @@ def test_diamond_pipeline_from_yaml(
     )
     assert again["created"] is False and again["version"] == 1
 
-    system.cli("deploy", "diamond")
+    system.cli("deploy", "diamond", "--version", "latest")
     x = np.random.default_rng(4).normal(size=(5, 4)).astype(np.float32)
     (a,) = _run(registered["double"], {"x": x})
     (b,) = _run(registered["triple"], {"x": x})
@@ -102,7 +102,7 @@ def test_renamed_tensors_and_several_outputs(
 ) -> None:
     (tmp_path / "renamed.yaml").write_text(RENAMED)
     system.cli("pipeline", "apply", str(tmp_path / "renamed.yaml"))
-    system.cli("deploy", "renamed")
+    system.cli("deploy", "renamed", "--version", "latest")
     x = np.random.default_rng(5).normal(size=(3, 4)).astype(np.float32)
     (doubled,) = _run(registered["double"], {"x": x})
     (result,) = _run(registered["triple"], {"x": doubled})
@@ -137,6 +137,6 @@ def test_bad_definitions_are_refused_and_write_nothing(
     path.write_text(text)
     before = system.cli("pipeline", "list", "--json").stdout
     proc = system.cli("pipeline", "apply", str(path), check=False)
-    assert proc.returncode == 1
+    assert proc.returncode in (3, 6)  # not found (a model), or invalid input
     assert message in proc.stderr.replace("\n", " "), proc.stderr
     assert system.cli("pipeline", "list", "--json").stdout == before

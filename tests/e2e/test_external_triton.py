@@ -49,7 +49,7 @@ def test_deploy_pushes_models_to_a_triton_without_shared_disk(
         clf = make_softmax_classifier(tmp_path / "clf.onnx", 4, 3, seed=5)
         system.cli("model", "import", str(clf), "--name", "clf")
         system.cli("pipeline", "create", "solo", "--step", "clf")
-        system.cli("deploy", "solo")
+        system.cli("deploy", "solo", "--version", "latest")
         # nothing was written to the other server's repository: it was pushed
         assert list(external_triton.repository.iterdir()) == []
         x = np.random.default_rng(1).normal(size=(3, 4)).astype(np.float32)

@@ -39,9 +39,9 @@ def test_redeploy_under_load_fails_no_request(system: RunningSystem, tmp_path: P
     system.cli("model", "import", str(tmp_path / "a1.onnx"), "--name", "scaler")
     system.cli("model", "import", str(tmp_path / "c.onnx"), "--name", "clf")
     system.cli("pipeline", "create", "p", "--step", "scaler", "--step", "clf")
-    system.cli("deploy", "p")
+    system.cli("deploy", "p", "--version", "latest")
     system.cli("pipeline", "create", "other", "--step", "scaler:1", "--step", "clf")
-    system.cli("deploy", "other")
+    system.cli("deploy", "other", "--version", "latest")
     system.cli("model", "import", str(tmp_path / "a2.onnx"), "--name", "scaler")
     system.cli("pipeline", "create", "p", "--step", "scaler:2", "--step", "clf")
 
@@ -69,7 +69,7 @@ def test_redeploy_under_load_fails_no_request(system: RunningSystem, tmp_path: P
     for t in threads:
         t.start()
     time.sleep(1.0)
-    system.cli("deploy", "p")
+    system.cli("deploy", "p", "--version", "latest")
     time.sleep(1.0)
     stop.set()
     for t in threads:
@@ -96,10 +96,10 @@ def test_versions_no_pipeline_uses_leave_the_policy(system: RunningSystem, tmp_p
     make_affine(tmp_path / "b.onnx", 4, 3.0, 0.0, output_name="z")
     system.cli("model", "import", str(tmp_path / "b.onnx"), "--name", "solo")
     system.cli("pipeline", "create", "single", "--step", "solo")
-    system.cli("deploy", "single")
-    system.cli("model", "import", str(tmp_path / "b.onnx"), "--name", "solo")
+    system.cli("deploy", "single", "--version", "latest")
+    system.cli("model", "import", str(tmp_path / "b.onnx"), "--name", "solo", "--force")
     system.cli("pipeline", "create", "single", "--step", "solo:2")
-    system.cli("deploy", "single")
+    system.cli("deploy", "single", "--version", "latest")
     config = RepositoryWriter(system.settings.repository_dir).read_config("default.solo")
     assert list(config.version_policy.specific.versions) == [2]
     client = httpclient.InferenceServerClient(system.gateway)
@@ -139,7 +139,7 @@ def test_failed_deploy_publishes_nothing_and_the_live_version_keeps_serving(
     make_affine(tmp_path / "good.onnx", 4, 5.0, 0.0, output_name="z")
     system.cli("model", "import", str(tmp_path / "good.onnx"), "--name", "steady")
     system.cli("pipeline", "create", "steady-pipe", "--step", "steady")
-    system.cli("deploy", "steady-pipe")
+    system.cli("deploy", "steady-pipe", "--version", "latest")
     repo = system.settings.repository_dir
     before = sorted(
         str(p.relative_to(repo)) for p in repo.rglob("*") if "__pycache__" not in p.parts
@@ -167,12 +167,12 @@ def test_failed_deploy_publishes_nothing_and_the_live_version_keeps_serving(
 
     worker = threading.Thread(target=hammer)
     worker.start()
-    proc = system.cli("deploy", "steady-pipe", check=False)
+    proc = system.cli("deploy", "steady-pipe", "--version", "latest", check=False)
     time.sleep(0.5)
     stop.set()
     worker.join(timeout=60)
 
-    assert proc.returncode == 1
+    assert proc.returncode == 7  # Triton refused: "unavailable"
     assert "could not load model 'default.steady'" in proc.stderr.replace("\n", " ")
     assert failures == [] and served[0] > 10
     after = sorted(

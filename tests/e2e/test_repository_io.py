@@ -81,7 +81,7 @@ def test_export_loads_on_triton_and_reimport_gives_the_same_configs(
         fresh.cli("repo", "export", "diamond", str(again))
         assert _configs(again) == _configs(gpu)
         assert _files(again) == _files(gpu)
-        fresh.cli("deploy", "diamond")  # and the imported pipeline serves
+        fresh.cli("deploy", "diamond", "--version", "latest")  # and the imported pipeline serves
         client = httpclient.InferenceServerClient(fresh.gateway)
         inp = httpclient.InferInput("x", [2, 4], "FP32")
         inp.set_data_from_numpy(np.ones((2, 4), np.float32))
@@ -116,5 +116,5 @@ def test_broken_repository_is_listed_and_import_registers_nothing(
     assert "TYPE_INT64" in text or "INT64" in text  # ... does not hide the dtype mismatch
     before = system.cli("model", "list", "--json").stdout
     proc = system.cli("repo", "import", str(repo), check=False)
-    assert proc.returncode == 1 and "problem(s)" in proc.stderr
+    assert proc.returncode == 6 and "problem(s)" in proc.stderr
     assert system.cli("model", "list", "--json").stdout == before

@@ -25,7 +25,7 @@ def test_configured_model_is_served_with_its_tuning(system: RunningSystem, tmp_p
                      "--tuning", "response-cache", "--json")  # fmt: skip
     assert "count: 2" in json.loads(out.stdout)["config"]
     system.cli("pipeline", "create", "tuned-pipe", "--step", "tuned")
-    system.cli("deploy", "tuned-pipe")
+    system.cli("deploy", "tuned-pipe", "--version", "latest")
 
     with TritonClient(system.state["triton"][0]["http"]) as triton:
         served = triton.model_config("default.tuned")

@@ -67,7 +67,7 @@ def test_import_create_deploy_and_infer_through_gateway(
     assert [s["model"] for s in pipe["steps"]] == ["scaler", "clf"]
     assert pipe["steps"][1]["inputs"] == {"features": "$scaler.z"}
 
-    dep = json.loads(system.cli("deploy", "fraud", "--json").stdout)
+    dep = json.loads(system.cli("deploy", "fraud", "--version", "1", "--json").stdout)
     assert dep["state"] == "live" and dep["ensemble"] == "default.fraud.v1"
 
     x = np.random.default_rng(0).normal(size=(6, 4)).astype(np.float32)
@@ -113,7 +113,7 @@ def test_second_pipeline_deploys_beside_the_first(
     system: RunningSystem, models: dict[str, Path]
 ) -> None:
     system.cli("pipeline", "create", "scale-only", "--step", "scaler")
-    system.cli("deploy", "scale-only")
+    system.cli("deploy", "scale-only", "--version", "latest")
     x = np.ones((2, 4), dtype=np.float32)
     client = httpclient.InferenceServerClient(system.gateway)
     try:
@@ -146,24 +146,25 @@ def test_metrics_are_scraped_into_the_store(system: RunningSystem) -> None:
 
 
 @pytest.mark.parametrize(
-    ("args", "message"),
+    ("args", "message", "code"),
     [
-        (["model", "import", "{corrupt}", "--name", "broken"], "corrupt.onnx"),
-        (["model", "import", "{scaler}", "--name", "../x"], "invalid model name '../x'"),
-        (["pipeline", "create", "p1", "--step", "ghost"], "model 'ghost' is not registered"),
-        (["pipeline", "create", "../x", "--step", "scaler"], "invalid pipeline name '../x'"),
-        (["deploy", "ghost-pipeline"], "pipeline 'ghost-pipeline' does not exist"),
+        (["model", "import", "{corrupt}", "--name", "broken"], "corrupt.onnx", 6),
+        (["model", "import", "{scaler}", "--name", "../x"], "invalid model name '../x'", 6),
+        (["pipeline", "create", "p1", "--step", "ghost"], "model 'ghost' is not registered", 3),
+        (["pipeline", "create", "../x", "--step", "scaler"], "invalid pipeline name '../x'", 6),
+        (["deploy", "ghost-pipeline", "--version", "latest"],
+         "pipeline 'ghost-pipeline' does not exist", 3),
     ],
-)
+)  # fmt: skip
 def test_bad_input_is_a_clear_error_and_writes_nothing(
-    system: RunningSystem, models: dict[str, Path], args: list[str], message: str
+    system: RunningSystem, models: dict[str, Path], args: list[str], message: str, code: int
 ) -> None:
     before_models = json.loads(system.cli("model", "list", "--json").stdout)
     before_pipes = json.loads(system.cli("pipeline", "list", "--json").stdout)
     before_files = sorted(p.name for p in system.settings.models_dir.iterdir())
     args = [a.format(**{k: str(v) for k, v in models.items()}) for a in args]
     proc = system.cli(*args, check=False)
-    assert proc.returncode == 1
+    assert proc.returncode == code, proc.stderr
     assert message in proc.stderr.replace("\n", " ")
     assert "Traceback" not in proc.stderr
     assert json.loads(system.cli("model", "list", "--json").stdout) == before_models
@@ -177,7 +178,7 @@ def test_mismatched_dtypes_between_steps_are_refused(
     system.cli("model", "import", str(models["int"]), "--name", "int-model")
     proc = system.cli("pipeline", "create", "mixed", "--step", "scaler", "--step", "int-model",
                       check=False)  # fmt: skip
-    assert proc.returncode == 1
+    assert proc.returncode == 6
     err = proc.stderr.replace("\n", " ")
     assert "FP32" in err and "INT64" in err and "int-model" in err
     pipes = json.loads(system.cli("pipeline", "list", "--json").stdout)

@@ -1,4 +1,5 @@
-"""Failure paths a user meets before anything runs: each a clear message, exit code 1."""
+"""Failure paths a user meets before anything runs: each a clear message and its documented
+exit code (1 error, 2 usage, 6 invalid input, 7 unavailable)."""
 
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ def _cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
 def test_commands_without_a_running_system_say_how_to_start_it(tmp_path: Path) -> None:
     settings = make_settings(tmp_path / "home")
     proc = _cli(settings, "status")
-    assert proc.returncode == 1
+    assert proc.returncode == 7
     assert "nothing is running for LASTMILE_HOME" in proc.stderr
     assert "lastmile up --detach" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -59,7 +60,16 @@ def test_up_refuses_a_taken_port_and_names_the_setting(tmp_path: Path) -> None:
 
 def test_infer_input_must_be_json(tmp_path: Path) -> None:
     proc = _cli(make_settings(tmp_path / "home"), "infer", "p", "--input", "x=[1,2")
-    assert proc.returncode == 1 and "is not JSON" in proc.stderr
+    assert proc.returncode == 6 and "is not JSON" in proc.stderr
+
+
+def test_usage_errors_help_and_version(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path / "home")
+    assert _cli(settings, "deploy", "p").returncode == 2  # --version is required
+    helped = _cli(settings, "model", "import", "-h")
+    assert helped.returncode == 0 and "--sample" in helped.stdout
+    version = _cli(settings, "--version")
+    assert version.returncode == 0 and version.stdout.startswith("lastmile ")
 
 
 def test_missing_libpython_says_which_package_to_install(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -58,7 +58,7 @@ def test_uncommitted_import_leaves_nothing(engine: Engine) -> None:
         s.rollback()
     with Session(engine) as s:
         ws = store.get_workspace(s, name="default")
-        assert list(store.list_models(s, workspace=ws)) == []
+        assert list(store.list_models(s, workspace=ws)[0]) == []
 
 
 def test_pipeline_versions_and_deployment_update_in_place(engine: Engine) -> None:

@@ -1,0 +1,297 @@
+"""Request and response bodies of the management API (``XCreate`` in, ``XPublic`` out).
+
+Numbers have bounds that fit the store (int32 versions, int64 sizes) so a client's mistake is a
+422 naming the field, never an overflow deep in the database; floats refuse NaN and infinity.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from manager.names import NAME_RE
+
+T = TypeVar("T")
+INT32 = 2**31 - 1
+Name = Field(pattern=NAME_RE.pattern, max_length=63)
+VersionNumber = Field(ge=1, le=INT32)
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Page(BaseModel, Generic[T]):
+    items: list[T]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null at end")
+
+
+# -- workspaces, members, principals, keys ---------------------------------------------------
+
+
+class WorkspaceCreate(Strict):
+    name: str = Name
+
+
+class WorkspacePublic(BaseModel):
+    name: str
+    created_at: datetime
+    role: str | None = Field(description="The caller's role here")
+
+
+class MemberSet(Strict):
+    role: Literal["viewer", "editor", "admin"]
+
+
+class MemberPublic(BaseModel):
+    principal: str
+    kind: str
+    role: str
+    since: datetime
+
+
+class PrincipalCreate(Strict):
+    name: str = Name
+    workspace: str | None = Field(default=None, pattern=NAME_RE.pattern, max_length=63)
+    role: Literal["viewer", "editor", "admin"] | None = None
+    expires_in_days: int | None = Field(default=None, ge=1, le=3650)
+
+
+class PrincipalPublic(BaseModel):
+    name: str
+    kind: str
+    is_owner: bool
+    created_at: datetime
+
+
+class KeyCreate(Strict):
+    label: str = Field(default="", max_length=63)
+    principal: str | None = Field(
+        default=None, pattern=NAME_RE.pattern, max_length=63, description="Owner only"
+    )
+    expires_in_days: int | None = Field(default=None, ge=1, le=3650)
+
+
+class ServiceKeyCreate(Strict):
+    name: str = Field(pattern=NAME_RE.pattern, max_length=40)
+    role: Literal["viewer", "editor", "admin"] = "editor"
+    expires_in_days: int | None = Field(default=None, ge=1, le=3650)
+
+
+class KeyPublic(BaseModel):
+    key_id: str
+    principal: str
+    label: str
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    last_used_at: datetime | None
+    role: str | None = None
+
+
+class KeyCreated(KeyPublic):
+    key: str = Field(description="The key itself: shown this once, never again")
+
+
+class PrincipalCreated(PrincipalPublic):
+    key: str = Field(description="The principal's first key: shown this once")
+    key_info: KeyPublic
+
+
+class WhoAmI(BaseModel):
+    principal: str
+    key_id: str
+    is_owner: bool
+    workspaces: dict[str, str]
+
+
+# -- models ----------------------------------------------------------------------------------
+
+
+class TensorPublic(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class SignaturePublic(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    inputs: list[TensorPublic]
+    outputs: list[TensorPublic]
+    batched: bool
+
+
+class ModelVersionPublic(BaseModel):
+    model: str
+    version: int
+    format: str
+    sha256: str
+    size_bytes: int
+    signature: SignaturePublic
+    details: dict[str, Any]
+    created_by: str = ""
+    created_at: datetime
+    created: bool | None = Field(
+        default=None, description="On import: false when an identical version already existed"
+    )
+
+
+class ModelPublic(BaseModel):
+    name: str
+    serving: dict[str, Any]
+    revision: int = Field(description="Changes with the serving options (the ETag)")
+    versions: list[ModelVersionPublic]
+
+
+class ServingUpdate(Strict):
+    """How Triton serves a model; unset fields keep the profile's preset."""
+
+    tuning: list[str] = Field(default_factory=list, max_length=16)
+    instances: int | None = Field(default=None, ge=1, le=64)
+    gpus: list[int] | None = Field(default=None, max_length=64)
+    max_batch_size: int | None = Field(default=None, ge=0, le=4096)
+    preferred_batch_sizes: list[int] = Field(default_factory=list, max_length=16)
+    max_queue_delay_us: int | None = Field(default=None, ge=0, le=60_000_000)
+    response_cache: bool | None = None
+    warmup: bool = False
+
+
+class ServingPublic(BaseModel):
+    model: str
+    serving: dict[str, Any]
+    config: str
+    revision: int
+
+
+# -- pipelines -------------------------------------------------------------------------------
+
+
+class StepPublic(BaseModel):
+    name: str
+    model: str
+    version: int
+    inputs: dict[str, str]
+
+
+class PipelineVersionPublic(BaseModel):
+    pipeline: str
+    version: int
+    steps: list[StepPublic]
+    inputs: list[TensorPublic]
+    outputs: list[TensorPublic]
+    created_by: str = ""
+    created_at: datetime
+    created: bool | None = None
+    deployed_version: int | None = None
+
+
+class PipelineValidation(BaseModel):
+    valid: bool
+    pipeline: PipelineVersionPublic | None = None
+
+
+# -- deployments -----------------------------------------------------------------------------
+
+
+class DeployRequest(Strict):
+    pipeline: str = Name
+    version: int | Literal["latest"] = Field(
+        description="The pipeline version to put live, or `latest` — said explicitly"
+    )
+
+
+class RollbackRequest(Strict):
+    version: int | None = Field(
+        default=None, ge=1, le=INT32, description="Version to return to; default the one before"
+    )
+
+
+class StepState(BaseModel):
+    triton_model: str
+    version: int | None
+    ready: bool | None
+    state: str
+
+
+class DeploymentPublic(BaseModel):
+    workspace: str
+    pipeline: str
+    version: int
+    state: str
+    error: str | None
+    ensemble: str
+    triton_models: list[str]
+    inputs: list[TensorPublic]
+    outputs: list[TensorPublic]
+    updated_at: datetime
+    steps: list[StepState] | None = None
+
+
+class DeploymentEventPublic(BaseModel):
+    version: int
+    action: str
+    outcome: str
+    error: str | None
+    principal: str
+    ts: datetime
+
+
+# -- repository, metrics, audit, system -------------------------------------------------------
+
+
+class RepositoryImported(BaseModel):
+    models: list[dict[str, Any]]
+    pipelines: list[dict[str, Any]]
+
+
+class MetricPublic(BaseModel):
+    ts: datetime
+    server: str
+    model: str
+    version: str
+    metric: str
+    labels: dict[str, str]
+    value: float
+
+
+class ScrapeResult(BaseModel):
+    samples: int
+
+
+class AuditEventPublic(BaseModel):
+    id: int
+    ts: datetime
+    principal: str
+    key_id: str
+    workspace: str
+    action: str
+    target: str
+    status: int
+    outcome: str
+    request_id: str
+    detail: dict[str, Any]
+
+
+class TemplatePublic(BaseModel):
+    name: str
+    about: str
+    origin: str
+
+
+class Health(BaseModel):
+    status: str
+    version: str
+
+
+class Problem(BaseModel):
+    """An error: ``application/problem+json``."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    hint: str | None = None
+    request_id: str | None = None
+    errors: list[dict[str, str]] | None = None

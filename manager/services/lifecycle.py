@@ -1,0 +1,166 @@
+"""A deployment after it went live: its status on Triton, its history, undeploy, rollback.
+
+Undeploy takes the route out of the gateway first (no request is sent to a model that is
+about to go), then unloads the ensemble and every model no other live deployment uses, and
+removes them from the repository. Rollback is a deploy of an earlier version, recorded as such.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from manager import store
+from manager.domain import PipelineSpec
+from manager.errors import Conflict, LastmileError, NotFound
+from manager.names import check_name
+from manager.repository.writer import RepositoryWriter
+from manager.services import deployments
+from manager.services.context import Platform
+
+log = logging.getLogger(__name__)
+
+
+def _pipeline(session: Any, workspace: str, name: str) -> tuple[store.Workspace, store.Pipeline]:
+    check_name(name, kind="pipeline")
+    ws = store.get_workspace(session, name=workspace)
+    return ws, store.get_pipeline(session, workspace=ws, name=name)
+
+
+def status(platform: Platform, *, workspace: str, pipeline: str) -> dict[str, Any]:
+    """The deployment and, per Triton model it uses, whether Triton has it ready."""
+    with platform.session() as session:
+        _ws, pipe = _pipeline(session, workspace, pipeline)
+        dep = store.get_deployment(session, pipeline=pipe)
+        if dep is None:
+            raise NotFound(
+                f"pipeline {pipeline!r} has never been deployed",
+                hint=f"lastmile deploy {pipeline} --version N",
+            )
+        info = deployments.deployment_info(session, dep)
+        pv = session.get(store.PipelineVersion, dep.pipeline_version_id)
+        spec = PipelineSpec.from_dict(pv.spec)  # type: ignore[union-attr]
+    steps: list[tuple[str, int | None]] = [
+        (f"{workspace}.{s.model}", s.version) for s in spec.steps
+    ]
+    steps.append((info["ensemble"], None))
+    info["steps"] = [_step_state(platform, name, version, info["state"]) for name, version in steps]
+    return info
+
+
+def _step_state(
+    platform: Platform, name: str, version: int | None, deployment_state: str
+) -> dict[str, Any]:
+    entry: dict[str, Any] = {"triton_model": name, "version": version, "ready": None}
+    if platform.triton is None:
+        return entry | {"state": "no Triton attached"}
+    if deployment_state != "live":
+        entry["ready"] = False
+    try:
+        with platform.triton.client(5.0) as client:
+            ready = client.is_model_ready(name, "" if version is None else str(version))
+    except LastmileError as exc:
+        return entry | {"state": f"unknown: {exc.message}"}
+    return entry | {"ready": ready, "state": "READY" if ready else "UNAVAILABLE"}
+
+
+def history(
+    platform: Platform, *, workspace: str, pipeline: str, after_id: int | None, limit: int
+) -> tuple[list[dict[str, Any]], int | None]:
+    with platform.session() as session:
+        _ws, pipe = _pipeline(session, workspace, pipeline)
+        rows = store.list_deployment_events(
+            session, pipeline=pipe, after_id=after_id, limit=limit + 1
+        )
+        page = rows[:limit]
+        more = page[-1].id if len(rows) > limit else None
+        return [
+            {
+                "version": e.version,
+                "action": e.action,
+                "outcome": e.outcome,
+                "error": e.error,
+                "principal": e.principal,
+                "ts": e.ts,
+            }
+            for e in page
+        ], more
+
+
+def rollback(
+    platform: Platform,
+    *,
+    workspace: str,
+    pipeline: str,
+    version: int | None = None,
+    principal: str = "",
+) -> dict[str, Any]:
+    """Put an earlier version back: ``version``, or the last one that was live before the
+    current one."""
+    if version is None:
+        with platform.session() as session:
+            _ws, pipe = _pipeline(session, workspace, pipeline)
+            dep = store.get_deployment(session, pipeline=pipe)
+            if dep is None or dep.state != "live":
+                raise Conflict(f"pipeline {pipeline!r} is not live; there is nothing to roll back")
+            current = session.get(store.PipelineVersion, dep.pipeline_version_id).version  # type: ignore[union-attr]
+            events = store.list_deployment_events(session, pipeline=pipe, limit=1000)
+            earlier = [e.version for e in events if e.outcome == "live" and e.version != current]
+            if not earlier:
+                raise Conflict(
+                    f"pipeline {pipeline!r} has no earlier live version than {current}",
+                    hint="deploy a version explicitly: lastmile deploy NAME --version N",
+                )
+            version = earlier[0]
+    return deployments.deploy(
+        platform,
+        workspace=workspace,
+        pipeline=pipeline,
+        version=version,
+        principal=principal,
+        action="rollback",
+    )
+
+
+def undeploy(
+    platform: Platform, *, workspace: str, pipeline: str, principal: str = ""
+) -> dict[str, Any]:
+    with platform.exclusive(
+        f"deploy:{workspace}/{pipeline}", f"a deployment of pipeline {pipeline!r}"
+    ):
+        with platform.deploy_lock, platform.session() as session:
+            ws, pipe = _pipeline(session, workspace, pipeline)
+            dep = store.get_deployment(session, pipeline=pipe)
+            if dep is None or dep.state not in ("live", "failed"):
+                raise NotFound(f"pipeline {pipeline!r} is not deployed")
+            deployments._require_triton(platform)
+            assert platform.triton is not None
+            pv = session.get(store.PipelineVersion, dep.pipeline_version_id)
+            ensemble, models = dep.ensemble, set(dep.triton_models)
+            dep.state, dep.error, dep.updated_at = "undeployed", None, store.utcnow()
+            session.add(dep)
+            store.add_deployment_event(
+                session,
+                pipeline=pipe,
+                version=pv.version,  # type: ignore[union-attr]
+                action="undeploy",
+                outcome="undeployed",
+                principal=principal,
+            )
+            session.commit()
+            info = deployments.deployment_info(session, dep)
+            live = deployments._live_specs(session, workspace_id=None, exclude_pipeline_id=None)
+            still_used = {name for d, _ in live for name in d.triton_models}
+        deployments.push_routes(platform)  # the gateway stops sending requests here first
+        writer = RepositoryWriter(platform.settings.repository_dir)
+        with platform.triton.client(platform.settings.triton_load_timeout_s) as client:
+            for name in [ensemble, *sorted(models - still_used)]:
+                try:
+                    client.unload_model(name)
+                except LastmileError as exc:
+                    log.warning("undeploy %s: could not unload %s: %s", pipeline, name, exc)
+                writer.remove_model(name)
+    # model versions only the undeployed pipeline used leave the shared models' policies
+    deployments._retire(platform, workspace=ws.name, ensemble=ensemble)
+    log.info("pipeline %s undeployed (%s)", pipeline, ensemble)
+    return info

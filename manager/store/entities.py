@@ -1,0 +1,170 @@
+"""The registry's tables. Each aggregate's functions live in their own module beside this one.
+
+Entities are plain SQLModel tables; what the API reads and writes are the ``XCreate`` /
+``XPublic`` models in ``manager.api.schemas``. Schema changes go through an Alembic migration
+in ``manager/store/migrations`` (``alembic revision --autogenerate`` against this metadata).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import JSON, Column, Index, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+DEFAULT_WORKSPACE = "default"
+ROLES = ("viewer", "editor", "admin")
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Workspace(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(index=True, unique=True, max_length=63)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Principal(SQLModel, table=True):
+    """Someone or something that holds API keys: a person, or a workspace's service account."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(index=True, unique=True, max_length=63)
+    kind: str = Field(default="user", max_length=16)  # user | service
+    is_owner: bool = Field(default=False, description="The server owner: admin everywhere")
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class ApiKey(SQLModel, table=True):
+    """A key is shown once; only its sha256 is kept (the key has 256 bits of entropy)."""
+
+    __tablename__ = "api_key"
+    id: int | None = Field(default=None, primary_key=True)
+    key_id: str = Field(index=True, unique=True, max_length=16)
+    principal_id: int = Field(foreign_key="principal.id", index=True)
+    secret_sha256: str = Field(max_length=64)
+    label: str = Field(default="", max_length=63)
+    created_at: datetime = Field(default_factory=utcnow)
+    expires_at: datetime | None = None
+    revoked_at: datetime | None = None
+    last_used_at: datetime | None = None
+
+
+class Membership(SQLModel, table=True):
+    __table_args__ = (UniqueConstraint("workspace_id", "principal_id"),)
+    id: int | None = Field(default=None, primary_key=True)
+    workspace_id: int = Field(foreign_key="workspace.id", index=True)
+    principal_id: int = Field(foreign_key="principal.id", index=True)
+    role: str = Field(max_length=16)  # viewer | editor | admin
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class AuditEvent(SQLModel, table=True):
+    """One row per mutating API call, whatever its outcome."""
+
+    __tablename__ = "audit_event"
+    __table_args__ = (Index("ix_audit_event_workspace_id", "workspace", "id"),)
+    id: int | None = Field(default=None, primary_key=True)
+    ts: datetime = Field(default_factory=utcnow, index=True)
+    principal: str = Field(default="", max_length=63, description="'' when unauthenticated")
+    key_id: str = Field(default="", max_length=16)
+    workspace: str = Field(default="", max_length=63)
+    action: str = Field(max_length=255, description="METHOD and route template")
+    target: str = Field(max_length=1024, description="The request path")
+    status: int
+    outcome: str = Field(max_length=16)  # ok | refused | failed
+    request_id: str = Field(max_length=64)
+    detail: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+
+
+class Model(SQLModel, table=True):
+    __table_args__ = (UniqueConstraint("workspace_id", "name"),)
+    id: int | None = Field(default=None, primary_key=True)
+    workspace_id: int = Field(foreign_key="workspace.id", index=True)
+    name: str = Field(max_length=63)
+    serving: dict[str, Any] = Field(
+        default_factory=dict,
+        sa_column=Column(JSON, nullable=False),
+        description="ServingOptions: how Triton serves this model (tuning)",
+    )
+    revision: int = Field(default=1, description="Bumped on every change of `serving` (ETag)")
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class ModelVersion(SQLModel, table=True):
+    __tablename__ = "model_version"
+    __table_args__ = (UniqueConstraint("model_id", "version"),)
+    id: int | None = Field(default=None, primary_key=True)
+    model_id: int = Field(foreign_key="model.id", index=True)
+    version: int
+    format: str = Field(default="onnx", max_length=32)
+    sha256: str = Field(max_length=64)
+    size_bytes: int
+    path: str = Field(description="Where the model file is kept (content-addressed).")
+    signature: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    details: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    created_by: str = Field(default="", max_length=63)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Pipeline(SQLModel, table=True):
+    __table_args__ = (UniqueConstraint("workspace_id", "name"),)
+    id: int | None = Field(default=None, primary_key=True)
+    workspace_id: int = Field(foreign_key="workspace.id", index=True)
+    name: str = Field(max_length=63)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class PipelineVersion(SQLModel, table=True):
+    __tablename__ = "pipeline_version"
+    __table_args__ = (UniqueConstraint("pipeline_id", "version"),)
+    id: int | None = Field(default=None, primary_key=True)
+    pipeline_id: int = Field(foreign_key="pipeline.id", index=True)
+    version: int
+    spec: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    created_by: str = Field(default="", max_length=63)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Deployment(SQLModel, table=True):
+    """A pipeline version put on Triton. One deployment per pipeline; redeploy updates it."""
+
+    __table_args__ = (UniqueConstraint("pipeline_id"),)
+    id: int | None = Field(default=None, primary_key=True)
+    pipeline_id: int = Field(foreign_key="pipeline.id", index=True)
+    pipeline_version_id: int = Field(foreign_key="pipeline_version.id")
+    ensemble: str = Field(description="Triton name of the ensemble")
+    triton_models: list[str] = Field(sa_column=Column(JSON, nullable=False))
+    state: str = Field(default="pending", max_length=16)  # pending | live | failed | undeployed
+    error: str | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class DeploymentEvent(SQLModel, table=True):
+    """The history of a pipeline's deployment: who put which version live, or took it down."""
+
+    __tablename__ = "deployment_event"
+    id: int | None = Field(default=None, primary_key=True)
+    pipeline_id: int = Field(foreign_key="pipeline.id", index=True)
+    version: int
+    action: str = Field(max_length=16)  # deploy | undeploy | rollback
+    outcome: str = Field(max_length=16)  # live | failed | undeployed
+    error: str | None = None
+    principal: str = Field(default="", max_length=63)
+    ts: datetime = Field(default_factory=utcnow)
+
+
+class MetricSample(SQLModel, table=True):
+    __tablename__ = "metric_sample"
+    __table_args__ = (Index("ix_metric_sample_lookup", "metric", "model", "ts"),)
+    id: int | None = Field(default=None, primary_key=True)
+    ts: datetime = Field(index=True)
+    server: str = Field(max_length=255)
+    model: str = Field(default="", max_length=255)
+    version: str = Field(default="", max_length=32)
+    metric: str = Field(max_length=255)
+    labels: dict[str, str] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    value: float

@@ -1,0 +1,54 @@
+"""The management API in-process (``TestClient``, no Triton attached) on SQLite or PostgreSQL,
+with the owner's key and helpers to make users with roles."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fastapi.testclient import TestClient
+
+from manager.api import create_app
+from manager.settings import Settings
+from manager.system import System
+from tests.conftest import make_settings
+
+BASE = "http://127.0.0.1"
+
+
+@dataclass
+class Api:
+    client: TestClient
+    settings: Settings
+    owner_key: str
+
+    def headers(self, key: str | None = None) -> dict[str, str]:
+        return {"authorization": f"Bearer {key or self.owner_key}"}
+
+    def call(self, method: str, path: str, key: str | None = None, **kwargs: Any) -> Any:
+        headers = {**self.headers(key), **kwargs.pop("headers", {})}
+        return self.client.request(method, path, headers=headers, **kwargs)
+
+    def user(self, name: str, workspace: str | None = None, role: str | None = None) -> str:
+        """A new principal (and its key), optionally a member of ``workspace``."""
+        r = self.call(
+            "POST", "/api/v1/principals", json={"name": name, "workspace": workspace, "role": role}
+        )
+        assert r.status_code == 201, r.text
+        return str(r.json()["key"])
+
+    def workspace(self, name: str) -> None:
+        r = self.call("POST", "/api/v1/workspaces", json={"name": name})
+        assert r.status_code == 201, r.text
+
+
+def running_api(home: Path, database_url: str, **overrides: Any) -> Iterator[Api]:
+    settings = make_settings(home, database_url=database_url, **overrides)
+    system = System(settings, with_runtime=False)
+    app = create_app(settings, system=system)
+    with TestClient(app, base_url=BASE) as client:
+        key = settings.owner_key_path.read_text().strip()
+        yield Api(client=client, settings=settings, owner_key=key)
+    system.stop()
