@@ -90,3 +90,42 @@ def test_deploy_rollback_history_and_undeploy(system: RunningSystem, tmp_path: P
         assert again["state"] == "live"
         np.testing.assert_allclose(_answer(lm, "life"), expected_affine(np.ones((2, 4)), 2.0, 0))
         lm.undeploy("life")
+
+
+def test_login_stores_the_key_and_roles_decide_exit_codes(
+    system: RunningSystem, tmp_path: Path
+) -> None:
+    import json
+    import os
+    import stat
+    import subprocess
+    import sys
+
+    with Lastmile.from_settings(system.settings) as owner:
+        owner.create_workspace("cli-ws")
+        key = owner.create_principal("carl", workspace="cli-ws", role="editor")["key"]
+    creds = tmp_path / "credentials.json"
+    env = dict(system.env, LASTMILE_CREDENTIALS_FILE=str(creds))
+
+    def cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "manager.cli", *args],
+            env=env, input=stdin, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+
+    logged = cli("login", stdin=key + "\n")
+    assert logged.returncode == 0, logged.stderr
+    assert stat.S_IMODE(os.stat(creds).st_mode) == 0o600
+    assert key not in logged.stdout + logged.stderr  # the key is not echoed back
+    me = json.loads(cli("whoami", "--json").stdout)
+    assert me["principal"] == "carl" and me["workspaces"] == {"cli-ws": "editor"}
+    assert json.loads(cli("model", "list", "-w", "cli-ws", "--json").stdout) == []
+    env["LASTMILE_WORKSPACE"] = "cli-ws"
+    assert cli("pipeline", "list", "--json").returncode == 0
+    hidden = cli("model", "list", "-w", "default")
+    assert hidden.returncode == 3 and "does not exist" in hidden.stderr
+    refused = cli("audit")
+    assert refused.returncode == 5 and "admin" in refused.stderr
+    assert cli("login", "--key", "not-a-key").returncode == 6
+    assert cli("logout").returncode == 0
+    assert json.loads(cli("whoami", "--json").stdout)["principal"] == "owner"  # admin.key again
