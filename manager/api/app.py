@@ -86,7 +86,7 @@ def create_app(settings: Settings, *, system: System | None = None) -> FastAPI:
         lifespan=lifespan,
         openapi_tags=[{"name": "system"}, {"name": "workspaces"}],
     )
-    problems.install(app)
+    problems.install(app, settings.home)
     for module in (
         system_routes,
         workspaces,

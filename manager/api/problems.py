@@ -5,6 +5,9 @@ method) and anything unexpected — which becomes a 500 without a traceback or a
 from __future__ import annotations
 
 import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -73,7 +76,31 @@ def validation_detail(errors: list[dict[str, Any]]) -> tuple[str, list[dict[str,
     return "; ".join(messages), fields
 
 
-def install(app: FastAPI) -> None:
+def redactor(home: Path) -> Callable[[str], str]:
+    """Server paths out of messages (Triton's load errors name repository files): the home
+    folder becomes ``$LASTMILE_HOME``, the interpreter's tree ``<python>``."""
+    pairs = sorted(
+        {
+            str(home.resolve()): "$LASTMILE_HOME",
+            str(home.absolute()): "$LASTMILE_HOME",
+            sys.prefix: "<python>",
+            sys.base_prefix: "<python>",
+        }.items(),
+        key=lambda item: -len(item[0]),
+    )
+
+    def redact(text: str) -> str:
+        for path, name in pairs:
+            if path and path != "/":
+                text = text.replace(path, name)
+        return text
+
+    return redact
+
+
+def install(app: FastAPI, home: Path) -> None:
+    redact = redactor(home)
+
     @app.exception_handler(LastmileError)
     async def _lastmile(request: Request, exc: LastmileError) -> JSONResponse:
         if exc.status_code >= 500:
@@ -83,8 +110,8 @@ def install(app: FastAPI) -> None:
             status=exc.status_code,
             type_=type(exc).__name__,
             title=exc.title,
-            detail=exc.message,
-            hint=exc.hint,
+            detail=redact(exc.message),
+            hint=redact(exc.hint) if exc.hint else None,
         )
 
     @app.exception_handler(RequestValidationError)

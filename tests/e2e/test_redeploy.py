@@ -174,6 +174,7 @@ def test_failed_deploy_publishes_nothing_and_the_live_version_keeps_serving(
 
     assert proc.returncode == 7  # Triton refused: "unavailable"
     assert "could not load model 'default.steady'" in proc.stderr.replace("\n", " ")
+    assert str(system.settings.home.resolve()) not in proc.stderr  # no server paths
     assert failures == [] and served[0] > 10
     after = sorted(
         str(p.relative_to(repo)) for p in repo.rglob("*") if "__pycache__" not in p.parts
