@@ -168,6 +168,13 @@ def test_deploy_without_triton_says_how_to_start_it(
     assert client.get(f"{WS}/deployments").json() == []
     r = client.post(f"{WS}/deployments", json={"pipeline": "p"})
     assert r.status_code == 422 and "version" in r.json()["detail"]
+    r = client.post(f"{WS}/deployments", json={"pipeline": "ghost", "version": 1})
+    assert r.status_code == 404 and "pipeline 'ghost' does not exist" in r.json()["detail"]
+    r = client.post(f"{WS}/deployments", json={"pipeline": "p", "version": 9})
+    assert r.status_code == 404 and "no version 9" in r.json()["detail"]
+    r = client.post(f"{WS}/deployments", json={"pipeline": "Bad Name", "version": 1})
+    assert r.status_code == 422 and "pipeline" in r.json()["detail"]
+    assert client.get(f"{WS}/deployments").json() == []
 
 
 def test_serving_options_are_checked_against_the_model_then_stored(
