@@ -52,6 +52,30 @@ def json_error(message: str) -> bytes:
     return json.dumps({"error": message}).encode()
 
 
+BATCH_HINT = (
+    " (that is the pipeline's max_batch_size: raise it for each step with "
+    "`lastmile model configure MODEL --max-batch-size N`, then redeploy)"
+)
+
+
+def public_error(body: bytes, *, internal: str, public: str, status: int | None) -> str:
+    """Triton's error text with the internal model name replaced by the public one; a batch
+    over the limit says which setting changes the limit."""
+    message = None
+    try:
+        decoded = json.loads(body)
+        if isinstance(decoded, dict) and isinstance(decoded.get("error"), str):
+            message = decoded["error"]
+    except ValueError:
+        pass
+    if message is None:
+        return f"inference failed for {public!r} (upstream status {status})"
+    message = message.replace(internal, public)
+    if "batch-size must be <=" in message:
+        message += BATCH_HINT
+    return message
+
+
 def simple_response(status: int, body: bytes, conn_header: bytes) -> bytes:
     ctype = b"Content-Type: application/json\r\n" if body else b""
     return b"".join(
@@ -267,14 +291,5 @@ class Exchange:
         return b"".join(out)
 
     def _public_error(self, body: bytes) -> str:
-        """Triton's error text with the internal model name replaced by the public one."""
-        message = None
-        try:
-            decoded = json.loads(body)
-            if isinstance(decoded, dict) and isinstance(decoded.get("error"), str):
-                message = decoded["error"]
-        except ValueError:
-            pass
-        if message is None:
-            return f"inference failed for {self.ct.public!r} (upstream status {self.status})"
-        return message.replace(self.ct.internal, self.ct.public)
+        return public_error(body, internal=self.ct.internal, public=self.ct.public,
+                            status=self.status)  # fmt: skip

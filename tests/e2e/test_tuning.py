@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
 
 from manager.triton.client import TritonClient
 from tests.e2e.conftest import RunningSystem
@@ -45,5 +46,13 @@ def test_configured_model_is_served_with_its_tuning(system: RunningSystem, tmp_p
             inp.set_data_from_numpy(x)
             got = client.infer("tuned-pipe", [inp]).as_numpy("y")
             np.testing.assert_allclose(got, expected_affine(x, 3.0, 1.0))
+        # a batch over the limit: the error names the public pipeline and the setting
+        big = httpclient.InferInput("x", [17, 4], "FP32")
+        big.set_data_from_numpy(np.zeros((17, 4), np.float32))
+        with pytest.raises(InferenceServerException) as refused:
+            client.infer("tuned-pipe", [big])
+        message = refused.value.message()
+        assert "tuned-pipe" in message and "default.tuned-pipe.v1" not in message
+        assert "--max-batch-size" in message
     finally:
         client.close()

@@ -392,3 +392,16 @@ def test_requests_queue_for_a_capped_upstream_pool_instead_of_failing() -> None:
         assert len([r for r in fake.requests if r.path.endswith("/infer")]) == 60
 
     run(scenario, handler=slowish, max_upstream_connections=3)
+
+
+def test_triton_errors_use_the_public_name_and_a_batch_limit_names_its_setting() -> None:
+    from rollout.exchange import public_error
+
+    body = b'{"error":"inference request batch-size must be <= 16 for \'default.p.v1\'"}'
+    message = public_error(body, internal="default.p.v1", public="p", status=400)
+    assert "'p'" in message and "default.p.v1" not in message
+    assert "--max-batch-size" in message
+    other = public_error(b'{"error":"boom in default.p.v1"}', internal="default.p.v1",
+                         public="p", status=500)  # fmt: skip
+    assert other == "boom in p"
+    assert "upstream status 502" in public_error(b"<html>", internal="a", public="p", status=502)
