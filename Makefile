@@ -34,6 +34,7 @@ lint: install
 
 check: lint
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 format: install
 	$(VENV)/bin/ruff format .
