@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -120,3 +121,23 @@ def decode_cursor(cursor: str) -> int:
         raise BadRequest(
             f"invalid cursor {cursor!r}", hint="pass the next_cursor of the previous page"
         ) from exc
+
+
+def next_cursor(last_id: int | None) -> str | None:
+    """The ``next_cursor`` of a page whose listing said where to continue (None at the end)."""
+    return encode_cursor(last_id) if last_id else None
+
+
+def etag(kind: str, number: int) -> str:
+    """A counter as an ETag: ``"r3"`` (serving revision 3), ``"v2"`` (pipeline version 2)."""
+    return f'"{kind}{number}"'
+
+
+def parse_if_match(header: str | None, kind: str, *, hint: str) -> int | None:
+    """The counter an ``If-Match`` header names (None for no header or ``*``)."""
+    if header is None or header.strip() == "*":
+        return None
+    match = re.fullmatch(rf'\s*(?:W/)?"{kind}(\d{{1,9}})"\s*', header)
+    if not match:
+        raise BadRequest(f"If-Match {header!r} is not an ETag of this API", hint=hint)
+    return int(match.group(1))

@@ -9,7 +9,7 @@ from fastapi import APIRouter
 from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 
-from manager.api.deps import EditorScope, PageDep, PlatformDep, ViewerScope, encode_cursor
+from manager.api.deps import EditorScope, PageDep, PlatformDep, ViewerScope, next_cursor
 from manager.api.routes import ERRORS, WRITE_ERRORS, problems
 from manager.api.schemas import (
     DeploymentEventPublic,
@@ -130,5 +130,5 @@ def history(
     )
     return Page(
         items=[DeploymentEventPublic(**e) for e in items],
-        next_cursor=encode_cursor(more) if more else None,
+        next_cursor=next_cursor(more),
     )

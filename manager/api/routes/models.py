@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -15,7 +14,15 @@ from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 
-from manager.api.deps import EditorScope, PageDep, PlatformDep, ViewerScope, encode_cursor
+from manager.api.deps import (
+    EditorScope,
+    PageDep,
+    PlatformDep,
+    ViewerScope,
+    etag,
+    next_cursor,
+    parse_if_match,
+)
 from manager.api.routes import ERRORS, WRITE_ERRORS, problems
 from manager.api.schemas import (
     INT32,
@@ -26,9 +33,9 @@ from manager.api.schemas import (
     ServingUpdate,
 )
 from manager.api.scratch import scratch
-from manager.api.uploads import receive_multipart, receive_raw
+from manager.api.uploads import receive_multipart, receive_raw, safe_filename
 from manager.domain import ServingOptions
-from manager.errors import BadRequest, Forbidden, InvalidInput
+from manager.errors import Forbidden, InvalidInput
 from manager.names import NAME_RE
 from manager.services import models
 from manager.services.context import Platform
@@ -158,7 +165,7 @@ async def import_model(
                     form.files["sample"].path.read_bytes(), max_bytes=limit
                 )
         else:
-            path = work / _safe_filename(filename)
+            path = work / safe_filename(filename, "model.onnx")
             await receive_raw(request, path, limit=limit)
         chosen = framework or _framework_for(path)
         result = await run_in_threadpool(
@@ -191,11 +198,6 @@ def _framework_for(path: Path) -> str:
     return infer_framework(path)
 
 
-def _safe_filename(name: str) -> str:
-    base = re.sub(r"[^A-Za-z0-9._-]", "_", Path(name).name)[:100].lstrip(".")
-    return base or "model.onnx"
-
-
 @router.get("/models", summary="Models with their versions (paginated)", responses=ERRORS)
 def list_models(
     scope: ViewerScope,
@@ -210,9 +212,7 @@ def list_models(
         limit=page.limit,
         name_prefix=name_prefix,
     )
-    return Page(
-        items=[ModelPublic(**m) for m in items], next_cursor=encode_cursor(more) if more else None
-    )
+    return Page(items=[ModelPublic(**m) for m in items], next_cursor=next_cursor(more))
 
 
 @router.get("/models/{name}", summary="One model and its versions", responses=ERRORS)
@@ -269,21 +269,6 @@ def delete_version(
     return Response(status_code=204)
 
 
-def _etag(revision: int) -> str:
-    return f'"r{revision}"'
-
-
-def _if_match(header: str | None) -> int | None:
-    if header is None or header.strip() == "*":
-        return None
-    match = re.fullmatch(r'\s*(?:W/)?"r(\d{1,9})"\s*', header)
-    if not match:
-        raise BadRequest(
-            f"If-Match {header!r} is not an ETag of this API", hint='send the ETag, e.g. "r3"'
-        )
-    return int(match.group(1))
-
-
 @router.get(
     "/models/{name}/serving",
     summary="How Triton serves the model, and the config that gives (ETag)",
@@ -293,7 +278,7 @@ def get_serving(
     name: ModelName, scope: ViewerScope, platform: PlatformDep, response: Response
 ) -> ServingPublic:
     info = models.get_serving(platform, workspace=scope.workspace, name=name)
-    response.headers["ETag"] = _etag(info["revision"])
+    response.headers["ETag"] = etag("r", info["revision"])
     return ServingPublic(**info)
 
 
@@ -315,7 +300,7 @@ def configure_model(
         workspace=scope.workspace,
         name=name,
         options=ServingOptions.from_dict(body.model_dump()),
-        if_revision=_if_match(if_match),
+        if_revision=parse_if_match(if_match, "r", hint='send the ETag, e.g. "r3"'),
     )
-    response.headers["ETag"] = _etag(info["revision"])
+    response.headers["ETag"] = etag("r", info["revision"])
     return ServingPublic(**info)

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 
 from manager import store
-from manager.api.deps import CallerDep, PageDep, PlatformDep, ViewerScope, encode_cursor
+from manager.api.deps import CallerDep, PageDep, PlatformDep, ViewerScope, next_cursor
 from manager.api.routes import ERRORS, WRITE_ERRORS
 from manager.api.schemas import AuditEventPublic, MetricPublic, Page, ScrapeResult
 from manager.errors import Forbidden, InvalidInput
@@ -87,4 +87,4 @@ def audit(
         )
         items = [AuditEventPublic.model_validate(r, from_attributes=True) for r in rows]
     more = items[page.limit - 1].id if len(items) > page.limit else None
-    return Page(items=items[: page.limit], next_cursor=encode_cursor(more) if more else None)
+    return Page(items=items[: page.limit], next_cursor=next_cursor(more))

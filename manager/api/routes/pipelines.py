@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import re
 import tarfile
 from typing import Annotated, Any, Literal
 
@@ -13,7 +12,15 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 
-from manager.api.deps import EditorScope, PageDep, PlatformDep, ViewerScope, encode_cursor
+from manager.api.deps import (
+    EditorScope,
+    PageDep,
+    PlatformDep,
+    ViewerScope,
+    etag,
+    next_cursor,
+    parse_if_match,
+)
 from manager.api.routes import ERRORS, WRITE_ERRORS, problems
 from manager.api.schemas import INT32, Page, PipelineValidation, PipelineVersionPublic
 from manager.api.scratch import scratch
@@ -86,18 +93,6 @@ async def _definition(request: Request) -> Any:
     return document
 
 
-def _if_match(header: str | None) -> int | None:
-    if header is None or header.strip() == "*":
-        return None
-    match = re.fullmatch(r'\s*(?:W/)?"v(\d{1,9})"\s*', header)
-    if not match:
-        raise BadRequest(
-            f"If-Match {header!r} is not an ETag of this API",
-            hint='send the pipeline\'s ETag, e.g. "v3" ("v0" when it must not exist yet)',
-        )
-    return int(match.group(1))
-
-
 @router.post(
     "/pipelines",
     status_code=201,
@@ -124,11 +119,15 @@ async def create_pipeline(
         workspace=scope.workspace,
         document=document,
         created_by=scope.principal,
-        if_version=_if_match(if_match),
+        if_version=parse_if_match(
+            if_match,
+            "v",
+            hint='send the pipeline\'s ETag, e.g. "v3" ("v0" when it must not exist yet)',
+        ),
     )
     if not info.get("created"):
         response.status_code = 200
-    response.headers["ETag"] = f'"v{info["version"]}"'
+    response.headers["ETag"] = etag("v", info["version"])
     return info
 
 
@@ -164,7 +163,7 @@ def list_pipelines(
     )
     return Page(
         items=[PipelineVersionPublic(**p) for p in items],
-        next_cursor=encode_cursor(more) if more else None,
+        next_cursor=next_cursor(more),
     )
 
 
@@ -173,7 +172,7 @@ def get_pipeline(
     name: PipelineName, scope: ViewerScope, platform: PlatformDep, response: Response
 ) -> PipelineVersionPublic:
     info = pipelines.get_pipeline(platform, workspace=scope.workspace, name=name)
-    response.headers["ETag"] = f'"v{info["version"]}"'
+    response.headers["ETag"] = etag("v", info["version"])
     return PipelineVersionPublic(**info)
 
 

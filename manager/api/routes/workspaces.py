@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 from fastapi.concurrency import run_in_threadpool
 
-from manager.api.deps import AdminScope, CallerDep, PageDep, PlatformDep, ViewerScope, encode_cursor
+from manager.api.deps import AdminScope, CallerDep, PageDep, PlatformDep, ViewerScope, next_cursor
 from manager.api.routes import ERRORS, WRITE_ERRORS
 from manager.api.schemas import (
     KeyCreated,
@@ -43,7 +43,7 @@ def list_workspaces(
     )
     return Page(
         items=[WorkspacePublic(**w) for w in items],
-        next_cursor=encode_cursor(more) if more else None,
+        next_cursor=next_cursor(more),
     )
 
 
