@@ -24,11 +24,15 @@ from rollout.exchange import json_error, status_line
 logger = logging.getLogger(__name__)
 
 
+MAX_HEADER_BYTES = 16 * 1024
+
+
 @dataclass
 class SimpleRequest:
     method: str
     path: str
     body: bytes
+    headers: dict[str, str] = field(default_factory=dict)  # names in lower case
 
 
 @dataclass
@@ -36,6 +40,7 @@ class SimpleResponse:
     status: int
     body: bytes = b""
     content_type: str = "application/json"
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 Handler = Callable[[SimpleRequest], Awaitable[SimpleResponse]]
@@ -50,12 +55,20 @@ class _Collector:
     url: bytes = b""
     body: list[bytes] = field(default_factory=list)
     size: int = 0
+    headers: dict[str, str] = field(default_factory=dict)
+    header_size: int = 0
     parser: httptools.HttpRequestParser | None = None
 
     def on_url(self, url: bytes) -> None:
         self.url += url
         if len(self.url) > 8192:
             raise ValueError("URL too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.header_size += len(name) + len(value)
+        if self.header_size > MAX_HEADER_BYTES:
+            raise ValueError("headers too large")
+        self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
 
     def on_body(self, body: bytes) -> None:
         self.size += len(body)
@@ -67,9 +80,10 @@ class _Collector:
         assert self.parser is not None
         path = self.url.split(b"?", 1)[0].decode("latin-1")
         method = self.parser.get_method().decode("latin-1")
-        request = SimpleRequest(method, path, b"".join(self.body))
+        request = SimpleRequest(method, path, b"".join(self.body), self.headers)
         self.done.append((request, self.parser.should_keep_alive()))
         self.url, self.body, self.size = b"", [], 0
+        self.headers, self.header_size = {}, 0
 
 
 async def start_simple_server(
@@ -92,7 +106,8 @@ async def start_simple_server(
                 try:
                     parser.feed_data(data)
                 except httptools.HttpParserError as exc:
-                    status = 413 if "too large" in str(exc.__context__) else 400
+                    cause = str(exc.__context__)
+                    status = 431 if "headers" in cause else 413 if "too large" in cause else 400
                     writer.write(_render(SimpleResponse(status, json_error(str(exc))), False))
                     await writer.drain()
                     return
@@ -123,6 +138,8 @@ def _render(response: SimpleResponse, keep_alive: bool) -> bytes:
     head = [status_line(response.status)]
     if response.body:
         head.append(f"Content-Type: {response.content_type}\r\n".encode())
+    for name, value in response.headers:
+        head.append(f"{name}: {value}\r\n".encode("latin-1"))
     head.append(b"Content-Length: %d\r\n" % len(response.body))
     if not keep_alive:
         head.append(b"Connection: close\r\n")

@@ -2,8 +2,9 @@
 
 Also the bytes the hot path is built from (status lines, per-target paths and Host lines,
 computed once per routing table) so that a request costs concatenations, not formatting. Only
-the rare paths (model metadata, Triton errors) decode JSON, and they do it to hide Triton's
-internal model names behind the public route name.
+the rare paths (model metadata, Triton errors) decode JSON: metadata to hide Triton's internal
+model names behind the public route name, errors to map and sanitize them
+(rollout.upstream_errors).
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from typing import TYPE_CHECKING
 
 from rollout.routing import Route, RoutingTable, Target
 from rollout.upstream import UpstreamConnection, UpstreamPool
+from rollout.upstream_errors import BATCH_HINT, http_failure, public_error
+
+__all__ = ["BATCH_HINT", "public_error"]  # kept importable from here
 
 if TYPE_CHECKING:
     from rollout.proxy import ClientConnection
@@ -24,12 +28,13 @@ INFER, READY, META = 1, 2, 3
 VERSION_RE = re.compile(rb"[1-9][0-9]{0,17}")
 # Client headers Triton needs; the rest (Host, auth, Accept-Encoding, anything restricted-API
 # related) stays here. Accept-Encoding is dropped so responses arrive uncompressed and the name
-# rewrite below can see them.
+# rewrite below can see them. Content-Encoding is handled by the proxy: the gateway inflates
+# gzip/deflate bodies itself (rollout.body_guard) and forwards only "identity".
+INFERENCE_HEADER_LENGTH = b"inference-header-content-length"
 FORWARD_REQUEST_HEADERS = frozenset(
     {
         b"content-type",
-        b"content-encoding",
-        b"inference-header-content-length",
+        INFERENCE_HEADER_LENGTH,
         b"traceparent",
         b"tracestate",
         b"x-request-id",
@@ -50,30 +55,6 @@ def status_line(code: int) -> bytes:
 
 def json_error(message: str) -> bytes:
     return json.dumps({"error": message}).encode()
-
-
-BATCH_HINT = (
-    " (that is the pipeline's max_batch_size: raise it for each step with "
-    "`lastmile model configure MODEL --max-batch-size N`, then redeploy)"
-)
-
-
-def public_error(body: bytes, *, internal: str, public: str, status: int | None) -> str:
-    """Triton's error text with the internal model name replaced by the public one; a batch
-    over the limit says which setting changes the limit."""
-    message = None
-    try:
-        decoded = json.loads(body)
-        if isinstance(decoded, dict) and isinstance(decoded.get("error"), str):
-            message = decoded["error"]
-    except ValueError:
-        pass
-    if message is None:
-        return f"inference failed for {public!r} (upstream status {status})"
-    message = message.replace(internal, public)
-    if "batch-size must be <=" in message:
-        message += BATCH_HINT
-    return message
 
 
 def simple_response(status: int, body: bytes, conn_header: bytes) -> bytes:
@@ -210,13 +191,15 @@ class Exchange:
     def on_response_complete(self) -> None:
         if self.done:
             return
+        status = self.status
         if self.stream:
             if not self.head_written:
                 self.head_written = True
                 self.client.write(self._stream_head(b""))
         else:
-            self.client.write(self._buffered_response())
-        self._finish(self.status)
+            status, response = self._buffered_response()
+            self.client.write(response)
+        self._finish(status)
 
     def on_upstream_failure(self) -> None:
         self._fail(503, f"no upstream available for {self.ct.public!r}")
@@ -265,12 +248,14 @@ class Exchange:
         out += (self.client.conn_header(), b"\r\n", first)
         return b"".join(out)
 
-    def _buffered_response(self) -> bytes:
+    def _buffered_response(self) -> tuple[int, bytes]:
+        """(status the client gets, the whole response)."""
         body = b"".join(self.chunks)
         status = self.status
         ct = self.ct
         if not 200 <= status < 300:
-            body = json_error(self._public_error(body))
+            status, message = http_failure(status, body, internal=ct.internal, public=ct.public)
+            body = json_error(message)
             headers: list[tuple[bytes, bytes]] = [(b"Content-Type", b"application/json")]
         elif self.kind == META:
             try:
@@ -288,8 +273,4 @@ class Exchange:
         for name, value in headers:
             out += (name, b": ", value, b"\r\n")
         out += (b"Content-Length: %d\r\n" % len(body), self.client.conn_header(), b"\r\n", body)
-        return b"".join(out)
-
-    def _public_error(self, body: bytes) -> str:
-        return public_error(body, internal=self.ct.internal, public=self.ct.public,
-                            status=self.status)  # fmt: skip
+        return status, b"".join(out)

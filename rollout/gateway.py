@@ -10,7 +10,12 @@ and blue/green switches happen without touching clients. Four listeners:
 - gRPC port: the same surface as KServe v2 `inference.GRPCInferenceService`, passed through as
   bytes (rollout.grpc_gateway); --grpc-port 0 turns it off;
 - metrics port: Prometheus text at /metrics (rollout.gateway_metrics);
-- admin port: GET/PUT /routes; with --routes-file the table survives restarts.
+- admin port: GET/PUT /routes (rollout.admin_api: bearer token, allowed upstreams,
+  generation window); with --routes-file the table survives restarts.
+
+Request bodies are checked before they reach Triton (rollout.body_guard: bounded inflation of
+gzip/deflate, no shared memory, JSON or nothing) and Triton's errors are mapped and sanitized
+on the way back (rollout.upstream_errors).
 """
 
 from __future__ import annotations
@@ -22,31 +27,28 @@ import json
 import logging
 import signal
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from rollout.admin_http import (
-    SimpleRequest,
-    SimpleResponse,
-    start_simple_server,
-    write_atomically,
-)
+from rollout.admin_api import AdminApi, read_token_file
+from rollout.admin_http import SimpleRequest, SimpleResponse, start_simple_server
 from rollout.exchange import CompiledRouting, json_error
 from rollout.gateway_metrics import GatewayStats, GaugeSource, make_registry
 from rollout.grpc_gateway import GrpcFrontend
 from rollout.proxy import ClientConnection
-from rollout.routing import RoutingTable
+from rollout.routing import RoutingTable, parse_address
 from rollout.upstream import UpstreamPool, probe_ready
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_GRPC_PORT = 8001
-ADMIN_HOST = "127.0.0.1"  # the admin API has no authentication: it must never leave the host
+ADMIN_HOST = "127.0.0.1"  # the admin API never leaves the host, token or not
 MAX_ROUTES_BYTES = 16 * 1024 * 1024
+DAY_MS = 24 * 3600 * 1000
 
 
 @dataclass
@@ -64,6 +66,15 @@ class GatewayConfig:
     routes_file: Path | None = None
     max_header_bytes: int = 64 * 1024
     max_body_bytes: int = 256 * 1024 * 1024
+    # A gzip/deflate body is inflated by the gateway up to this many bytes (413 past it);
+    # 0 means twice max_body_bytes.
+    max_inflated_bytes: int = 0
+    # Bearer token every admin request must carry (None: the admin API is open on loopback).
+    admin_token: str | None = field(default=None, repr=False)
+    # (host, port) pairs a routing table may point at, HTTP and gRPC alike (None: any).
+    allowed_upstreams: frozenset[tuple[str, int]] | None = None
+    # A pushed generation may exceed max(current, clock in ms) by at most this much.
+    generation_window_ms: int = DAY_MS
     idle_timeout: float = 60.0  # keep-alive client with no request in progress
     request_timeout: float = 120.0  # to receive one whole request once it has started
     upstream_timeout: float = 300.0  # from a complete request to Triton's complete response
@@ -72,6 +83,10 @@ class GatewayConfig:
     health_interval: float = 1.0
     shutdown_timeout: float = 30.0
     backlog: int = 2048
+
+    def __post_init__(self) -> None:
+        if self.max_inflated_bytes <= 0:
+            self.max_inflated_bytes = 2 * self.max_body_bytes
 
 
 def _version() -> str:
@@ -123,7 +138,7 @@ class Gateway:
         self._servers: list[asyncio.Server] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._health_wake = asyncio.Event()
-        self._admin_lock = asyncio.Lock()
+        self.admin = AdminApi(self)
         self.ports: dict[str, int] = {}
 
     @property
@@ -133,16 +148,7 @@ class Gateway:
     # -- lifecycle --------------------------------------------------------------------------
     async def start(self) -> None:
         config = self.config
-        path = config.routes_file
-        if path is not None and path.exists():
-            self.set_table(RoutingTable.from_json(path.read_bytes()))
-            logger.info(
-                "loaded routing table generation %s from %s",
-                self.table.generation if self.table else None,
-                path,
-            )
-        elif path is not None:
-            logger.warning("routes file %s does not exist yet; waiting for PUT /routes", path)
+        self.admin.load_routes_file()
         data = await self.loop.create_server(
             lambda: ClientConnection(self),
             config.host,
@@ -157,7 +163,7 @@ class Gateway:
             max_body=0,
         )
         admin = await start_simple_server(
-            ADMIN_HOST, config.admin_port, self._handle_admin, max_body=MAX_ROUTES_BYTES
+            ADMIN_HOST, config.admin_port, self.admin.handle, max_body=MAX_ROUTES_BYTES
         )
         self._servers = [data, metrics, admin]
         for name, server in zip(("http", "metrics", "admin"), self._servers, strict=True):
@@ -284,36 +290,6 @@ class Gateway:
             return SimpleResponse(405, json_error("method not allowed"))
         return SimpleResponse(200, generate_latest(self.registry), CONTENT_TYPE_LATEST)
 
-    async def _handle_admin(self, request: SimpleRequest) -> SimpleResponse:
-        if request.path != "/routes":
-            return SimpleResponse(404, json_error("not found: the admin API is GET/PUT /routes"))
-        if request.method == "GET":
-            if self.table is None:  # 200 all the same: supervisors poll this to see we are up
-                return SimpleResponse(200, b'{"generation":null,"routes":{}}')
-            return SimpleResponse(200, self.table.to_json())
-        if request.method != "PUT":
-            return SimpleResponse(405, json_error("method not allowed: use GET or PUT"))
-        try:
-            table = RoutingTable.from_json(request.body)
-        except ValueError as exc:
-            return SimpleResponse(400, json_error(str(exc)))
-        async with self._admin_lock:
-            current = self.table
-            if current is not None and table.generation < current.generation:
-                message = (
-                    f"stale routing table: generation {table.generation} < "
-                    f"current {current.generation}"
-                )
-                return SimpleResponse(409, json_error(message))
-            if self.config.routes_file is not None:
-                await asyncio.to_thread(write_atomically, self.config.routes_file, table.to_json())
-            self.set_table(table)
-        logger.info(
-            "routing table generation %d installed: %s", table.generation, self.routing.deployed
-        )
-        body = json.dumps({"generation": table.generation, "routes": sorted(table.routes)})
-        return SimpleResponse(200, body.encode())
-
 
 async def serve(
     config: GatewayConfig,
@@ -369,6 +345,33 @@ def parse_args(argv: list[str] | None = None) -> tuple[GatewayConfig, str]:
         help="load the routing table from here at start, rewrite it on each PUT",
     )
     p.add_argument("--max-body-bytes", type=int, default=defaults.max_body_bytes)
+    p.add_argument(
+        "--max-inflated-bytes",
+        type=int,
+        default=0,
+        help="largest inflated size of a gzip/deflate request body (default: 2 x max body)",
+    )
+    p.add_argument(
+        "--admin-token-file",
+        type=Path,
+        default=None,
+        help="file holding the token the admin API requires as 'Authorization: Bearer TOKEN'",
+    )
+    p.add_argument(
+        "--allowed-upstream",
+        action="append",
+        type=_address,
+        default=None,
+        metavar="HOST:PORT",
+        help="an address (Triton HTTP or gRPC) routing tables may point at; repeat it; "
+        "default: any",
+    )
+    p.add_argument(
+        "--generation-window-ms",
+        type=int,
+        default=defaults.generation_window_ms,
+        help="refuse a routing table whose generation exceeds max(current, clock in ms) by more",
+    )
     p.add_argument("--max-header-bytes", type=int, default=defaults.max_header_bytes)
     p.add_argument("--idle-timeout", type=float, default=defaults.idle_timeout)
     p.add_argument("--request-timeout", type=float, default=defaults.request_timeout)
@@ -380,6 +383,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[GatewayConfig, str]:
     p.add_argument("--shutdown-timeout", type=float, default=defaults.shutdown_timeout)
     p.add_argument("--log-level", default="INFO")
     a = p.parse_args(argv)
+    token = None
+    if a.admin_token_file is not None:
+        try:
+            token = read_token_file(a.admin_token_file)
+        except ValueError as exc:
+            p.error(f"--admin-token-file: {exc}")
     config = GatewayConfig(
         host=a.host,
         http_port=a.http_port,
@@ -389,6 +398,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[GatewayConfig, str]:
         metrics_host=a.metrics_host,
         routes_file=a.routes_file,
         max_body_bytes=a.max_body_bytes,
+        max_inflated_bytes=a.max_inflated_bytes,
+        admin_token=token,
+        allowed_upstreams=frozenset(a.allowed_upstream) if a.allowed_upstream else None,
+        generation_window_ms=a.generation_window_ms,
         max_header_bytes=a.max_header_bytes,
         idle_timeout=a.idle_timeout,
         request_timeout=a.request_timeout,
@@ -398,6 +411,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[GatewayConfig, str]:
         shutdown_timeout=a.shutdown_timeout,
     )
     return config, a.log_level
+
+
+def _address(text: str) -> tuple[str, int]:
+    try:
+        return parse_address(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -414,9 +434,6 @@ def main(argv: list[str] | None = None) -> int:
         runner = asyncio.run
     try:
         runner(serve(config))
-    except ValueError as exc:  # invalid routes file
-        logger.error("cannot start: %s", exc)
-        return 2
     except OSError as exc:  # port in use, bad address
         logger.error("cannot start: %s", exc)
         return 2

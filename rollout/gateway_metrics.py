@@ -21,6 +21,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from rollout.upstream_errors import error_class
+
 # Seconds. Inference spans sub-millisecond CPU models to multi-second LLM calls.
 BUCKETS: tuple[float, ...] = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -62,6 +64,12 @@ class GatewayStats:
         timing.total += seconds
         timing.count += 1
 
+    def count(self, route: str, target: str, code: int | str) -> None:
+        """A request refused by the gateway itself before any upstream saw it: counted, but
+        kept out of the latency histogram (its near-zero time would hide real latencies)."""
+        key = (route, target, code)
+        self.requests[key] = self.requests.get(key, 0) + 1
+
 
 @dataclass
 class GaugeSource:
@@ -91,6 +99,25 @@ class GatewayCollector(Collector):
         for (route, target, code), value in items:
             requests.add_metric([route, target, str(code)], value)
         yield requests
+
+        # Derived at scrape time from the counters above: the hot path pays nothing for it.
+        errors = CounterMetricFamily(
+            "lastmile_gateway_errors",
+            "Inference requests that failed, by public route, Triton target (empty: refused by "
+            "the gateway before reaching one) and class: 'client' (HTTP 4xx; gRPC "
+            "INVALID_ARGUMENT, NOT_FOUND, ...) or 'server' (HTTP 5xx; gRPC INTERNAL, "
+            "UNAVAILABLE, ...).",
+            labels=["route", "target", "class"],
+        )
+        by_class: dict[tuple[str, str, str], int] = {}
+        for (route, target, code), value in self.stats.requests.items():
+            kind = error_class(code)
+            if kind is not None:
+                key = (route, target, kind)
+                by_class[key] = by_class.get(key, 0) + value
+        for (route, target, kind), value in sorted(by_class.items()):
+            errors.add_metric([route, target, kind], value)
+        yield errors
 
         duration = HistogramMetricFamily(
             "lastmile_gateway_request_duration_seconds",

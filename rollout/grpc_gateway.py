@@ -6,7 +6,13 @@ scanner (rollout.grpc_wire) and renames by appending field 1 (and 2 for a pinned
 protobuf keeps the last value. Responses get the public name appended the same way. Measured
 on the 2-core dev box: the scan costs ~2.5 µs whatever the tensor size, parsing with
 `service_pb2` ~2 µs for a 50-byte request but ~170 µs for a 4 MiB one (it copies the tensors),
-so the hot path never decodes protobuf.
+so the hot path never decodes protobuf. The shared-memory refusal follows the same rule: a
+`bytes in` pre-filter outside the raw tensor field, a wire-level parse only when it fires.
+
+Compressed messages (grpc-encoding: gzip/deflate) are inflated by grpc itself, which applies
+grpc.max_receive_message_length (the gateway's max body) to the *inflated* size, inflating in
+bounded steps: a gzip bomb gets RESOURCE_EXHAUSTED without growing the gateway's memory
+(measured: 512 MiB of zeros against a 1 MiB limit, peak RSS unchanged).
 
 Served: ServerLive/ServerReady/ServerMetadata (answered here, like the HTTP side), ModelReady,
 ModelMetadata and ModelInfer (forwarded over one persistent grpc.aio channel per Triton).
@@ -24,10 +30,19 @@ from typing import Any, NoReturn
 
 import grpc
 
+from rollout.body_guard import SHM_MARKER, SHM_REFUSED
 from rollout.exchange import VERSION_RE
 from rollout.gateway_metrics import UNKNOWN_ROUTE, GatewayStats
-from rollout.grpc_wire import WireError, bool_field, scan_name_version, string_field
+from rollout.grpc_wire import (
+    WireError,
+    bool_field,
+    infer_parameter_keys,
+    mentions,
+    scan_name_version,
+    string_field,
+)
 from rollout.routing import Route, RoutingTable, Target
+from rollout.upstream_errors import grpc_failure
 
 logger = logging.getLogger(__name__)
 
@@ -232,6 +247,8 @@ class GrpcFrontend:
         if route is None:
             self.stats.observe(UNKNOWN_ROUTE, "", StatusCode.NOT_FOUND.name, 0.0)
             await abort(context, StatusCode.NOT_FOUND, _unknown(name, routing.deployed))
+        if mentions(request, SHM_MARKER):
+            await self._refuse_shared_memory(route.name, request, context)
         gt = routing.targets[id(route.choose())]
         try:
             response: bytes = await gt.upstream.infer(
@@ -250,6 +267,18 @@ class GrpcFrontend:
             raise
         self.stats.observe(gt.public, gt.label, "OK", self.loop.time() - start)
         return response + gt.response_suffix
+
+    async def _refuse_shared_memory(self, route: str, request: bytes, context: Any) -> None:
+        """Abort INVALID_ARGUMENT when a parameter really names shared memory (the marker may
+        just be tensor data)."""
+        try:
+            keys = infer_parameter_keys(request)
+        except WireError as exc:
+            self.stats.count(route, "", StatusCode.INVALID_ARGUMENT.name)
+            await abort(context, StatusCode.INVALID_ARGUMENT, f"malformed request: {exc}")
+        if any(key.startswith(SHM_MARKER) for key in keys):
+            self.stats.count(route, "", StatusCode.INVALID_ARGUMENT.name)
+            await abort(context, StatusCode.INVALID_ARGUMENT, SHM_REFUSED)
 
     async def _model_ready(self, request: bytes, context: Any) -> bytes:
         routing = self.routing
@@ -321,19 +350,20 @@ def _forwarded_metadata(context: Any) -> tuple[tuple[str, str], ...] | None:
 
 
 def _public_error(gt: GrpcTarget, exc: Any) -> tuple[grpc.StatusCode, str]:
-    """Keep Triton's status code; hide its model name and anything about our network."""
+    """Client mistakes become INVALID_ARGUMENT, server faults keep a server code; the message
+    is sanitized and hides the internal model name and anything about our network."""
     code = exc.code()
     details = exc.details() or ""
-    if gt.internal in details:
-        return code, details.replace(gt.internal, gt.public)
-    if code == StatusCode.UNAVAILABLE:  # from the channel (refused, reset), not from Triton
-        return code, f"no upstream available for {gt.public!r}"
-    if code == StatusCode.DEADLINE_EXCEEDED:
-        return code, f"upstream timed out for {gt.public!r}"
-    if code == StatusCode.CANCELLED:
-        return code, f"request for {gt.public!r} was cancelled"
+    if gt.internal not in details:
+        if code == StatusCode.UNAVAILABLE:  # from the channel (refused, reset), not Triton
+            return code, f"no upstream available for {gt.public!r}"
+        if code == StatusCode.DEADLINE_EXCEEDED:
+            return code, f"upstream timed out for {gt.public!r}"
+        if code == StatusCode.CANCELLED:
+            return code, f"request for {gt.public!r} was cancelled"
     details = details.replace(gt.upstream.address, "upstream")
-    return code, details or f"request for {gt.public!r} failed (upstream status {code.name})"
+    name, message = grpc_failure(code.name, details, internal=gt.internal, public=gt.public)
+    return StatusCode[name], message
 
 
 def _refuse(method: str) -> Callable[[bytes, Any], Any]:

@@ -105,3 +105,92 @@ def _varint_tail(buf: bytes, pos: int, first: int) -> tuple[int, int]:
         shift += 7
         if shift >= 64:
             raise WireError("varint longer than 10 bytes")
+
+
+def length_delimited(
+    buf: bytes, start: int = 0, end: int | None = None
+) -> list[tuple[int, int, int]]:
+    """(field number, start, stop) of each length-delimited field of the message held in
+    buf[start:end] (top level only); other wire types are skipped. WireError when malformed."""
+    fields = []
+    pos = start
+    end = len(buf) if end is None else end
+    try:
+        while pos < end:
+            key, pos = _varint(buf, pos)
+            wire_type, number = key & 7, key >> 3
+            if number == 0:
+                raise WireError("field number 0")
+            if wire_type == _WT_BYTES:
+                length, pos = _varint(buf, pos)
+                stop = pos + length
+                if stop > end:
+                    raise WireError("length-delimited field runs past the end of the message")
+                fields.append((number, pos, stop))
+                pos = stop
+            elif wire_type == _WT_VARINT:
+                _, pos = _varint(buf, pos)
+            elif wire_type == _WT_FIXED64:
+                pos += 8
+            elif wire_type == _WT_FIXED32:
+                pos += 4
+            else:
+                raise WireError(f"unsupported wire type {wire_type}")
+    except IndexError:
+        raise WireError("truncated message") from None
+    if pos != end:
+        raise WireError("truncated message")
+    return fields
+
+
+def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+    first = buf[pos]
+    if first < 0x80:
+        return first, pos + 1
+    return _varint_tail(buf, pos + 1, first)
+
+
+# ModelInferRequest: parameters = 4 (map<string, InferParameter>), inputs = 5, outputs = 6,
+# raw_input_contents = 7; InferInputTensor.parameters = 4; InferRequestedOutputTensor.parameters
+# = 2. A map entry is a message whose key is field 1.
+_INFER_PARAMETERS, _INFER_INPUTS, _INFER_OUTPUTS, _INFER_RAW = 4, 5, 6, 7
+_TENSOR_PARAMETERS = {_INFER_INPUTS: 4, _INFER_OUTPUTS: 2}
+SMALL_MESSAGE = 64 * 1024
+
+
+def mentions(request: bytes, needle: bytes) -> bool:
+    """Cheap pre-filter: whether `needle` occurs in a ModelInferRequest outside its raw tensor
+    bytes (field 7), which a big request is mostly made of and which cannot hold parameters."""
+    if len(request) <= SMALL_MESSAGE:
+        return needle in request
+    try:
+        fields = length_delimited(request)
+    except WireError:
+        return True  # let the caller's parse report it
+    return any(
+        number != _INFER_RAW and request.find(needle, start, stop) >= 0
+        for number, start, stop in fields
+    )
+
+
+def infer_parameter_keys(request: bytes) -> list[bytes]:
+    """Keys of every parameter of a ModelInferRequest: the request's, each input's and each
+    requested output's. WireError when malformed."""
+    keys = []
+    for number, start, stop in length_delimited(request):
+        if number == _INFER_PARAMETERS:
+            keys.append(_map_key(request, start, stop))
+        elif number in _TENSOR_PARAMETERS:
+            wanted = _TENSOR_PARAMETERS[number]
+            for inner, s, e in length_delimited(request, start, stop):
+                if inner == wanted:
+                    keys.append(_map_key(request, s, e))
+    return keys
+
+
+def _map_key(buf: bytes, start: int, stop: int) -> bytes:
+    key = b""
+    for number, s, e in length_delimited(buf, start, stop):
+        if number == 1:
+            key = buf[s:e]
+    return key

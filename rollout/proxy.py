@@ -4,6 +4,8 @@ DESIGN §3 measured that a Python gateway keeps ~85 % of direct Triton throughpu
 works at the protocol level, so this module is written against asyncio.Protocol and httptools
 callbacks: no framework, no task or future per request, bodies kept as the bytes objects the
 socket produced and handed to an Exchange (rollout.exchange) that forwards them to Triton.
+Before that, an inference body passes rollout.body_guard's checks (cheap unless they fire); a
+compressed body is inflated, on the event loop while small, in a worker thread past that.
 """
 
 from __future__ import annotations
@@ -15,10 +17,19 @@ from typing import TYPE_CHECKING, Any
 
 import httptools
 
+from rollout.body_guard import (
+    INLINE_INFLATE_BYTES,
+    BodyRefused,
+    Inflater,
+    check_infer_body,
+    content_coding,
+    unsupported_coding,
+)
 from rollout.exchange import (
     CLOSE_HEADER,
     FORWARD_REQUEST_HEADERS,
     INFER,
+    INFERENCE_HEADER_LENGTH,
     META,
     READY,
     SMALL_BODY,
@@ -30,6 +41,7 @@ from rollout.exchange import (
 from rollout.gateway_metrics import UNKNOWN_ROUTE
 
 if TYPE_CHECKING:
+    from rollout.exchange import CompiledTarget
     from rollout.gateway import Gateway
 
 logger = logging.getLogger(__name__)
@@ -45,7 +57,17 @@ class ClientError(Exception):
 
 
 class Request:
-    __slots__ = ("body", "body_size", "error", "headers", "http10", "keep_alive", "method", "url")
+    __slots__ = (
+        "body",
+        "body_size",
+        "coding",
+        "error",
+        "headers",
+        "http10",
+        "keep_alive",
+        "method",
+        "url",
+    )
 
     def __init__(
         self,
@@ -57,6 +79,7 @@ class Request:
         keep_alive: bool,
         http10: bool,
         error: ClientError | None = None,
+        coding: bytes = b"",
     ) -> None:
         self.method = method
         self.url = url
@@ -66,6 +89,7 @@ class Request:
         self.keep_alive = keep_alive
         self.http10 = http10
         self.error = error
+        self.coding = coding  # Content-Encoding other than identity, as sent
 
 
 class ClientConnection(asyncio.Protocol):
@@ -77,6 +101,7 @@ class ClientConnection(asyncio.Protocol):
         "busy",
         "closed",
         "closing",
+        "coding",
         "cur",
         "draining",
         "ex",
@@ -116,6 +141,7 @@ class ClientConnection(asyncio.Protocol):
         self.body_size = 0
         self.header_size = 0
         self.expect_continue = False
+        self.coding = b""
 
     # -- asyncio.Protocol -------------------------------------------------------------------
     def connection_made(self, transport: Any) -> None:
@@ -181,6 +207,11 @@ class ClientConnection(asyncio.Protocol):
                 raise ClientError(413, f"body larger than {self.gw.config.max_body_bytes} bytes")
         elif lname == b"expect":
             self.expect_continue = value.lower() == b"100-continue"
+        elif lname == b"content-encoding":
+            if self.coding or content_coding(value) != b"":
+                self.coding = self.coding + b"," + value if self.coding else value
+            else:  # identity: harmless, forwarded as sent
+                self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         if self.expect_continue and not self.busy and not self.queue:
@@ -202,6 +233,7 @@ class ClientConnection(asyncio.Protocol):
             self.body_size,
             parser.should_keep_alive(),
             parser.get_http_version() == "1.0",
+            coding=self.coding,
         )
         self.started = 0.0
         self._reset()
@@ -357,16 +389,89 @@ class ClientConnection(asyncio.Protocol):
         path = ct.pinned_path or (
             ct.model_path + b"/versions/" + version if version else ct.model_path
         )
-        if kind == INFER:
-            head = [b"POST ", path, b"/infer HTTP/1.1\r\n", ct.host_line]
-            for hname, hvalue in req.headers:
-                head += (hname, b": ", hvalue, b"\r\n")
-            head.append(b"Content-Length: %d\r\n\r\n" % req.body_size)
-            if req.body_size <= SMALL_BODY:  # one buffer: uvloop sends it right away
-                payload = [b"".join(head + req.body)]
-            else:  # large tensors: no copy, writelines hands the chunks to writev
-                payload = [b"".join(head), *req.body]
-        else:
+        if kind != INFER:
             payload = [b"GET " + path + suffix + b" HTTP/1.1\r\n" + ct.host_line + b"\r\n"]
+            self._submit(kind, ct, payload)
+        elif req.coding:
+            coding = content_coding(req.coding)
+            if coding is None:
+                self._refuse(ct, 415, unsupported_coding(req.coding))
+            elif coding:
+                self._inflate(req, ct, path, coding)
+            else:
+                self._forward_infer(req, ct, path)
+        else:
+            self._forward_infer(req, ct, path)
+
+    def _forward_infer(self, req: Request, ct: CompiledTarget, path: bytes) -> None:
+        header_length = None
+        for hname, hvalue in req.headers:
+            if len(hname) == 31 and hname.lower() == INFERENCE_HEADER_LENGTH:
+                try:
+                    header_length = int(hvalue)
+                except ValueError:
+                    self._refuse(ct, 400, "invalid Inference-Header-Content-Length")
+                    return
+        problem = check_infer_body(req.body, req.body_size, header_length)
+        if problem is not None:
+            self._refuse(ct, 400, problem)
+            return
+        head = [b"POST ", path, b"/infer HTTP/1.1\r\n", ct.host_line]
+        for hname, hvalue in req.headers:
+            head += (hname, b": ", hvalue, b"\r\n")
+        head.append(b"Content-Length: %d\r\n\r\n" % req.body_size)
+        if req.body_size <= SMALL_BODY:  # one buffer: uvloop sends it right away
+            payload = [b"".join(head + req.body)]
+        else:  # large tensors: no copy, writelines hands the chunks to writev
+            payload = [b"".join(head), *req.body]
+        self._submit(INFER, ct, payload)
+
+    def _submit(self, kind: int, ct: CompiledTarget, payload: list[bytes]) -> None:
         ex = self.ex = Exchange(self, kind, ct, payload, self.gw.loop.time())
         ct.pool.submit(ex)
+
+    def _refuse(self, ct: CompiledTarget, status: int, message: str) -> None:
+        """Answer an inference request the gateway will not forward (counted, target '')."""
+        self.gw.stats.count(ct.public, "", status)
+        self.error(status, message)
+
+    # -- compressed bodies ------------------------------------------------------------------
+    def _inflate(self, req: Request, ct: CompiledTarget, path: bytes, coding: bytes) -> None:
+        inflater = Inflater(coding, req.body, self.gw.config.max_inflated_bytes)
+        try:
+            done = inflater.run(INLINE_INFLATE_BYTES)
+        except BodyRefused as exc:
+            self._refuse(ct, exc.status, exc.message)
+            return
+        if done:
+            self._inflated(req, ct, path, inflater)
+            return
+        # Big: the rest in a worker thread (zlib drops the GIL), the connection stays busy.
+        future = self.gw.loop.run_in_executor(None, inflater.run)
+        future.add_done_callback(lambda f: self._inflate_done(f, req, ct, path, inflater))
+
+    def _inflate_done(
+        self,
+        future: asyncio.Future[bool],
+        req: Request,
+        ct: CompiledTarget,
+        path: bytes,
+        inflater: Inflater,
+    ) -> None:
+        if self.closed or future.cancelled():
+            return  # client gone (or gateway stopping): nothing to answer
+        exc = future.exception()
+        if isinstance(exc, BodyRefused):
+            self._refuse(ct, exc.status, exc.message)
+        elif exc is not None:
+            logger.error("inflating a request body failed", exc_info=exc)
+            self._refuse(ct, 500, "the gateway could not inflate the request body")
+        else:
+            self._inflated(req, ct, path, inflater)
+
+    def _inflated(self, req: Request, ct: CompiledTarget, path: bytes, inflater: Inflater) -> None:
+        body = inflater.result()
+        req.body = [body] if body else []
+        req.body_size = len(body)
+        req.coding = b""
+        self._forward_infer(req, ct, path)

@@ -1,0 +1,157 @@
+"""The gateway's admin API (GET/PUT /routes) and the routes file read at start.
+
+Whoever can PUT a routing table decides where every client's tensors go, so:
+
+- with a token (--admin-token-file) every request must carry `Authorization: Bearer <token>`
+  (compared in constant time); without one the API is open to anything on the host, which
+  the gateway says in its log at start;
+- a table must point only at allowed upstreams (--allowed-upstream, the Triton addresses the
+  control plane manages): a stolen or mistaken push cannot make the gateway a relay to
+  elsewhere;
+- generations only go forward, and never beyond max(current, clock in ms) + a window: a table
+  stamped 2**62 would otherwise refuse every later push as stale, forever (the routes file
+  keeps it across restarts).
+
+A routes file that is unreadable, invalid or refused does not stop the gateway: it starts with
+no table and says why, and the control plane pushes a good one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from rollout.admin_http import SimpleRequest, SimpleResponse, write_atomically
+from rollout.exchange import json_error
+from rollout.routing import RoutingTable, TableRefused, check_generation, check_upstreams
+
+if TYPE_CHECKING:
+    from rollout.gateway import Gateway
+
+logger = logging.getLogger(__name__)
+
+MAX_TOKEN_BYTES = 4096
+
+
+def read_token_file(path: Path) -> str:
+    """The admin token in `path` (surrounding whitespace stripped); ValueError when unusable."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if len(raw) > MAX_TOKEN_BYTES:
+        raise ValueError(f"{path} is larger than {MAX_TOKEN_BYTES} bytes: not a token file")
+    try:
+        token = raw.decode("ascii").strip()
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: the token must be printable ASCII") from None
+    if not token:
+        raise ValueError(f"{path} is empty: write the admin token into it")
+    if not token.isprintable() or any(c.isspace() for c in token):
+        raise ValueError(f"{path}: the token must be one word of printable ASCII")
+    return token
+
+
+class AdminApi:
+    """GET/PUT /routes for one gateway; every mutation runs on the gateway's event loop."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        config = gateway.config
+        self._token = config.admin_token.encode() if config.admin_token is not None else None
+        allowed = config.allowed_upstreams
+        self._allowed = (
+            frozenset((h.lower(), p) for h, p in allowed) if allowed is not None else None
+        )
+        self._lock = asyncio.Lock()
+
+    # -- checks -----------------------------------------------------------------------------
+    def authorized(self, request: SimpleRequest) -> bool:
+        if self._token is None:
+            return True
+        scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer":
+            return False
+        return hmac.compare_digest(credentials.strip().encode("latin-1"), self._token)
+
+    def admit(self, table: RoutingTable) -> None:
+        """TableRefused when `table` must not be installed now."""
+        if self._allowed is not None:
+            check_upstreams(table, self._allowed)
+        current = self.gateway.table
+        check_generation(
+            table.generation,
+            current=current.generation if current is not None else None,
+            now_ms=time.time_ns() // 1_000_000,
+            window_ms=self.gateway.config.generation_window_ms,
+        )
+
+    # -- start ------------------------------------------------------------------------------
+    def load_routes_file(self) -> None:
+        """Install the table saved in --routes-file, if it is there and acceptable."""
+        path = self.gateway.config.routes_file
+        if self._token is None:
+            logger.warning(
+                "the admin API is unauthenticated: any process on this host can replace the "
+                "routing table; start the gateway with --admin-token-file"
+            )
+        if path is None:
+            return
+        if not path.exists():
+            logger.warning("routes file %s does not exist yet; waiting for PUT /routes", path)
+            return
+        try:
+            table = RoutingTable.from_json(path.read_bytes())
+            self.admit(table)
+        except (OSError, ValueError) as exc:
+            logger.error(
+                "ignoring routes file %s: %s; starting with no routing table until the control "
+                "plane pushes one (PUT /routes)",
+                path,
+                exc,
+            )
+            return
+        self.gateway.set_table(table)
+        logger.info("loaded routing table generation %d from %s", table.generation, path)
+
+    # -- requests ---------------------------------------------------------------------------
+    async def handle(self, request: SimpleRequest) -> SimpleResponse:
+        if not self.authorized(request):
+            return SimpleResponse(
+                401,
+                json_error("unauthorized: send the admin token as 'Authorization: Bearer <token>'"),
+                headers=(("WWW-Authenticate", 'Bearer realm="lastmile-gateway-admin"'),),
+            )
+        if request.path != "/routes":
+            return SimpleResponse(404, json_error("not found: the admin API is GET/PUT /routes"))
+        gateway = self.gateway
+        if request.method == "GET":
+            if gateway.table is None:  # 200 all the same: supervisors poll this to see we are up
+                return SimpleResponse(200, b'{"generation":null,"routes":{}}')
+            return SimpleResponse(200, gateway.table.to_json())
+        if request.method != "PUT":
+            return SimpleResponse(405, json_error("method not allowed: use GET or PUT"))
+        try:
+            table = RoutingTable.from_json(request.body)
+        except ValueError as exc:
+            return SimpleResponse(400, json_error(str(exc)))
+        async with self._lock:
+            try:
+                self.admit(table)
+            except TableRefused as exc:
+                logger.warning("routing table refused: %s", exc)
+                return SimpleResponse(exc.status, json_error(str(exc)))
+            routes_file = gateway.config.routes_file
+            if routes_file is not None:
+                await asyncio.to_thread(write_atomically, routes_file, table.to_json())
+            gateway.set_table(table)
+        logger.info(
+            "routing table generation %d installed: %s", table.generation, gateway.routing.deployed
+        )
+        body = json.dumps({"generation": table.generation, "routes": sorted(table.routes)})
+        return SimpleResponse(200, body.encode())
