@@ -1,8 +1,12 @@
 """Read what Triton needs to know from an ONNX file, and refuse files that would hurt us.
 
 Uploads are untrusted: the size is checked before the file is read, the protobuf is parsed
-without following external data, and every external-data location must stay inside the
-model's folder (DESIGN §5) — onnxruntime would otherwise read any file the server can see.
+without following external data, and every external-data location must be a plain file
+inside the model's folder (DESIGN §5: no ``..``, absolute path or symbolic link), never a name
+Lastmile writes into a Triton version folder (``model.py``, ``config.pbtxt``, ``model.onnx``)
+— onnxruntime would otherwise read any file the server can see. External data is embedded
+into the stored model at import (``load_self_contained``; the rules live in
+``converters.onnx_external``), so a stored version is one file.
 Errors name the file and say what is wrong, because the person reading them has to fix the
 export, not our code.
 
@@ -18,15 +22,19 @@ import logging
 import os
 import stat
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path
 from typing import Any
 
 import onnx
 from google.protobuf.message import DecodeError
 from onnx import TensorProto
 
+from converters.onnx_external import (
+    PROTOBUF_LIMIT,
+    check_external_data,
+    embed_external_data,
+)
 from manager.domain import Signature, TensorSpec
 from manager.errors import InvalidInput, InvalidModelFile
 from manager.names import check_tensor_name
@@ -103,67 +111,23 @@ def _read_limited(path: Path, max_bytes: int) -> bytes:
     return data
 
 
-def _all_tensors(graph: onnx.GraphProto) -> Iterator[TensorProto]:
-    """Every tensor that may carry data: initializers and constants, subgraphs included."""
-    yield from graph.initializer
-    for sparse in graph.sparse_initializer:
-        yield sparse.values
-        yield sparse.indices
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.HasField("t"):
-                yield attr.t
-            yield from attr.tensors
-            if attr.HasField("sparse_tensor"):
-                yield attr.sparse_tensor.values
-                yield attr.sparse_tensor.indices
-            if attr.HasField("g"):
-                yield from _all_tensors(attr.g)
-            for sub in attr.graphs:
-                yield from _all_tensors(sub)
+def load_self_contained(path: Path, *, max_bytes: int) -> tuple[onnx.ModelProto, list[str]]:
+    """The model at ``path`` with its external data read into it, and the locations read
+    (empty: the file was self-contained and is returned as decoded).
 
-
-def check_external_data(path: Path, model: onnx.ModelProto, *, max_bytes: int) -> list[str]:
-    """Refuse external-data locations outside the model's folder; return the locations used.
-
-    Checked on the parsed protobuf, before anything reads the data, so a crafted location
-    (``../../etc/passwd``, an absolute path, a symlink out of the folder) is never opened.
+    Lastmile stores and deploys one file per model version, so external data is embedded at
+    import: onnxruntime in Triton never opens a file next to the model, and the stored model
+    cannot lose its weights. See ``converters.onnx_external.embed_external_data``.
     """
-    folder = path.parent.resolve()
-    locations: list[str] = []
-    for tensor in _all_tensors(model.graph):
-        if tensor.data_location != TensorProto.EXTERNAL:
-            continue
-        entries = {entry.key: entry.value for entry in tensor.external_data}
-        location = entries.get("location", "")
-        where = f"tensor {tensor.name!r} stores its data in {location!r}"
-        if not location:
-            raise _refuse(path, f"tensor {tensor.name!r} has external data without a location")
-        posix, windows = PurePosixPath(location), PureWindowsPath(location)
-        if posix.is_absolute() or windows.is_absolute() or windows.drive:
-            raise _refuse(
-                path,
-                f"{where}, an absolute path",
-                hint="external data must be a file next to the model, e.g. 'model.onnx.data'",
-            )
-        if ".." in posix.parts or ".." in windows.parts:
-            raise _refuse(
-                path, f"{where}, which leaves the model's folder", hint="remove '..' from it"
-            )
-        target = (folder / location).resolve()
-        if not target.is_relative_to(folder):
-            raise _refuse(
-                path,
-                f"{where}, which resolves outside the model's folder (symbolic link)",
-                hint="copy the data file next to the model instead of linking it",
-            )
-        if not target.is_file():
-            raise _refuse(path, f"{where}, which does not exist next to the model")
-        if target.stat().st_size > max_bytes:
-            raise _refuse(path, f"{where}, which is over the limit of {max_bytes} bytes")
-        if location not in locations:
-            locations.append(location)
-    return locations
+    path = Path(path)
+    model = _decode(path, _read_limited(path, max_bytes))
+    return model, embed_external_data(path, model, max_bytes=max_bytes)
+
+
+def load_model_file(path: Path, *, max_bytes: int = PROTOBUF_LIMIT) -> onnx.ModelProto:
+    """Read and decode one ONNX file (size-checked), leaving external data unread."""
+    path = Path(path)
+    return _decode(path, _read_limited(path, max_bytes))
 
 
 def _tensor_spec(path: Path, value: onnx.ValueInfoProto, role: str) -> TensorSpec:

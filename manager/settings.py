@@ -74,6 +74,12 @@ class Settings(BaseSettings):
         default=None,
         description="Metrics URL of the external Triton; default: its host on port 8002.",
     )
+    triton_control_header: SecretStr | None = Field(
+        default=None,
+        description="For an external Triton started with --http-restricted-api: the header "
+        "its repository API requires, as NAME=VALUE (the embedded server gets a fresh secret "
+        "at every start).",
+    )
     triton_http_port: int = Field(default=8100, description="Embedded tritonserver HTTP port.")
     triton_grpc_port: int = Field(default=8101, description="Embedded tritonserver gRPC port.")
     triton_metrics_port: int = Field(
@@ -92,6 +98,37 @@ class Settings(BaseSettings):
     triton_request_timeout_s: float = Field(
         default=30.0, description="Timeout of each control call to Triton."
     )
+    triton_stub_memory_bytes: int = Field(
+        default=8 * 1024**3,
+        ge=0,
+        description="Address-space limit of each Python-backend stub the embedded tritonserver "
+        "starts (RLIMIT_AS): a request that needs more fails alone and the server lives. "
+        "0: no limit.",
+    )
+    supervise_interval_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="Seconds between two health checks of the processes `lastmile up` runs "
+        "(Triton, its Python-backend stubs, the gateway).",
+    )
+    health_failures_before_restart: int = Field(
+        default=3,
+        ge=1,
+        description="Consecutive failed health checks after which a running but wedged "
+        "process is killed and restarted (a dead one is restarted at once).",
+    )
+    restart_backoff_max_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="Longest wait between two restarts of a process that keeps failing "
+        "(the wait doubles from 1 s).",
+    )
+    reconcile_interval_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="Seconds between two reconciliations of store, repository, Triton and "
+        "gateway (also run at start and after every restart). 0: only then.",
+    )
     template_dir: Path | None = Field(
         default=None,
         description="Folder of your own ModelConfig presets (*.pbtxt); they win over the "
@@ -99,6 +136,13 @@ class Settings(BaseSettings):
     )
     max_batch_size: int = Field(
         default=64, description="max_batch_size given to models with a dynamic batch dimension."
+    )
+    max_tensor_bytes: int = Field(
+        default=1024**3,
+        gt=0,
+        description="Largest output or intermediate tensor a model may produce at its maximum "
+        "batch size (shape inference at import and deploy); refuses graphs one request could "
+        "use to exhaust memory.",
     )
     scrape_interval_s: float = Field(
         default=5.0, description="Seconds between two scrapes of Triton's /metrics."
@@ -185,8 +229,11 @@ class Settings(BaseSettings):
         return Path(base) / "lastmile" / "credentials.json"
 
     def ensure_dirs(self) -> None:
+        """Make the home's folders, readable by this user only (0700): it holds the store,
+        models, keys and logs."""
         for path in (self.home, self.repository_dir, self.logs_dir, self.run_dir, self.models_dir):
-            path.mkdir(parents=True, exist_ok=True)
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            path.chmod(0o700)
 
 
 def _url_host(bind: str) -> str:

@@ -19,27 +19,34 @@ from typing import Any
 
 import numpy as np
 
-from converters.onnx_import import inspect_onnx
+from converters.onnx_import import inspect_onnx, load_self_contained
+from converters.onnx_limits import check_tensor_sizes
 from manager import store
 from manager.domain import PipelineSpec, ServingOptions, Signature
 from manager.errors import Conflict, InvalidInput, PreconditionFailed
 from manager.names import check_name, triton_model_name
-from manager.repository.config import model_config
+from manager.repository.config import effective_max_batch_size, model_config
 from manager.services.context import Platform
 from manager.triton.client import config_to_text
 
 log = logging.getLogger(__name__)
 
 
-def _store_file(src: Path, dest_dir: Path, sha256: str) -> Path:
+def _store_file(src: Path | bytes, dest_dir: Path, sha256: str) -> Path:
+    """Keep ``src`` (a file, or the bytes of a model whose external data was embedded) as
+    ``<sha256>.onnx``."""
     dest = dest_dir / f"{sha256}.onnx"
     if dest.exists():
         return dest
     dest_dir.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest_dir, prefix=".import-")
     try:
-        with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
-            shutil.copyfileobj(inp, out, 1024 * 1024)
+        with os.fdopen(fd, "wb") as out:
+            if isinstance(src, bytes):
+                out.write(src)
+            else:
+                with open(src, "rb") as inp:
+                    shutil.copyfileobj(inp, out, 1024 * 1024)
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, dest)
@@ -92,17 +99,42 @@ def register_onnx(
     details: dict[str, Any] | None = None,
     created_by: str = "",
 ) -> tuple[store.Model, store.ModelVersion]:
-    """Check ``path`` completely, keep it, and add the next version (flushed, not committed)."""
+    """Check ``path`` completely, keep it, and add the next version (flushed, not committed).
+
+    External data is embedded into the stored file (one file per version is what a deploy
+    copies), and the graph's tensors must fit ``max_tensor_bytes`` at the batch size the
+    model will be served with (its serving option, else ``max_batch_size``).
+    """
     check_name(name, kind="model")
     if not path.is_file():
         raise InvalidInput(f"{path} is not a file", hint="give the path of an .onnx file")
-    info = inspect_onnx(path, max_bytes=platform.settings.max_upload_bytes)
-    stored = _store_file(path, platform.settings.models_dir, info.sha256)
+    settings = platform.settings
+    info = inspect_onnx(path, max_bytes=settings.max_upload_bytes)
+    model, embedded = load_self_contained(path, max_bytes=settings.max_upload_bytes)
+    existing = store.find_model(session, workspace=workspace, name=name)
+    check_tensor_sizes(
+        model,
+        max_batch_size=effective_max_batch_size(
+            info.signature,
+            default=settings.max_batch_size,
+            options=ServingOptions.from_dict(existing.serving) if existing else None,
+        ),
+        max_tensor_bytes=settings.max_tensor_bytes,
+        where=path.name,
+    )
+    source: Path | bytes = path
+    sha256 = info.sha256
+    if embedded:
+        source = model.SerializeToString()
+        sha256 = hashlib.sha256(source).hexdigest()
+        details = {**(details or {}), "external_data_embedded": embedded}
+    del model
+    stored = _store_file(source, settings.models_dir, sha256)
     return store.add_model_version(
         session,
         workspace=workspace,
         name=name,
-        sha256=info.sha256,
+        sha256=sha256,
         size_bytes=stored.stat().st_size,
         path=str(stored.resolve()),
         signature=info.signature.to_dict(),
@@ -248,14 +280,23 @@ def configure_model(
                 hint="read it again (GET …/serving) and send the new ETag in If-Match",
             )
         latest = store.get_model_version(session, model=model, version=None)
+        signature = Signature.from_dict(latest.signature)
         config = model_config(
             triton_name=triton_model_name(workspace, name),
-            signature=Signature.from_dict(latest.signature),
+            signature=signature,
             profile=settings.profile,
             max_batch_size=settings.max_batch_size,
             versions=[latest.version],
             options=options,
             template_dirs=settings.template_dir,
+        )
+        check_tensor_sizes(  # a larger max batch size may make a tensor too large
+            Path(latest.path),
+            max_batch_size=effective_max_batch_size(
+                signature, default=settings.max_batch_size, options=options
+            ),
+            max_tensor_bytes=settings.max_tensor_bytes,
+            where=f"model {name!r} version {latest.version}",
         )
         model.serving = options.to_dict()
         model.revision += 1
