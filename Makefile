@@ -53,7 +53,9 @@ bench: install
 	$(PY) loadtests/bench_repository.py
 	$(PY) loadtests/bench_converters.py
 
+# Faults under load (SIGKILL Triton / the gateway, a gzip bomb): recovery times and answers.
 loadtest: bench
+	$(PY) loadtests/fault_recovery.py
 
 clean:
 	rm -rf $(VENV) .lastmile .mypy_cache .ruff_cache .pytest_cache

@@ -580,6 +580,22 @@ class Lastmile:
                 params[key] = value
         return list(self._call("GET", f"{API}/audit", params=params)["items"])
 
+    def events(self, *, kind: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """The system's own events (restarts, failures, repairs), newest first (owner)."""
+        params: dict[str, Any] = {"limit": limit}
+        if kind:
+            params["kind"] = kind
+        return list(self._call("GET", f"{API}/events", params=params)["items"])
+
+    def reconcile(self, *, dry_run: bool = False) -> dict[str, Any]:
+        """Bring repository, Triton and gateway back to what the store says is live (owner).
+
+        Returns ``{"dry_run", "actions": [{"kind", "target", "reason"}], "errors": [{"target",
+        "error"}], "in_sync"}``; with ``dry_run`` the actions are listed, not taken.
+        """
+        params = {"dry_run": "true" if dry_run else "false"}
+        return dict(self._call("POST", f"{API}/system/reconcile", params=params))
+
     # -- data plane (through the gateway, KServe v2 JSON) ----------------------------------
     def _gateway(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:

@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 
 from manager.errors import Conflict, RuntimeSetupError
+from manager.procs import CHILDREN_FILE, group_members, kill_group, reap_orphans
 from manager.settings import Settings
 from manager.system import read_state, state_path
 
@@ -82,12 +83,26 @@ def running_state(settings: Settings) -> dict[str, Any] | None:
 
 
 def check_can_start(settings: Settings) -> None:
+    """Refuse a second system on the same home; stop what a killed predecessor left running
+    (its Triton, stubs and gateway hold our ports), then check that the ports are free."""
     if running_state(settings):
         raise Conflict(
             f"Lastmile already runs for LASTMILE_HOME={settings.home}",
             hint="lastmile status shows it; lastmile down stops it",
         )
-    check_ports_free(settings)
+    orphans = reap_orphans(settings.run_dir)
+    for orphan in orphans:
+        log.warning("stopped the %s a previous run left behind", orphan["role"])
+    # The kernel frees a killed process's listening sockets as its last thread exits.
+    deadline = time.monotonic() + (5.0 if orphans else 0.0)
+    while True:
+        try:
+            check_ports_free(settings)
+            return
+        except RuntimeSetupError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.1)
 
 
 def bootstrap_owner(settings: Settings) -> str | None:
@@ -119,6 +134,7 @@ def start_detached(settings: Settings) -> dict[str, Any]:
     """Start ``lastmile up`` in the background and wait until its API answers."""
     check_can_start(settings)
     settings.ensure_dirs()
+    state_path(settings).unlink(missing_ok=True)  # a killed run's: its pid is dead
     log_path = settings.logs_dir / "lastmile.log"
     env = dict(os.environ, LASTMILE_HOME=str(settings.home.resolve()))
     with open(log_path, "ab") as log_file:
@@ -139,7 +155,7 @@ def start_detached(settings: Settings) -> dict[str, Any]:
                 hint=f"full log: {log_path}",
             )
         state = read_state(settings)
-        if state:
+        if state and state.get("pid") == proc.pid:
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(f"{state['api']['url']}/health", timeout=1).status_code == 200:
                     return state
@@ -155,6 +171,10 @@ def stop(settings: Settings, timeout_s: float = 60.0) -> dict[str, Any]:
     """Stop the running system and make sure none of its processes is left."""
     state = read_state(settings)
     if state is None:
+        # A run killed before it wrote its state may still have left children behind.
+        orphans = reap_orphans(settings.run_dir)
+        if orphans:
+            return {"stopped": True, "pids": [], "killed": [o["pgid"] for o in orphans]}
         return {"stopped": False, "reason": "nothing running"}
     pids = [state.get("pid"), state["gateway"].get("pid")]
     pids += [t.get("pid") for t in state.get("triton", [])]
@@ -165,15 +185,18 @@ def stop(settings: Settings, timeout_s: float = 60.0) -> dict[str, Any]:
     while time.monotonic() < deadline and any(pid_alive(p) for p in pids):
         time.sleep(0.2)
     killed = []
-    for pid in pids:
-        if pid_alive(pid):
-            with contextlib.suppress(ProcessLookupError):
-                # Children run in sessions of their own: take their process groups down whole.
-                # The main process may share the caller's group (foreground up): only itself.
-                if pid == main_pid:
-                    os.kill(pid, signal.SIGKILL)
-                else:
-                    os.killpg(pid, signal.SIGKILL)
+    if main_pid and pid_alive(main_pid):
+        # The main process may share the caller's group (foreground up): only itself.
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(main_pid, signal.SIGKILL)
+        killed.append(main_pid)
+    # Children run in sessions of their own: take their process groups down whole, also when
+    # the group's leader is gone (a dead Triton's stubs live on in its group).
+    for pid in pids[1:]:
+        if pid and group_members(pid) and kill_group(pid):
             killed.append(pid)
+    for orphan in reap_orphans(settings.run_dir):
+        killed.append(orphan["pgid"])
+    (settings.run_dir / CHILDREN_FILE).unlink(missing_ok=True)
     state_path(settings).unlink(missing_ok=True)
     return {"stopped": True, "pids": [p for p in pids if p], "killed": killed}

@@ -7,13 +7,15 @@ started, children first. A state file in ``LASTMILE_HOME/run`` tells other comma
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
-import signal
+import secrets
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +23,14 @@ import httpx
 
 from manager import store
 from manager.errors import RuntimeSetupError
+from manager.procs import ChildRegistry, reap_orphans, secure_tree, terminate_group, write_private
 from manager.scraper import Scraper
-from manager.services import deployments
+from manager.services import reconcile
 from manager.services.context import Platform
 from manager.settings import Settings
 from manager.triton.client import TritonClient
 from manager.triton.runtime import EmbeddedTriton, ExternalTriton, TritonRuntime
+from manager.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 
@@ -45,20 +49,26 @@ def read_state(settings: Settings) -> dict[str, Any] | None:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w") as out:
-        out.write(text)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, path)
+    write_private(path, text.encode())
 
 
 def make_runtime(settings: Settings) -> TritonRuntime:
     if settings.triton_url:
+        header = settings.triton_control_header
+        control: dict[str, str] = {}
+        if header is not None:
+            name, sep, value = header.get_secret_value().partition("=")
+            if not sep or not name.strip():
+                raise RuntimeSetupError(
+                    "LASTMILE_TRITON_CONTROL_HEADER must be NAME=VALUE",
+                    hint="the header and value given to tritonserver --http-restricted-api",
+                )
+            control = {name.strip(): value.strip()}
         return ExternalTriton(
             settings.triton_url,
             metrics_url=settings.triton_metrics_url,
             start_timeout_s=settings.triton_start_timeout_s,
+            control_headers=control,
         )
     return EmbeddedTriton(
         repository=settings.repository_dir,
@@ -69,24 +79,57 @@ def make_runtime(settings: Settings) -> TritonRuntime:
         log_path=settings.logs_dir / "tritonserver.log",
         start_timeout_s=settings.triton_start_timeout_s,
         response_cache_bytes=settings.triton_response_cache_bytes,
+        stub_memory_bytes=settings.triton_stub_memory_bytes,
     )
 
 
 class GatewayProcess:
-    """The data-plane gateway as a child process (its own event loop, no GIL sharing)."""
+    """The data-plane gateway as a child process (its own event loop, no GIL sharing).
 
-    def __init__(self, settings: Settings) -> None:
+    Its admin endpoint takes routing tables only with a secret made at each start (written
+    0600 to ``run/gateway-admin.key`` for the gateway to read), and only tables whose targets
+    are among the Triton servers given here."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        upstreams: list[str] | None = None,
+        on_spawn: Callable[[int], None] | None = None,
+    ) -> None:
         self.settings = settings
         self.admin_url = f"http://127.0.0.1:{settings.gateway_admin_port}"
         self.log_path = settings.logs_dir / "gateway.log"
+        self.token_path = settings.run_dir / "gateway-admin.key"
+        self.upstreams = list(upstreams or [])
+        self.on_spawn = on_spawn
+        self.token = ""
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
     def pid(self) -> int | None:
         return self._proc.pid if self._proc else None
 
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def exit_code(self) -> int | None:
+        return self._proc.poll() if self._proc else None
+
+    def healthy(self, timeout_s: float = 2.0) -> bool:
+        try:
+            response = httpx.get(
+                f"{self.admin_url}/routes", headers=self.headers, timeout=timeout_s
+            )
+        except httpx.HTTPError:
+            return False
+        return response.status_code == 200
+
     def start(self, timeout_s: float = 20.0) -> None:
         s = self.settings
+        self.token = secrets.token_urlsafe(32)
+        write_private(self.token_path, self.token.encode())
         cmd = [
             sys.executable, "-m", "rollout.gateway",
             "--host", s.gateway_bind_host,
@@ -95,11 +138,16 @@ class GatewayProcess:
             "--metrics-port", str(s.gateway_metrics_port),
             "--admin-port", str(s.gateway_admin_port),
             "--routes-file", str(s.run_dir / "routes.json"),
+            "--admin-token-file", str(self.token_path),
         ]  # fmt: skip
+        for upstream in self.upstreams:
+            cmd += ["--allowed-upstream", upstream]
         with open(self.log_path, "ab") as log_file:
             self._proc = subprocess.Popen(
                 cmd, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
             )
+        if self.on_spawn is not None:
+            self.on_spawn(self._proc.pid)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
@@ -109,29 +157,24 @@ class GatewayProcess:
                     "(LASTMILE_GATEWAY_HTTP_PORT, LASTMILE_GATEWAY_GRPC_PORT, "
                     "LASTMILE_GATEWAY_ADMIN_PORT, ...)",
                 )
-            try:
-                if httpx.get(f"{self.admin_url}/routes", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
+            if self.healthy(timeout_s=1):
+                return
             time.sleep(0.1)
         self.stop()
         raise RuntimeSetupError(f"the gateway did not start within {timeout_s:.0f} s")
 
     def stop(self, timeout_s: float = 15.0) -> None:
         proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
+        if proc is None:
             return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        terminate_group(proc.pid, timeout_s=timeout_s)
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=5)
 
 
 class System:
-    """Starts and stops everything ``lastmile up`` runs, in dependency order."""
+    """Starts and stops everything ``lastmile up`` runs, in dependency order, and keeps it
+    running (``manager.watchdog``)."""
 
     def __init__(self, settings: Settings, *, with_runtime: bool = True) -> None:
         self.settings = settings
@@ -142,40 +185,81 @@ class System:
         self.with_runtime = with_runtime
         self.gateway: GatewayProcess | None = None
         self.scraper: Scraper | None = None
+        self.watchdog: Watchdog | None = None
+        self.children = ChildRegistry(settings.run_dir)
+
+    @property
+    def owns_triton(self) -> bool:
+        return isinstance(self.platform.triton, EmbeddedTriton)
 
     def start(self) -> None:
         if not self.with_runtime:
             return
-        triton = make_runtime(self.settings)
-        triton.start()
-        self.platform.triton = triton
+        secure_tree(self.settings.home)
+        reap_orphans(self.settings.run_dir)
+        self.platform.triton = make_runtime(self.settings)
         try:
-            self.gateway = GatewayProcess(self.settings)
-            self.gateway.start()
-            self.platform.gateway_admin_url = self.gateway.admin_url
-            deployments.restore(self.platform)
+            self.start_triton()
+            triton = self.platform.triton
+            self.gateway = GatewayProcess(
+                self.settings,
+                upstreams=[
+                    triton.endpoints.http_url.removeprefix("http://"),
+                    triton.endpoints.grpc_url,
+                ],
+                on_spawn=lambda pid: self.children.add("gateway", pid),
+            )
+            self.start_gateway()
+            self.reconcile()
             self.scraper = Scraper(
                 engine=self.platform.engine,
                 clients=self._scrape_targets,
                 interval_s=self.settings.scrape_interval_s,
             )
             self.scraper.start()
+            self.watchdog = Watchdog(self, reconcile=self.reconcile)
+            self.platform.unserved = self.unserved
+            self.watchdog.start()
         except BaseException:
             self.stop()
             raise
+        self.write_state()
+
+    def write_state(self) -> None:
+        """Tell other commands where things run (pids change when a child is restarted)."""
         _write_atomic(state_path(self.settings), json.dumps(self.status(), indent=2))
+
+    def start_triton(self) -> None:
+        triton = self.platform.triton
+        assert triton is not None
+        if isinstance(triton, EmbeddedTriton):
+            triton.on_spawn = lambda pid: self.children.add("triton", pid)
+        triton.start()
+
+    def start_gateway(self) -> None:
+        assert self.gateway is not None
+        self.gateway.start()
+        self.platform.gateway_admin_url = self.gateway.admin_url
+        self.platform.gateway_admin_token = self.gateway.token
+
+    def reconcile(self) -> dict[str, Any]:
+        """Bring the repository, Triton and the gateway to what the store says is live."""
+        return reconcile.reconcile(self.platform)
 
     def _scrape_targets(self) -> dict[str, TritonClient]:
         triton = self.platform.triton
         return {triton.endpoints.http_url: triton.client(5.0)} if triton else {}
 
     def stop(self) -> None:
+        if self.watchdog:
+            self.watchdog.stop()
         if self.scraper:
             self.scraper.stop()
         if self.gateway:
             self.gateway.stop()
         if self.platform.triton:
             self.platform.triton.stop()
+        self.children.clear()
         state_path(self.settings).unlink(missing_ok=True)
         self.platform.engine.dispose()
 
@@ -183,6 +267,7 @@ class System:
         s = self.settings
         triton = self.platform.triton
         host = s.gateway_host
+        health = self.watchdog.status() if self.watchdog else {}
         return {
             "home": str(s.home.resolve()),
             "pid": os.getpid(),
@@ -192,6 +277,7 @@ class System:
                 "grpc": f"{host}:{s.gateway_grpc_port}",
                 "metrics": f"http://{host}:{s.gateway_metrics_port}/metrics",
                 "pid": self.gateway.pid if self.gateway else None,
+                **health.get("gateway", {"state": "up" if self.gateway else "down"}),
             },
             "triton": [
                 {
@@ -199,6 +285,7 @@ class System:
                     "embedded": isinstance(triton, EmbeddedTriton),
                     "pid": getattr(triton, "pid", None),
                     "ready": _ready(triton),
+                    **health.get("triton", {"state": "up"}),
                 }
             ]
             if triton
@@ -206,6 +293,10 @@ class System:
             "database": _redact(s.db_url),
             "profile": s.profile,
         }
+
+    def unserved(self) -> dict[str, str]:
+        """Live deployments' ensembles that are not served right now, with the reason."""
+        return dict(self.watchdog.unserved) if self.watchdog else {}
 
 
 def _ready(triton: TritonRuntime) -> bool:

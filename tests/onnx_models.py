@@ -177,3 +177,18 @@ def make_external_data(path: Path, location: str, n_features: int = 4) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(model.SerializeToString())  # no checker: the location may be hostile
     return path
+
+
+def make_expand_to_shape(path: Path) -> Path:
+    """y = Expand(x, shape): x FP32 [1, 1], shape INT64 [2] given by the request, so the output
+    size is known only at run time (shape inference cannot bound it; a memory limit must)."""
+    graph = helper.make_graph(
+        [helper.make_node("Expand", ["x", "shape"], ["y"])],
+        "expand_to_shape",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1]),
+            helper.make_tensor_value_info("shape", TensorProto.INT64, [2]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["rows", "cols"])],
+    )
+    return _save(_model(graph), path)

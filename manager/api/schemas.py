@@ -274,6 +274,15 @@ class AuditEventPublic(BaseModel):
     detail: dict[str, Any]
 
 
+class SystemEventPublic(BaseModel):
+    id: int
+    ts: datetime
+    kind: str
+    component: str
+    message: str
+    detail: dict[str, Any]
+
+
 class TemplatePublic(BaseModel):
     name: str
     about: str
@@ -283,6 +292,24 @@ class TemplatePublic(BaseModel):
 class Health(BaseModel):
     status: str
     version: str
+
+
+class ReconcileAction(BaseModel):
+    kind: Literal["remove", "rewrite", "load", "unload", "push_routes"]
+    target: str = Field(description="Triton name, `<name>/<version>`, a staging folder or gateway")
+    reason: str
+
+
+class ReconcileError(BaseModel):
+    target: str
+    error: str
+
+
+class ReconcileReport(BaseModel):
+    dry_run: bool
+    actions: list[ReconcileAction] = Field(description="Taken, or with dry_run: to take")
+    errors: list[ReconcileError] = Field(description="What could not be checked or repaired")
+    in_sync: bool = Field(description="Nothing to do and nothing wrong")
 
 
 class Problem(BaseModel):

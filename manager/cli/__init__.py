@@ -9,13 +9,14 @@ gateway not reachable).
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
 import typer
 
 from manager import __version__
-from manager.cli import deploys, models, pipelines, teams
+from manager.cli import deploys, models, pipelines, reconcile, teams
 from manager.cli.common import JsonOpt, client, emit, err, kv_table, out, settings, table
 from manager.errors import InvalidInput, LastmileError
 
@@ -52,6 +53,8 @@ for command in (
     teams.logout,
     teams.whoami,
     teams.audit,
+    teams.events,
+    reconcile.reconcile,
 ):
     app.command(context_settings=CONTEXT)(command)
 
@@ -80,6 +83,9 @@ def up(
     from manager import supervisor
 
     s = settings()
+    # Everything the system writes under LASTMILE_HOME (store, models, logs, keys) is this
+    # user's only: files 0600, folders 0700.
+    os.umask(0o077)
     supervisor.check_can_start(s)
     new_key = supervisor.bootstrap_owner(s)
     if new_key is not None:
@@ -111,6 +117,16 @@ def down(as_json: JsonOpt = False) -> None:
     emit(result, as_json, "stopped" if result["stopped"] else "nothing was running")
 
 
+def _health(server: dict[str, object]) -> str:
+    """'up', or 'restarting (2 restarts; last error: ...)' for a supervised process."""
+    state = str(server.get("state") or "up")
+    restarts = server.get("restarts") or 0
+    text = state if not restarts else f"{state} ({restarts} restart(s))"
+    if state != "up" and server.get("last_error"):
+        text += f"; last error: {server['last_error']}"
+    return f"[{'green' if state == 'up' else 'red'}]{text}[/]"
+
+
 @app.command(context_settings=CONTEXT)
 def status(as_json: JsonOpt = False) -> None:
     """What runs where, and which pipelines are live."""
@@ -121,12 +137,15 @@ def status(as_json: JsonOpt = False) -> None:
         return
     rows = [
         ("API", info["api"]["url"]),
-        ("gateway http", info["gateway"]["http"]),
+        ("gateway http", f"{info['gateway']['http']} {_health(info['gateway'])}"),
         ("gateway metrics", info["gateway"]["metrics"]),
     ]
     if "home" in info:
         rows.insert(0, ("home", info["home"]))
-    rows += [(f"triton {'(embedded)' if t['embedded'] else ''}", t["http"]) for t in info["triton"]]
+    rows += [
+        (f"triton {'(embedded)' if t['embedded'] else ''}", f"{t['http']} {_health(t)}")
+        for t in info["triton"]
+    ]
     if "database" in info:
         rows.append(("database", info["database"]))
     out.print(kv_table("Lastmile", rows))

@@ -276,3 +276,17 @@ def audit(
             rows,
         ),
     )
+
+
+def events(
+    kind: str | None = typer.Option(
+        None, "--kind", help="restart, failed, recovered or reconcile."
+    ),
+    limit: int = typer.Option(50, "--limit"),
+    as_json: JsonOpt = False,
+) -> None:
+    """What the system did on its own, newest first: restarts and why, repairs (owner)."""
+    with client() as lm:
+        items = lm.events(kind=kind, limit=limit)
+    rows = [[e["ts"], e["kind"], e["component"], e["message"]] for e in items]
+    emit(items, as_json, table("System events", ["when", "kind", "component", "message"], rows))

@@ -7,6 +7,13 @@ the same filesystem: a new model folder in one rename, or new version folders on
 are immutable: re-publishing identical content is a no-op, different content is a conflict.
 A process lock (``<root>/.lock``) serialises writers sharing a repository.
 
+Repair: ``write_model(..., repair=True)`` replaces a published version whose files differ
+from the staged ones (a deleted or truncated file) instead of refusing; the caller vouches
+that the staged files are the truth (the content-addressed store), and ``expected_sha256``
+makes the writer check that before anything moves. The damaged folder is moved aside and the
+staged one renamed in, under the repository lock. Staging folders are flocked while in use, so
+that ``leftovers()`` / ``remove_leftovers()`` find only what a killed writer left behind.
+
 Publishing many models at once (an import, a benchmark) goes through ``batch()``: the same
 staging and renames, but one ``syncfs`` of the staged tree replaces an fsync per file and per
 folder, which is what made a thousand models take seconds. Every model still appears in one
@@ -23,19 +30,29 @@ import logging
 import os
 import re
 import shutil
+import threading
+import time
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from manager.errors import Conflict, InvalidInput, NotFound
+from manager.errors import Conflict, InvalidInput, LastmileError, NotFound
 from manager.repository.config import MODEL_FILENAME, check_triton_name
 from manager.triton.client import ModelConfig, config_from_text, config_to_text
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CONFIG_FILENAME", "RepositoryBatch", "RepositoryWriter"]
+__all__ = [
+    "CONFIG_FILENAME",
+    "DigestCache",
+    "RepositoryBatch",
+    "RepositoryWriter",
+    "sha256_bytes",
+    "sha256_file",
+    "tree_digest",
+]
 
 CONFIG_FILENAME = "config.pbtxt"
 STAGING_DIRNAME = ".staging"
@@ -106,14 +123,64 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _tree_digest(folder: Path) -> dict[str, str]:
+def sha256_file(path: Path) -> str:
+    """sha256 of a file's bytes, read in chunks."""
+    return _sha256(path)
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class DigestCache:
+    """sha256 of files already hashed, keyed by what changes whenever a file's bytes do
+    (device, inode, size, mtime and ctime in ns; ctime cannot be set back by a user), so that
+    checking a repository again does not read every model file again. Bounded: the oldest
+    entries go first.
+
+    File times tick coarsely (a jiffy), so a file changed within ``settle_s`` of being hashed
+    could keep its key: such a recently changed file is not remembered (git's "racy clean").
+    """
+
+    def __init__(self, max_entries: int = 4096, *, settle_s: float = 2.0) -> None:
+        self.max_entries = max_entries
+        self.settle_ns = int(settle_s * 1e9)
+        self._known: dict[tuple[int, ...], str] = {}
+        self._lock = threading.Lock()
+
+    def sha256(self, path: Path) -> str:
+        st = path.stat()
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        with self._lock:
+            known = self._known.get(key)
+        if known is not None:
+            return known
+        digest = _sha256(path)
+        if time.time_ns() - st.st_ctime_ns < self.settle_ns or (
+            path.stat().st_ctime_ns != st.st_ctime_ns  # changed while we read it
+        ):
+            return digest
+        with self._lock:
+            while len(self._known) >= self.max_entries:
+                self._known.pop(next(iter(self._known)))
+            self._known[key] = digest
+        return digest
+
+
+def tree_digest(folder: Path, cache: DigestCache | None = None) -> dict[str, str]:
+    """Relative path → sha256 of every file under ``folder`` (bytecode caches left out)."""
+    return _tree_digest(folder, cache)
+
+
+def _tree_digest(folder: Path, cache: DigestCache | None = None) -> dict[str, str]:
     """Relative path → sha256 of every file under ``folder``: what "same version" means.
 
     Bytecode caches that Triton's Python backend may leave next to ``model.py`` are not part
     of a version's content.
     """
+    hash_file = cache.sha256 if cache is not None else _sha256
     return {
-        path.relative_to(folder).as_posix(): _sha256(path)
+        path.relative_to(folder).as_posix(): hash_file(path)
         for path in sorted(folder.rglob("*"))
         if path.is_file() and "__pycache__" not in path.relative_to(folder).parts
     }
@@ -144,6 +211,7 @@ class _Staged:
     config_bytes: bytes
     files: dict[int, tuple[str, Path]] = field(default_factory=dict)  # version → (name, source)
     extras: dict[int, dict[str, bytes]] = field(default_factory=dict)
+    expected: dict[int, str] = field(default_factory=dict)  # version → sha256 of its model file
 
 
 class RepositoryWriter:
@@ -167,14 +235,23 @@ class RepositoryWriter:
                 fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
     @contextlib.contextmanager
-    def _staging(self) -> Iterator[Path]:
+    def _staging(self, *, locked: bool = True) -> Iterator[Path]:
+        """A fresh staging folder, flocked (shared) while in use so that a clean-up never
+        takes it for a leftover. It is made under the repository lock (``locked``: the caller
+        already holds it), which is what ``leftovers()`` holds while it looks."""
         staging_root = self.root / STAGING_DIRNAME
         staging = staging_root / uuid.uuid4().hex
-        staging.mkdir(parents=True)
+        with contextlib.ExitStack() as hold:
+            if not locked:
+                hold.enter_context(self._locked())
+            staging.mkdir(parents=True)
+            fd = os.open(staging, os.O_RDONLY)
+            fcntl.flock(fd, fcntl.LOCK_SH)
         try:
             yield staging
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+            os.close(fd)
             with contextlib.suppress(OSError):  # other writers' folders may still be there
                 staging_root.rmdir()
 
@@ -201,35 +278,98 @@ class RepositoryWriter:
                     hint="pass its model file too, or leave it out of the config",
                 )
 
-    def _plan(self, triton_name: str, staged: Path, versions: list[int]) -> list[int] | None:
+    @staticmethod
+    def _damaged_source(item: _Staged, version: int, actual: str) -> LastmileError:
+        _filename, source = item.files[version]
+        return LastmileError(
+            f"the stored file of version {version} of {item.name!r} ({source}) is damaged: "
+            f"its sha256 is {actual}, its content address {item.expected[version]}",
+            hint="restore that file from a backup, or import the model again as a new "
+            "version and deploy that",
+        )
+
+    def _plan(
+        self, item: _Staged, staged: Path, *, repair: bool = False
+    ) -> tuple[list[int] | None, list[int]]:
         """Check a staged model against what is published; changes nothing.
 
-        None: the model is new (its folder moves in one rename); else the versions to add.
+        Returns (added, replaced): added is None when the model is new (its folder moves in
+        one rename), else the versions to add; replaced, the published versions whose files
+        differ and are to be replaced (only with ``repair``; otherwise that is a conflict).
+        A staged model file whose sha256 is not the one the caller expects (a damaged stored
+        file) is never published: that is an error, unless the published copy of that version
+        is intact, which then stays.
         """
-        final = self._model_dir(triton_name)
-        if not final.exists():
-            return None
-        added = []
-        for version in versions:
+        final = self._model_dir(item.name)
+        is_new = not final.exists()
+        added, replaced = [], []
+        for version in item.versions:
             target = final / str(version)
-            if not target.exists():
+            absent = is_new or (not target.exists() and not target.is_symlink())
+            staged_digest = (
+                _tree_digest(staged / str(version))
+                if version in item.expected or not absent
+                else None
+            )
+            bad_source = None
+            if version in item.expected and staged_digest is not None:
+                actual = staged_digest.get(item.files[version][0], "")
+                if actual != item.expected[version]:
+                    bad_source = actual or "(no file)"
+            if absent:
+                if bad_source is not None:
+                    raise self._damaged_source(item, version, bad_source)
                 added.append(version)
-            elif _tree_digest(target) != _tree_digest(staged / str(version)):
-                raise Conflict(
-                    f"version {version} of model {triton_name!r} is already published with "
-                    "different files",
-                    hint="versions are immutable: register the change as a new version",
+                continue
+            published = (
+                _tree_digest(target) if target.is_dir() and not target.is_symlink() else None
+            )
+            if bad_source is not None:
+                filename = item.files[version][0]
+                if published is None or published.get(filename) != item.expected[version]:
+                    raise self._damaged_source(item, version, bad_source)
+                log.warning(
+                    "the stored file of version %d of %s is damaged; its published copy is "
+                    "intact and stays",
+                    version,
+                    item.name,
                 )
-        return added
+                continue
+            if published != staged_digest:
+                if not repair:
+                    raise Conflict(
+                        f"version {version} of model {item.name!r} is already published "
+                        "with different files",
+                        hint="versions are immutable: register the change as a new version",
+                    )
+                replaced.append(version)
+        return (None if is_new else added), replaced
 
-    def _move(self, triton_name: str, staged: Path, added: list[int] | None) -> Path:
-        """Rename a staged model into place; return the folder whose entries changed."""
+    def _move(
+        self,
+        triton_name: str,
+        staged: Path,
+        added: list[int] | None,
+        replaced: list[int] | tuple[int, ...] = (),
+    ) -> Path:
+        """Rename a staged model into place; return the folder whose entries changed.
+
+        A replaced version's damaged folder is first moved aside into the staging folder
+        (deleted with it), then the staged one renamed in.
+        """
         final = self._model_dir(triton_name)
         if added is None:
             os.rename(staged, final)
             return self.root
         moved: list[Path] = []
+        aside: list[tuple[Path, Path]] = []  # (where it was, where it went)
         try:
+            for version in replaced:
+                old = staged / f".replaced-{version}"
+                os.rename(final / str(version), old)
+                aside.append((final / str(version), old))
+                os.rename(staged / str(version), final / str(version))
+                moved.append(final / str(version))
             for version in added:
                 os.rename(staged / str(version), final / str(version))
                 moved.append(final / str(version))
@@ -238,6 +378,9 @@ class RepositoryWriter:
             for path in moved:  # put the repository back as it was
                 with contextlib.suppress(OSError):
                     os.rename(path, staged / path.name)
+            for was, now in aside:
+                with contextlib.suppress(OSError):
+                    os.rename(now, was)
             raise
         return final
 
@@ -248,6 +391,7 @@ class RepositoryWriter:
         version_files: Mapping[int, Path],
         extra_files: Mapping[int, Mapping[str, bytes]] | None,
         model_filename: str | None,
+        expected_sha256: Mapping[int, str] | None = None,
     ) -> _Staged:
         check_triton_name(triton_name)
         if not version_files:
@@ -270,6 +414,7 @@ class RepositoryWriter:
             self._config_bytes(triton_name, config),
             files={v: (filename, Path(version_files[v])) for v in versions},
             extras=extras,
+            expected={v: sha for v, sha in (expected_sha256 or {}).items() if v in version_files},
         )
 
     def _prepare_ensemble(self, triton_name: str, config: ModelConfig) -> _Staged:
@@ -298,11 +443,14 @@ class RepositoryWriter:
             _fsync_dir(staged)
         return staged
 
-    def _publish_one(self, item: _Staged, staging: Path) -> list[int]:
+    def _publish_one(self, item: _Staged, staging: Path, *, repair: bool = False) -> list[int]:
+        """Publish a staged model; return the versions added or (with repair) replaced."""
         staged = staging / item.name
-        added = self._plan(item.name, staged, item.versions)
-        _fsync_dir(self._move(item.name, staged, added))
-        return item.versions if added is None else added
+        added, replaced = self._plan(item, staged, repair=repair)
+        _fsync_dir(self._move(item.name, staged, added, replaced))
+        if replaced:
+            log.warning("repaired %s: replaced damaged versions %s", item.name, replaced)
+        return item.versions if added is None else sorted(added + replaced)
 
     # -- public API -------------------------------------------------------------------------
     def write_model(
@@ -313,28 +461,96 @@ class RepositoryWriter:
         extra_files: Mapping[int, Mapping[str, bytes]] | None = None,
         *,
         model_filename: str | None = None,
+        repair: bool = False,
+        expected_sha256: Mapping[int, str] | None = None,
     ) -> list[int]:
-        """Publish ``config`` and one model file per version; return the versions added.
+        """Publish ``config`` and one model file per version; return the versions added
+        (with ``repair``, also those replaced).
 
         ``version_files[v]`` is copied to ``<v>/<model_filename>`` (default: the config's
         ``default_model_filename`` or ``model.onnx``); ``extra_files[v]`` adds files such as
-        the Python backend's ``model.py``.
+        the Python backend's ``model.py``. ``expected_sha256[v]``: the sha256 the copied model
+        file must have (its content address), checked before anything is published.
+        ``repair``: a published version whose files differ is replaced by the given files
+        instead of being a conflict.
         """
-        item = self._prepare_model(triton_name, config, version_files, extra_files, model_filename)
+        item = self._prepare_model(
+            triton_name, config, version_files, extra_files, model_filename, expected_sha256
+        )
         with self._locked(), self._staging() as staging:
             self._check_policy(triton_name, config, item.versions)
             self._stage(staging, item, sync=True)
-            added = self._publish_one(item, staging)
+            added = self._publish_one(item, staging, repair=repair)
         log.info("published %s versions %s (new: %s)", triton_name, item.versions, added)
         return added
 
-    def write_ensemble(self, triton_name: str, config: ModelConfig) -> None:
+    def write_ensemble(
+        self, triton_name: str, config: ModelConfig, *, repair: bool = False
+    ) -> None:
         """Publish an ensemble: its config and the empty version folder Triton requires."""
         item = self._prepare_ensemble(triton_name, config)
         with self._locked(), self._staging() as staging:
             self._stage(staging, item, sync=True)
-            self._publish_one(item, staging)
+            self._publish_one(item, staging, repair=repair)
         log.info("published ensemble %s", triton_name)
+
+    @staticmethod
+    def model_file_name(config: ModelConfig, model_filename: str | None = None) -> str:
+        """The file name ``write_model`` gives a version's model file under this config."""
+        return _check_file_name(model_filename or config.default_model_filename or MODEL_FILENAME)
+
+    def config_text(self, triton_name: str, config: ModelConfig) -> bytes:
+        """``config.pbtxt`` exactly as ``write_model`` / ``write_ensemble`` would write it."""
+        return self._config_bytes(check_triton_name(triton_name), config)
+
+    def entries(self) -> list[str]:
+        """Every name at the top of the repository, published or not (hidden ones left out)."""
+        if not self.root.is_dir():
+            return []
+        return sorted(child.name for child in self.root.iterdir() if not child.name.startswith("."))
+
+    def _unused_staging(self) -> Iterator[tuple[Path, int]]:
+        """Staging folders nobody holds (a killed writer's), each yielded while flocked
+        exclusively by us; the caller holds the repository lock."""
+        staging_root = self.root / STAGING_DIRNAME
+        if not staging_root.is_dir():
+            return
+        for child in sorted(staging_root.iterdir()):
+            try:
+                fd = os.open(child, os.O_RDONLY | os.O_NOFOLLOW)
+            except OSError:  # a symlink or something we cannot open: not ours to keep
+                yield child, -1
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)  # a writer is using it
+                continue
+            try:
+                yield child, fd
+            finally:
+                os.close(fd)
+
+    def leftovers(self) -> list[str]:
+        """Staging folders that a killed or crashed writer left (``.staging/<id>``)."""
+        with self._locked():
+            return [path.relative_to(self.root).as_posix() for path, _fd in self._unused_staging()]
+
+    def remove_leftovers(self) -> list[str]:
+        """Delete what ``leftovers()`` lists; return what was removed."""
+        removed: list[str] = []
+        with self._locked():
+            for path, _fd in self._unused_staging():
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+                removed.append(path.relative_to(self.root).as_posix())
+            with contextlib.suppress(OSError):
+                (self.root / STAGING_DIRNAME).rmdir()
+        if removed:
+            log.warning("removed staging leftovers from the repository: %s", removed)
+        return removed
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[RepositoryBatch]:
@@ -345,7 +561,7 @@ class RepositoryWriter:
         checked before the first rename; if the block raises, nothing is published. Models
         are published in the order they were added (step models before their ensembles).
         """
-        with self._staging() as staging:
+        with self._staging(locked=False) as staging:
             batch = RepositoryBatch(self, staging)
             yield batch
             batch._commit()
@@ -481,7 +697,7 @@ class RepositoryBatch:
             for item in self._items:
                 if item.config.platform != "ensemble":
                     writer._check_policy(item.name, item.config, item.versions)
-                plans.append(writer._plan(item.name, self._staging / item.name, item.versions))
+                plans.append(writer._plan(item, self._staging / item.name)[0])
             changed: set[Path] = set()
             for item, added in zip(self._items, plans, strict=True):
                 changed.add(writer._move(item.name, self._staging / item.name, added))

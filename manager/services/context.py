@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
@@ -23,6 +24,10 @@ class Platform:
     engine: Engine
     triton: TritonRuntime | None = None
     gateway_admin_url: str | None = None
+    # Secret the gateway's admin endpoint requires (``Authorization: Bearer``), made per start.
+    gateway_admin_token: str | None = None
+    # Set by the running system: live ensembles that are not served right now, and why.
+    unserved: Callable[[], dict[str, str]] = field(default=dict)
     deploy_lock: threading.Lock = field(default_factory=threading.Lock)
     _busy: set[str] = field(default_factory=set)
     _busy_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -43,6 +48,21 @@ class Platform:
         finally:
             with self._busy_lock:
                 self._busy.discard(key)
+
+    def served_state(self, info: dict[str, Any]) -> dict[str, Any]:
+        """A deployment's info with the truth of the moment: a live deployment that is not
+        actually served (Triton down, model not loaded, gateway down) is ``unavailable``."""
+        if info.get("state") == "live":
+            reason = self.unserved().get(info.get("ensemble", ""))
+            if reason:
+                return {**info, "state": "unavailable", "error": reason}
+        return info
+
+    def gateway_admin_headers(self) -> dict[str, str]:
+        """Headers for calls to the gateway's admin endpoint (GET/PUT /routes)."""
+        if not self.gateway_admin_token:
+            return {}
+        return {"Authorization": f"Bearer {self.gateway_admin_token}"}
 
     @contextmanager
     def session(self) -> Iterator[Session]:

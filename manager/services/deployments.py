@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -45,6 +45,8 @@ class _Needed:
     signature: Signature
     files: dict[int, Path]
     options: ServingOptions
+    # version → sha256 of its stored file (its content address): what a published copy must be
+    digests: dict[int, str] = field(default_factory=dict)
 
 
 def collect_models(
@@ -77,6 +79,7 @@ def collect_models(
             signature=first,
             files={v: Path(mv.path) for v, mv in by_version.items()},
             options=options[model_name],
+            digests={v: mv.sha256 for v, mv in by_version.items()},
         )
     return needed
 
@@ -97,15 +100,43 @@ def _live_specs(
     return live
 
 
-def _write_model(writer: RepositoryWriter, item: _Needed, config: Any, versions: set[int]) -> None:
+def version_extras(config: Any, versions: set[int]) -> dict[int, dict[str, bytes]] | None:
+    """Files published next to each version's model file: the generated ``model.py`` of the
+    CPU profile's Python-backend models."""
+    if config.backend != "python":
+        return None
     model_py = python_model_source().encode()
-    files = {v: item.files[v] for v in versions}
-    extra = (
-        {v: {PYTHON_MODEL_FILENAME: model_py} for v in files}
-        if config.backend == "python"
-        else None
+    return {v: {PYTHON_MODEL_FILENAME: model_py} for v in versions}
+
+
+def _write_model(writer: RepositoryWriter, item: _Needed, config: Any, versions: set[int]) -> None:
+    # The store is the source of truth: a published version whose files were damaged (deleted,
+    # truncated) is replaced by the stored file, once that file is checked against its content
+    # address (a damaged stored file is refused, never published).
+    writer.write_model(
+        item.triton_name,
+        config,
+        {v: item.files[v] for v in versions},
+        extra_files=version_extras(config, versions),
+        repair=True,
+        expected_sha256={v: item.digests[v] for v in versions if v in item.digests},
     )
-    writer.write_model(item.triton_name, config, files, extra_files=extra)
+
+
+def model_config_for(
+    platform: Platform, item: _Needed, profile: Literal["cpu", "gpu"] | None = None
+) -> Any:
+    """The config of one Triton model serving every version in ``item``."""
+    settings = platform.settings
+    return model_config(
+        triton_name=item.triton_name,
+        signature=item.signature,
+        profile=profile or settings.profile,
+        max_batch_size=settings.max_batch_size,
+        versions=sorted(item.files),
+        options=item.options,
+        template_dirs=settings.template_dir,
+    )
 
 
 def write_models(
@@ -114,18 +145,8 @@ def write_models(
     needed: dict[str, _Needed],
     profile: Literal["cpu", "gpu"] | None = None,
 ) -> None:
-    settings = platform.settings
     for item in needed.values():
-        config = model_config(
-            triton_name=item.triton_name,
-            signature=item.signature,
-            profile=profile or settings.profile,
-            max_batch_size=settings.max_batch_size,
-            versions=sorted(item.files),
-            options=item.options,
-            template_dirs=settings.template_dir,
-        )
-        _write_model(writer, item, config, set(item.files))
+        _write_model(writer, item, model_config_for(platform, item, profile), set(item.files))
 
 
 @dataclass
@@ -199,6 +220,15 @@ def write_ensemble(
     ensemble: str,
     needed: dict[str, _Needed],
 ) -> None:
+    writer.write_ensemble(
+        ensemble, ensemble_config_for(platform, ws, spec, ensemble, needed), repair=True
+    )
+
+
+def ensemble_config_for(
+    platform: Platform, ws: str, spec: PipelineSpec, ensemble: str, needed: dict[str, _Needed]
+) -> Any:
+    """The config of a pipeline version's ensemble (``needed``: its workspace's models)."""
     step_models = {s.name: triton_model_name(ws, s.model) for s in spec.steps}
     # Triton: an ensemble may not batch more than any of its steps. Each step's figure is the
     # one write_models put in its config (a configured 256 included, 0 when it cannot batch,
@@ -211,11 +241,8 @@ def write_ensemble(
         )
         for s in spec.steps
     )
-    writer.write_ensemble(
-        ensemble,
-        ensemble_config(
-            triton_name=ensemble, pipeline=spec, step_models=step_models, max_batch_size=max_batch
-        ),
+    return ensemble_config(
+        triton_name=ensemble, pipeline=spec, step_models=step_models, max_batch_size=max_batch
     )
 
 
@@ -257,6 +284,29 @@ def _load(platform: Platform, client: TritonClient, writer: RepositoryWriter, na
             log.info("%s loaded; ignoring Triton's poll error for pushed models", name)
     if not client.is_model_ready(name):
         raise TritonError(f"Triton loaded {name!r} but it is not ready")
+
+
+def check_resources(
+    platform: Platform, needed: dict[str, _Needed], triton_models: set[str]
+) -> None:
+    """Before anything is written: every version a deploy publishes keeps its external data
+    inside its folder and no tensor beyond LASTMILE_MAX_TENSOR_BYTES at its maximum batch."""
+    from converters.onnx_limits import check_deployable
+
+    settings = platform.settings
+    for model_name, item in needed.items():
+        if item.triton_name not in triton_models:
+            continue  # already served by other live deployments
+        batch = effective_max_batch_size(
+            item.signature, default=settings.max_batch_size, options=item.options
+        )
+        for version, path in sorted(item.files.items()):
+            check_deployable(
+                path,
+                max_batch_size=batch,
+                max_tensor_bytes=settings.max_tensor_bytes,
+                where=f"model {model_name!r} version {version}",
+            )
 
 
 def _require_triton(platform: Platform) -> None:
@@ -316,6 +366,7 @@ def _deploy(
         serving = others + ([prev] if prev and prev[0].ensemble != ensemble else [])
         needed = collect_models(session, ws, [spec] + [s for _, s in serving])
 
+        check_resources(platform, needed, own_models)
         writer = RepositoryWriter(platform.settings.repository_dir)
         dependents = [d.ensemble for d, other in serving if _uses(ws.name, other, own_models)]
         snapshot = _snapshot(writer, needed, ensemble)
@@ -386,6 +437,10 @@ def _retire(platform: Platform, *, workspace: str, ensemble: str) -> None:
         except LastmileError as exc:
             log.warning("could not unload %s: %s", ensemble, exc)
         with platform.deploy_lock, platform.session() as session:
+            # the retired ensemble leaves the repository too (unless it went live again)
+            if not any(d.ensemble == ensemble for d in store.list_deployments(session)
+                       if d.state == "live"):  # fmt: skip
+                RepositoryWriter(platform.settings.repository_dir).remove_model(ensemble)
             ws = store.get_workspace(session, name=workspace)
             live = _live_specs(session, workspace_id=ws.id, exclude_pipeline_id=None)
             needed = collect_models(session, ws, [s for _, s in live])
@@ -434,7 +489,10 @@ def list_deployments(
 ) -> list[dict[str, Any]]:
     """Deployments of the given workspaces (all when None)."""
     with platform.session() as session:
-        infos = [deployment_info(session, d) for d in store.list_deployments(session)]
+        infos = [
+            platform.served_state(deployment_info(session, d))
+            for d in store.list_deployments(session)
+        ]
     return [d for d in infos if workspaces is None or d["workspace"] in workspaces]
 
 
@@ -464,7 +522,12 @@ def push_routes(platform: Platform) -> None:
         return
     table = routing_table(platform)
     try:
-        response = httpx.put(f"{platform.gateway_admin_url}/routes", json=table, timeout=10)
+        response = httpx.put(
+            f"{platform.gateway_admin_url}/routes",
+            json=table,
+            headers=platform.gateway_admin_headers(),
+            timeout=10,
+        )
     except httpx.HTTPError as exc:
         raise GatewayError(f"the gateway did not take the routing table: {exc}") from exc
     if response.status_code != 200:

@@ -37,7 +37,7 @@ def status(platform: Platform, *, workspace: str, pipeline: str) -> dict[str, An
                 f"pipeline {pipeline!r} has never been deployed",
                 hint=f"lastmile deploy {pipeline} --version N",
             )
-        info = deployments.deployment_info(session, dep)
+        info = platform.served_state(deployments.deployment_info(session, dep))
         pv = session.get(store.PipelineVersion, dep.pipeline_version_id)
         spec = PipelineSpec.from_dict(pv.spec)  # type: ignore[union-attr]
     steps: list[tuple[str, int | None]] = [

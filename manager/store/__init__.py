@@ -31,9 +31,11 @@ from manager.store.entities import (
     Pipeline,
     PipelineVersion,
     Principal,
+    SystemEvent,
     Workspace,
     utcnow,
 )
+from manager.store.events import add_system_event, list_system_events
 from manager.store.metrics import add_metric_samples, latest_metric_samples, prune_metric_samples
 from manager.store.models import (
     add_model_version,
@@ -95,6 +97,7 @@ __all__ = [
     "Pipeline",
     "PipelineVersion",
     "Principal",
+    "SystemEvent",
     "Workspace",
     "add_audit_event",
     "add_deployment_event",
@@ -102,6 +105,7 @@ __all__ = [
     "add_metric_samples",
     "add_model_version",
     "add_pipeline_version",
+    "add_system_event",
     "all_pipeline_specs",
     "create_principal",
     "create_workspace",
@@ -137,6 +141,7 @@ __all__ = [
     "list_pipeline_versions",
     "list_pipelines",
     "list_principals",
+    "list_system_events",
     "list_workspaces",
     "make_engine",
     "memberships_of",

@@ -79,6 +79,19 @@ class AuditEvent(SQLModel, table=True):
     detail: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
 
 
+class SystemEvent(SQLModel, table=True):
+    """What the control plane did on its own: a process restarted and why, a reconciliation
+    that repaired something. Operator-facing (the owner reads them)."""
+
+    __tablename__ = "system_event"
+    id: int | None = Field(default=None, primary_key=True)
+    ts: datetime = Field(default_factory=utcnow, index=True)
+    kind: str = Field(max_length=32, description="restart | failed | recovered | reconcile")
+    component: str = Field(max_length=255, description="e.g. triton http://127.0.0.1:8100")
+    message: str = Field(max_length=4096)
+    detail: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+
+
 class Model(SQLModel, table=True):
     __table_args__ = (UniqueConstraint("workspace_id", "name"),)
     id: int | None = Field(default=None, primary_key=True)

@@ -40,10 +40,20 @@ def _host_port(url: str) -> str:
 class TritonClient:
     """Control-plane client for one Triton server (HTTP/REST)."""
 
-    def __init__(self, url: str, *, metrics_url: str | None = None, timeout_s: float = 30.0):
+    def __init__(
+        self,
+        url: str,
+        *,
+        metrics_url: str | None = None,
+        timeout_s: float = 30.0,
+        control_headers: dict[str, str] | None = None,
+    ):
         self.url = url if "://" in url else f"http://{url}"
         self.metrics_url = metrics_url
         self.timeout_s = timeout_s
+        # Triton runs with its repository API restricted to callers that send this header
+        # (``--http-restricted-api``); only the manager holds it.
+        self.control_headers = dict(control_headers or {})
         self._client = triton_http.InferenceServerClient(
             _host_port(url),
             connection_timeout=timeout_s,
@@ -103,7 +113,9 @@ class TritonClient:
             config_json = json_format.MessageToJson(config, preserving_proto_field_name=True)
         override = {f"file:{path}": data for path, data in (files or {}).items()} or None
         try:
-            self._client.load_model(name, config=config_json, files=override)
+            self._client.load_model(
+                name, headers=self.control_headers, config=config_json, files=override
+            )
         except InferenceServerException as exc:
             raise TritonError(
                 f"Triton could not load model {name!r}: {exc.message()}",
@@ -114,7 +126,9 @@ class TritonClient:
 
     def unload_model(self, name: str, *, unload_dependents: bool = False) -> None:
         try:
-            self._client.unload_model(name, unload_dependents=unload_dependents)
+            self._client.unload_model(
+                name, headers=self.control_headers, unload_dependents=unload_dependents
+            )
         except InferenceServerException as exc:
             raise TritonError(f"Triton could not unload model {name!r}: {exc.message()}") from exc
         except Exception as exc:
@@ -128,7 +142,7 @@ class TritonClient:
 
     def repository_index(self) -> list[dict[str, Any]]:
         try:
-            return list(self._client.get_model_repository_index())
+            return list(self._client.get_model_repository_index(headers=self.control_headers))
         except InferenceServerException as exc:
             raise TritonError(f"Triton repository index failed: {exc.message()}") from exc
         except Exception as exc:

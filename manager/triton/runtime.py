@@ -9,21 +9,24 @@ libs, explicit model control, loopback addresses only.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes.util
 import logging
 import os
+import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import sysconfig
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlparse
 
 from manager.errors import RuntimeSetupError, TritonUnavailable
+from manager.procs import terminate_group
 from manager.triton.client import TritonClient
 
 log = logging.getLogger(__name__)
@@ -50,6 +53,16 @@ class TritonRuntime(Protocol):
     def stop(self) -> None: ...
 
     def client(self, timeout_s: float = 30.0) -> TritonClient: ...
+
+    def exit_code(self) -> int | None: ...
+
+
+# Triton's own APIs that only the manager may call: with ``--http-restricted-api`` and
+# ``--grpc-restricted-protocol`` they need this header with the per-start secret. Inference,
+# health, metadata, model config and statistics stay open (the gateway proxies them).
+RESTRICTED_APIS = "model-repository,shared-memory,logging,trace"
+CONTROL_HEADER = "lastmile-control"
+STUB = "triton_python_backend_stub"
 
 
 def _python_tag() -> str:
@@ -111,8 +124,13 @@ class EmbeddedTriton:
         start_timeout_s: float = 60.0,
         host: str = "127.0.0.1",
         response_cache_bytes: int = 64 * 1024 * 1024,
+        stub_memory_bytes: int = 0,
+        restrict_apis: bool = True,
     ) -> None:
         self.response_cache_bytes = response_cache_bytes
+        self.stub_memory_bytes = stub_memory_bytes
+        self.restrict_apis = restrict_apis
+        self.control_secret = secrets.token_urlsafe(32)
         self.repository = repository.resolve()
         self.work_dir = work_dir.resolve()
         self.log_path = log_path
@@ -125,16 +143,25 @@ class EmbeddedTriton:
             metrics_url=f"http://{host}:{metrics_port}",
         )
         self._proc: subprocess.Popen[bytes] | None = None
+        self.on_spawn: Callable[[int], None] | None = None  # told the pid before it is ready
 
     @property
     def pid(self) -> int | None:
         return self._proc.pid if self._proc else None
 
+    @property
+    def control_headers(self) -> dict[str, str]:
+        return {CONTROL_HEADER: self.control_secret} if self.restrict_apis else {}
+
+    def exit_code(self) -> int | None:
+        """None while the server runs (or was never started); its exit status once dead."""
+        return self._proc.poll() if self._proc else None
+
     def _prepare(self) -> tuple[Path, dict[str, str]]:
         server = find_wheel()
         check_libpython()
         stub = server.parent / "tritonserver" / "python_backend_stubs" / _python_tag()
-        stub_bin = stub / "triton_python_backend_stub"
+        stub_bin = stub / STUB
         if not stub_bin.exists():
             raise RuntimeSetupError(
                 f"nvidia-pytriton has no Python-backend stub for Python {_python_tag()}",
@@ -145,8 +172,11 @@ class EmbeddedTriton:
         python_backend.mkdir(parents=True, exist_ok=True)
         for item in (server / "backends" / "python").iterdir():
             if item.is_file():
-                shutil.copy2(item, python_backend / item.name)
-        shutil.copy2(stub_bin, python_backend / "triton_python_backend_stub")
+                _install(item, python_backend / item.name)
+        # Triton starts the stub by this exact name; a wrapper caps its address space so one
+        # request cannot take the machine (the allocation fails, the model answers an error).
+        _install(stub_bin, python_backend / f"{STUB}.bin")
+        _install_text(python_backend / STUB, _stub_wrapper(self.stub_memory_bytes))
         env = dict(os.environ)
         libs = server.parent.parent / "nvidia_pytriton.libs"
         env["LD_LIBRARY_PATH"] = os.pathsep.join(
@@ -185,6 +215,9 @@ class EmbeddedTriton:
             f"--cache-config=local,size={self.response_cache_bytes}",
             "--log-verbose=0",
         ]
+        if self.restrict_apis:
+            rule = f"{RESTRICTED_APIS}:{CONTROL_HEADER}={self.control_secret}"
+            cmd += [f"--http-restricted-api={rule}", f"--grpc-restricted-protocol={rule}"]
         log.info("starting tritonserver on %s (log %s)", self.endpoints.http_url, self.log_path)
         with open(self.log_path, "ab") as log_file:
             self._proc = subprocess.Popen(
@@ -195,6 +228,8 @@ class EmbeddedTriton:
                 cwd=self.work_dir,
                 start_new_session=True,
             )
+        if self.on_spawn is not None:
+            self.on_spawn(self._proc.pid)
         self._wait_ready()
 
     def _wait_ready(self) -> None:
@@ -210,6 +245,8 @@ class EmbeddedTriton:
                         "(set LASTMILE_TRITON_HTTP_PORT and friends)",
                     )
                 if client.is_live():
+                    if self._proc is not None and self.restrict_apis:
+                        _scrub_argument(self._proc.pid, self.control_secret)
                     return
                 time.sleep(0.2)
         self.stop()
@@ -226,25 +263,24 @@ class EmbeddedTriton:
         return "\n".join(text[-lines:])
 
     def stop(self, timeout_s: float = 20.0) -> None:
+        """Stop the server and every process of its group: its stubs outlive a server that
+        died, and must not keep memory, ports or the stub binary busy."""
         proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
+        if proc is None:
             return
         log.info("stopping tritonserver (pid %d)", proc.pid)
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            log.warning("tritonserver did not stop in %.0f s; killing it", timeout_s)
-            with _suppress_lookup():
-                os.killpg(proc.pid, signal.SIGKILL)
+        # The group is the server's pid (own session); it holds the stubs even after the
+        # server itself died.
+        terminate_group(proc.pid, timeout_s=timeout_s)
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=5)
 
     def client(self, timeout_s: float = 30.0) -> TritonClient:
         return TritonClient(
-            self.endpoints.http_url, metrics_url=self.endpoints.metrics_url, timeout_s=timeout_s
+            self.endpoints.http_url,
+            metrics_url=self.endpoints.metrics_url,
+            timeout_s=timeout_s,
+            control_headers=self.control_headers,
         )
 
     def __enter__(self) -> EmbeddedTriton:
@@ -255,12 +291,46 @@ class EmbeddedTriton:
         self.stop()
 
 
-class _suppress_lookup:
-    def __enter__(self) -> None:
-        return None
+def _install(src: Path, dest: Path) -> None:
+    """Copy next to ``dest`` and rename over it: a running stub keeps its old inode (copying
+    over a binary in use fails with 'Text file busy')."""
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    shutil.copyfile(src, tmp)
+    tmp.chmod(0o700 if os.access(src, os.X_OK) else 0o600)
+    os.replace(tmp, dest)
 
-    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> bool:
-        return exc_type is not None and issubclass(exc_type, ProcessLookupError)
+
+def _install_text(dest: Path, text: str) -> None:
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    tmp.write_text(text)
+    tmp.chmod(0o700)
+    os.replace(tmp, dest)
+
+
+def _stub_wrapper(memory_bytes: int) -> str:
+    limit = f"ulimit -v {max(memory_bytes // 1024, 1)}\n" if memory_bytes > 0 else ""
+    return f'#!/bin/sh\n{limit}exec "$(dirname "$0")/{STUB}.bin" "$@"\n'
+
+
+def _scrub_argument(pid: int, secret: str) -> None:
+    """Overwrite the restricted-API secret in the server's argument vector once it has parsed
+    its options, so that ``ps`` and ``/proc/PID/cmdline`` no longer show it to other users.
+    Best effort: where the kernel refuses (no ptrace access), the secret stays visible to
+    processes that may read this process's command line."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        arg_start, arg_end = int(fields[45]), int(fields[46])
+        with open(f"/proc/{pid}/mem", "r+b", buffering=0) as mem:
+            mem.seek(arg_start)
+            args = mem.read(arg_end - arg_start)
+            needle = secret.encode()
+            offset = args.find(needle)
+            while offset >= 0:
+                mem.seek(arg_start + offset)
+                mem.write(b"x" * len(needle))
+                offset = args.find(needle, offset + len(needle))
+    except (OSError, IndexError, ValueError) as exc:
+        log.warning("could not hide the restricted-API secret from ps: %s", exc)
 
 
 class ExternalTriton:
@@ -269,7 +339,14 @@ class ExternalTriton:
 
     shares_repository = False
 
-    def __init__(self, url: str, *, metrics_url: str | None = None, start_timeout_s: float = 60.0):
+    def __init__(
+        self,
+        url: str,
+        *,
+        metrics_url: str | None = None,
+        start_timeout_s: float = 60.0,
+        control_headers: dict[str, str] | None = None,
+    ):
         parsed = urlparse(url if "://" in url else f"http://{url}")
         if not parsed.hostname or not parsed.port:
             raise RuntimeSetupError(
@@ -283,6 +360,11 @@ class ExternalTriton:
         )
         self.start_timeout_s = start_timeout_s
         self.pid: int | None = None
+        self.control_headers = dict(control_headers or {})
+
+    def exit_code(self) -> int | None:
+        """Not our process: health checks alone tell whether it is up."""
+        return None
 
     def start(self) -> None:
         with self.client(timeout_s=5.0) as client:
@@ -293,5 +375,8 @@ class ExternalTriton:
 
     def client(self, timeout_s: float = 30.0) -> TritonClient:
         return TritonClient(
-            self.endpoints.http_url, metrics_url=self.endpoints.metrics_url, timeout_s=timeout_s
+            self.endpoints.http_url,
+            metrics_url=self.endpoints.metrics_url,
+            timeout_s=timeout_s,
+            control_headers=self.control_headers,
         )

@@ -46,6 +46,18 @@ class RunningSystem:
         )
         if s.triton_url:
             env["LASTMILE_TRITON_URL"] = s.triton_url
+        if s.triton_metrics_url:
+            env["LASTMILE_TRITON_METRICS_URL"] = s.triton_metrics_url
+        if s.triton_control_header is not None:
+            env["LASTMILE_TRITON_CONTROL_HEADER"] = s.triton_control_header.get_secret_value()
+        # what the tests tune for themselves reaches the `lastmile up` they start
+        for field in (
+            "supervise_interval_s",
+            "reconcile_interval_s",
+            "triton_stub_memory_bytes",
+            "health_failures_before_restart",
+        ):
+            env[f"LASTMILE_{field.upper()}"] = str(getattr(s, field))
         return env
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

@@ -39,8 +39,13 @@ def test_deploy_pushes_models_to_a_triton_without_shared_disk(
     external_triton: EmbeddedTriton, tmp_path: Path
 ) -> None:
     ep = external_triton.endpoints
+    # That server's repository API is restricted: the manager is given its header.
+    ((name, value),) = external_triton.control_headers.items()
     settings = make_settings(
-        tmp_path / "home", triton_url=ep.http_url, triton_metrics_url=ep.metrics_url
+        tmp_path / "home",
+        triton_url=ep.http_url,
+        triton_metrics_url=ep.metrics_url,
+        triton_control_header=f"{name}={value}",
     )
     system = RunningSystem(settings=settings, state={})
     system.state = json.loads(system.cli("up", "--detach", "--json").stdout)

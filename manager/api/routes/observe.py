@@ -1,4 +1,4 @@
-"""Metrics of a workspace's models, and the audit log."""
+"""Metrics of a workspace's models, the audit log, and the system's own events."""
 
 from __future__ import annotations
 
@@ -9,7 +9,13 @@ from fastapi import APIRouter, Query, Request
 from manager import store
 from manager.api.deps import CallerDep, PageDep, PlatformDep, ViewerScope, next_cursor
 from manager.api.routes import ERRORS, WRITE_ERRORS
-from manager.api.schemas import AuditEventPublic, MetricPublic, Page, ScrapeResult
+from manager.api.schemas import (
+    AuditEventPublic,
+    MetricPublic,
+    Page,
+    ScrapeResult,
+    SystemEventPublic,
+)
 from manager.errors import Forbidden, InvalidInput
 from manager.names import NAME_RE
 
@@ -86,5 +92,26 @@ def audit(
             principal=principal,
         )
         items = [AuditEventPublic.model_validate(r, from_attributes=True) for r in rows]
+    more = items[page.limit - 1].id if len(items) > page.limit else None
+    return Page(items=items[: page.limit], next_cursor=next_cursor(more))
+
+
+@router.get(
+    "/events",
+    summary="What the system did on its own, newest first: restarts, failures, repairs (owner)",
+    responses=ERRORS,
+)
+def events(
+    caller: CallerDep,
+    platform: PlatformDep,
+    page: PageDep,
+    kind: Annotated[str | None, Query(pattern=r"^[a-z_-]{1,32}$")] = None,
+) -> Page[SystemEventPublic]:
+    caller.require_owner("read the system's events")
+    with platform.session() as session:
+        rows = store.list_system_events(
+            session, after_id=page.after_id, limit=page.limit + 1, kind=kind
+        )
+        items = [SystemEventPublic.model_validate(r, from_attributes=True) for r in rows]
     more = items[page.limit - 1].id if len(items) > page.limit else None
     return Page(items=items[: page.limit], next_cursor=next_cursor(more))

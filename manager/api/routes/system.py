@@ -1,16 +1,17 @@
-"""Liveness (the one route without a key), status, templates."""
+"""Liveness (the one route without a key), status, templates, reconciliation (owner)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
+from fastapi.concurrency import run_in_threadpool
 
 from manager import __version__
 from manager.api.deps import CallerDep, PlatformDep
-from manager.api.routes import ERRORS
-from manager.api.schemas import Health, TemplatePublic
-from manager.services import deployments
+from manager.api.routes import ERRORS, problems
+from manager.api.schemas import Health, ReconcileReport, TemplatePublic
+from manager.services import deployments, reconcile
 from model_repository_templates import list_presets
 
 router = APIRouter(tags=["system"])
@@ -40,3 +41,18 @@ def status(request: Request, caller: CallerDep, platform: PlatformDep) -> dict[s
 @router.get("/api/v1/templates", summary="Model config presets", responses=ERRORS)
 def templates(_caller: CallerDep, platform: PlatformDep) -> list[TemplatePublic]:
     return [TemplatePublic(**t) for t in list_presets(platform.settings.template_dir)]
+
+
+@router.post(
+    "/api/v1/system/reconcile",
+    summary="Bring repository, Triton and gateway back to what the store says is live (owner)",
+    responses={**ERRORS, **problems(502, 503)},
+)
+async def reconcile_system(
+    caller: CallerDep,
+    platform: PlatformDep,
+    dry_run: Annotated[bool, Query(description="List the actions without taking any")] = False,
+) -> ReconcileReport:
+    caller.require_owner("reconcile the system")
+    report = await run_in_threadpool(reconcile.reconcile, platform, dry_run=dry_run)
+    return ReconcileReport(**report)

@@ -1,0 +1,1 @@
+"""Pure planning: what must be served where, and what differs from it."""
