@@ -47,7 +47,7 @@ class Clients:
 
     def __init__(self, url: str, n: int) -> None:
         self.url = url
-        self.answers: list[tuple[float, int | str]] = []
+        self.answers: list[tuple[float, float, int | str]] = []  # (sent, answered, status)
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(n)]
@@ -55,12 +55,13 @@ class Clients:
     def _run(self) -> None:
         with httpx.Client(timeout=30) as http:
             while not self.stop.is_set():
+                sent = time.monotonic()
                 try:
                     code: int | str = http.post(self.url, json=BODY).status_code
                 except httpx.HTTPError as exc:
                     code = type(exc).__name__
                 with self.lock:
-                    self.answers.append((time.monotonic(), code))
+                    self.answers.append((sent, time.monotonic(), code))
 
     def start(self) -> None:
         for t in self.threads:
@@ -71,9 +72,10 @@ class Clients:
         for t in self.threads:
             t.join(timeout=60)
 
-    def since(self, t0: float) -> list[tuple[float, int | str]]:
+    def since(self, t0: float) -> list[tuple[float, float, int | str]]:
+        """Answers that came back after ``t0``, in order."""
         with self.lock:
-            return [a for a in self.answers if a[0] >= t0]
+            return sorted((a for a in self.answers if a[1] >= t0), key=lambda a: a[1])
 
 
 def _cli(env: dict[str, str], *args: str) -> str:
@@ -94,17 +96,16 @@ def _status(env: dict[str, str]) -> dict[str, Any]:
 
 
 def _recovery(clients: Clients, t0: float, timeout_s: float = 120.0) -> tuple[float, Counter[Any]]:
-    """Seconds from the kill at ``t0`` to the first good answer after the first bad one (the
-    answers of requests already inside the server when it died may still come back good), and
-    the answers in that window."""
+    """Seconds from the kill at ``t0`` to the first good answer to a request sent after it
+    (requests already inside the server may still come back good), and the answers that came
+    back in between."""
     deadline = t0 + timeout_s
+    after = t0 + 0.05  # SIGKILL has landed
     while time.monotonic() < deadline:
         answers = clients.since(t0)
-        first_bad = next((i for i, (_, code) in enumerate(answers) if code != 200), None)
-        if first_bad is not None:
-            good = next((i for i in range(first_bad, len(answers)) if answers[i][1] == 200), None)
-            if good is not None:
-                return answers[good][0] - t0, Counter(code for _, code in answers[:good])
+        good = next((a for a in answers if a[2] == 200 and a[0] >= after), None)
+        if good is not None:
+            return good[1] - t0, Counter(a[2] for a in answers if a[1] < good[1])
         time.sleep(0.02)
     raise SystemExit(f"no recovery within {timeout_s:.0f} s")
 
@@ -177,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
                 timeout=120,
             )
             triton_live = httpx.get(f"{state['triton'][0]['http']}/v2/health/live", timeout=5)
-            window = Counter(c for _, c in clients.since(t0))
+            window = Counter(a[2] for a in clients.since(t0))
             results["gzip_bomb"].append(
                 {
                     "round": round_,
@@ -193,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
         clients.close()
-        total = Counter(code for _, code in clients.answers)
+        total = Counter(a[2] for a in clients.answers)
     finally:
         _cli(env, "down")
     summary = {

@@ -91,6 +91,9 @@ def terminate_group(pgid: int, *, timeout_s: float) -> None:
     leader is already dead (its stubs may not be)."""
     if not group_members(pgid):
         return
+    if timeout_s <= 0:
+        kill_group(pgid)
+        return
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, signal.SIGTERM)
     deadline = time.monotonic() + timeout_s

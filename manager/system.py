@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import secrets
+import socket
 import subprocess
 import sys
 import time
@@ -105,6 +106,28 @@ class GatewayProcess:
         self.on_spawn = on_spawn
         self.token = ""
         self._proc: subprocess.Popen[bytes] | None = None
+        self._listener: socket.socket | None = None
+
+    def _http_listener(self) -> socket.socket:
+        """The data port's listening socket, made once and kept here: across gateway restarts
+        connecting clients wait in its backlog instead of being refused."""
+        if self._listener is None:
+            host = self.settings.gateway_bind_host
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            listener = socket.socket(family, socket.SOCK_STREAM)
+            try:
+                listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                listener.bind((host, self.settings.gateway_http_port))
+                listener.listen(2048)
+            except OSError as exc:
+                listener.close()
+                raise RuntimeSetupError(
+                    f"cannot listen on {host}:{self.settings.gateway_http_port}: {exc.strerror}",
+                    hint="stop what uses the port, or set LASTMILE_GATEWAY_HTTP_PORT",
+                ) from exc
+            listener.set_inheritable(True)
+            self._listener = listener
+        return self._listener
 
     @property
     def pid(self) -> int | None:
@@ -134,6 +157,7 @@ class GatewayProcess:
             sys.executable, "-m", "rollout.gateway",
             "--host", s.gateway_bind_host,
             "--http-port", str(s.gateway_http_port),
+            "--http-fd", str(self._http_listener().fileno()),
             "--grpc-port", str(s.gateway_grpc_port),
             "--metrics-port", str(s.gateway_metrics_port),
             "--admin-port", str(s.gateway_admin_port),
@@ -144,7 +168,11 @@ class GatewayProcess:
             cmd += ["--allowed-upstream", upstream]
         with open(self.log_path, "ab") as log_file:
             self._proc = subprocess.Popen(
-                cmd, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+                cmd,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                pass_fds=(self._http_listener().fileno(),),
             )
         if self.on_spawn is not None:
             self.on_spawn(self._proc.pid)
@@ -164,12 +192,20 @@ class GatewayProcess:
         raise RuntimeSetupError(f"the gateway did not start within {timeout_s:.0f} s")
 
     def stop(self, timeout_s: float = 15.0) -> None:
+        """Stop the process (the listening socket stays open for a restart: see close)."""
         proc, self._proc = self._proc, None
         if proc is None:
             return
         terminate_group(proc.pid, timeout_s=timeout_s)
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=5)
+
+    def close(self) -> None:
+        """Stop for good: the process, then the data port."""
+        self.stop()
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.close()
 
 
 class System:
@@ -256,7 +292,7 @@ class System:
         if self.scraper:
             self.scraper.stop()
         if self.gateway:
-            self.gateway.stop()
+            self.gateway.close()
         if self.platform.triton:
             self.platform.triton.stop()
         self.children.clear()

@@ -200,13 +200,14 @@ class Watchdog:
         system = self.system
         triton = system.platform.triton
         assert triton is not None
-        triton.stop()  # the whole group: a dead server's stubs go too
+        # The whole group, without a grace period (it is dead or wedged): its stubs go too.
+        triton.stop(timeout_s=0.0)
         system.start_triton()
 
     def _restart_gateway(self) -> None:
         gateway = self.system.gateway
         assert gateway is not None
-        gateway.stop()
+        gateway.stop(timeout_s=0.0)
         self.system.start_gateway()
 
     def _reconcile(self, why: str) -> None:

@@ -26,6 +26,7 @@ import contextlib
 import json
 import logging
 import signal
+import socket
 import sys
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -57,6 +58,8 @@ class GatewayConfig:
 
     host: str = "127.0.0.1"
     http_port: int = 8000
+    # an inherited, already listening socket for the data port (instead of host/http_port)
+    http_fd: int | None = None
     # 0 or None: no gRPC listener. The CLI defaults to DEFAULT_GRPC_PORT; embedding code (tests,
     # the unit harness) opts in, so that two gateways in one host never fight over 8001.
     grpc_port: int | None = None
@@ -149,13 +152,22 @@ class Gateway:
     async def start(self) -> None:
         config = self.config
         self.admin.load_routes_file()
-        data = await self.loop.create_server(
-            lambda: ClientConnection(self),
-            config.host,
-            config.http_port,
-            backlog=config.backlog,
-            reuse_address=True,
-        )
+        if config.http_fd is not None:
+            # A listening socket handed down by a supervisor that keeps it open across our
+            # restarts: clients that connect while we are down wait in its backlog instead of
+            # being refused.
+            listener = socket.socket(fileno=config.http_fd)
+            data = await self.loop.create_server(
+                lambda: ClientConnection(self), sock=listener, backlog=config.backlog
+            )
+        else:
+            data = await self.loop.create_server(
+                lambda: ClientConnection(self),
+                config.host,
+                config.http_port,
+                backlog=config.backlog,
+                reuse_address=True,
+            )
         metrics = await start_simple_server(
             config.metrics_host or config.host,
             config.metrics_port,
@@ -325,6 +337,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[GatewayConfig, str]:
     p.add_argument("--host", default=defaults.host, help="address of the data listener")
     p.add_argument("--http-port", type=int, default=defaults.http_port)
     p.add_argument(
+        "--http-fd",
+        type=int,
+        default=None,
+        help="serve HTTP on this inherited listening socket (a supervisor keeps it open across "
+        "restarts) instead of binding --host/--http-port",
+    )
+    p.add_argument(
         "--grpc-port",
         type=int,
         default=DEFAULT_GRPC_PORT,
@@ -392,6 +411,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[GatewayConfig, str]:
     config = GatewayConfig(
         host=a.host,
         http_port=a.http_port,
+        http_fd=a.http_fd,
         grpc_port=a.grpc_port,
         metrics_port=a.metrics_port,
         admin_port=a.admin_port,

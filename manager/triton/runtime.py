@@ -50,7 +50,7 @@ class TritonRuntime(Protocol):
 
     def start(self) -> None: ...
 
-    def stop(self) -> None: ...
+    def stop(self, timeout_s: float = 20.0) -> None: ...
 
     def client(self, timeout_s: float = 30.0) -> TritonClient: ...
 
@@ -268,10 +268,11 @@ class EmbeddedTriton:
         proc, self._proc = self._proc, None
         if proc is None:
             return
-        log.info("stopping tritonserver (pid %d)", proc.pid)
         # The group is the server's pid (own session); it holds the stubs even after the
-        # server itself died.
-        terminate_group(proc.pid, timeout_s=timeout_s)
+        # server itself died. Those stubs serve nobody: no grace period for them.
+        dead = proc.poll() is not None
+        log.info("stopping tritonserver (pid %d%s)", proc.pid, ", already dead" if dead else "")
+        terminate_group(proc.pid, timeout_s=0.0 if dead else timeout_s)
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=5)
 
@@ -370,7 +371,7 @@ class ExternalTriton:
         with self.client(timeout_s=5.0) as client:
             client.wait_ready(self.start_timeout_s)
 
-    def stop(self) -> None:
+    def stop(self, timeout_s: float = 20.0) -> None:
         """Nothing to stop: the external server's lifecycle is not ours."""
 
     def client(self, timeout_s: float = 30.0) -> TritonClient:
