@@ -25,13 +25,10 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import fcntl
-import hashlib
 import logging
 import os
 import re
 import shutil
-import threading
-import time
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -40,6 +37,12 @@ from typing import Any
 
 from manager.errors import Conflict, InvalidInput, LastmileError, NotFound
 from manager.repository.config import MODEL_FILENAME, check_triton_name
+from manager.repository.digests import (
+    DigestCache,
+    sha256_bytes,
+    sha256_file,
+    tree_digest,
+)
 from manager.triton.client import ModelConfig, config_from_text, config_to_text
 
 log = logging.getLogger(__name__)
@@ -113,77 +116,6 @@ def _copy_file(source: Path, target: Path, *, sync: bool = True) -> None:
         if sync:
             writer.flush()
             os.fsync(writer.fileno())
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def sha256_file(path: Path) -> str:
-    """sha256 of a file's bytes, read in chunks."""
-    return _sha256(path)
-
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-class DigestCache:
-    """sha256 of files already hashed, keyed by what changes whenever a file's bytes do
-    (device, inode, size, mtime and ctime in ns; ctime cannot be set back by a user), so that
-    checking a repository again does not read every model file again. Bounded: the oldest
-    entries go first.
-
-    File times tick coarsely (a jiffy), so a file changed within ``settle_s`` of being hashed
-    could keep its key: such a recently changed file is not remembered (git's "racy clean").
-    """
-
-    def __init__(self, max_entries: int = 4096, *, settle_s: float = 2.0) -> None:
-        self.max_entries = max_entries
-        self.settle_ns = int(settle_s * 1e9)
-        self._known: dict[tuple[int, ...], str] = {}
-        self._lock = threading.Lock()
-
-    def sha256(self, path: Path) -> str:
-        st = path.stat()
-        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-        with self._lock:
-            known = self._known.get(key)
-        if known is not None:
-            return known
-        digest = _sha256(path)
-        if time.time_ns() - st.st_ctime_ns < self.settle_ns or (
-            path.stat().st_ctime_ns != st.st_ctime_ns  # changed while we read it
-        ):
-            return digest
-        with self._lock:
-            while len(self._known) >= self.max_entries:
-                self._known.pop(next(iter(self._known)))
-            self._known[key] = digest
-        return digest
-
-
-def tree_digest(folder: Path, cache: DigestCache | None = None) -> dict[str, str]:
-    """Relative path → sha256 of every file under ``folder`` (bytecode caches left out)."""
-    return _tree_digest(folder, cache)
-
-
-def _tree_digest(folder: Path, cache: DigestCache | None = None) -> dict[str, str]:
-    """Relative path → sha256 of every file under ``folder``: what "same version" means.
-
-    Bytecode caches that Triton's Python backend may leave next to ``model.py`` are not part
-    of a version's content.
-    """
-    hash_file = cache.sha256 if cache is not None else _sha256
-    return {
-        path.relative_to(folder).as_posix(): hash_file(path)
-        for path in sorted(folder.rglob("*"))
-        if path.is_file() and "__pycache__" not in path.relative_to(folder).parts
-    }
 
 
 def _check_file_name(name: str) -> str:
@@ -307,7 +239,7 @@ class RepositoryWriter:
             target = final / str(version)
             absent = is_new or (not target.exists() and not target.is_symlink())
             staged_digest = (
-                _tree_digest(staged / str(version))
+                tree_digest(staged / str(version))
                 if version in item.expected or not absent
                 else None
             )
@@ -321,9 +253,7 @@ class RepositoryWriter:
                     raise self._damaged_source(item, version, bad_source)
                 added.append(version)
                 continue
-            published = (
-                _tree_digest(target) if target.is_dir() and not target.is_symlink() else None
-            )
+            published = tree_digest(target) if target.is_dir() and not target.is_symlink() else None
             if bad_source is not None:
                 filename = item.files[version][0]
                 if published is None or published.get(filename) != item.expected[version]:

@@ -12,6 +12,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from manager.errors import Conflict
+from manager.repository.digests import DigestCache
 from manager.settings import Settings
 from manager.triton.runtime import TritonRuntime
 
@@ -29,6 +30,9 @@ class Platform:
     # Set by the running system: live ensembles that are not served right now, and why.
     unserved: Callable[[], dict[str, str]] = field(default=dict)
     deploy_lock: threading.Lock = field(default_factory=threading.Lock)
+    # Files hashed by earlier reconciliations (keyed by inode, size and times: a changed file
+    # is hashed again), so a reconcile on a timer does not read every model file every time.
+    digests: DigestCache = field(default_factory=DigestCache)
     _busy: set[str] = field(default_factory=set)
     _busy_lock: threading.Lock = field(default_factory=threading.Lock)
 

@@ -518,40 +518,22 @@ def routing_table(platform: Platform) -> dict[str, Any]:
 
 
 def push_routes(platform: Platform) -> None:
+    """Send the routing table to the gateway. Its generation is the wall clock in ms; should
+    the gateway hold a newer one (this host's clock stepped back), the table is sent again
+    stamped just above it."""
     if not platform.gateway_admin_url:
         return
     table = routing_table(platform)
+    url = f"{platform.gateway_admin_url}/routes"
+    headers = platform.gateway_admin_headers()
     try:
-        response = httpx.put(
-            f"{platform.gateway_admin_url}/routes",
-            json=table,
-            headers=platform.gateway_admin_headers(),
-            timeout=10,
-        )
-    except httpx.HTTPError as exc:
+        response = httpx.put(url, json=table, headers=headers, timeout=10)
+        if response.status_code == 409:  # stale: the gateway's generation is ahead of ours
+            current = httpx.get(url, headers=headers, timeout=10).json().get("generation")
+            if isinstance(current, int):
+                table["generation"] = current + 1
+                response = httpx.put(url, json=table, headers=headers, timeout=10)
+    except (httpx.HTTPError, ValueError) as exc:
         raise GatewayError(f"the gateway did not take the routing table: {exc}") from exc
     if response.status_code != 200:
         raise GatewayError(f"the gateway refused the routing table: {response.text}")
-
-
-def restore(platform: Platform) -> None:
-    """After a restart Triton has nothing loaded (explicit mode): load what was live."""
-    assert platform.triton is not None
-    with platform.session() as session:
-        live = _live_specs(session, workspace_id=None, exclude_pipeline_id=None)
-        writer = RepositoryWriter(platform.settings.repository_dir)
-        loaded: set[str] = set()
-        with platform.triton.client(platform.settings.triton_load_timeout_s) as client:
-            for dep, _spec in live:
-                try:
-                    for name in dep.triton_models:
-                        if name not in loaded:
-                            _load(platform, client, writer, name)
-                            loaded.add(name)
-                    _load(platform, client, writer, dep.ensemble)
-                except LastmileError as exc:
-                    log.error("could not restore %s: %s", dep.ensemble, exc)
-                    dep.state, dep.error = "failed", str(exc)
-                    session.add(dep)
-        session.commit()
-    push_routes(platform)

@@ -43,10 +43,6 @@ log = logging.getLogger(__name__)
 
 __all__ = ["reconcile"]
 
-# Files hashed by earlier runs (keyed by inode, size, mtime and ctime: a changed file is hashed
-# again): a reconcile on a timer does not read every model file every time.
-_DIGESTS = DigestCache()
-
 
 @dataclass
 class _Desired:
@@ -99,7 +95,7 @@ def reconcile(platform: Platform, *, dry_run: bool = False) -> dict[str, Any]:
         run.errors += desired.errors
         seen = _observe(platform, writer, desired, run)
         actions = drift.plan(desired.wants, seen)
-        actions = _drop_unrepairable(actions, desired, seen, run)
+        actions = _drop_unrepairable(actions, desired, seen, run, platform.digests)
         if dry_run:
             run.done = actions
         else:
@@ -199,14 +195,14 @@ def _wanted_model(writer: RepositoryWriter, item: deployments._Needed, config: A
 
 
 # -- what the system holds ----------------------------------------------------------------------
-def _inspect(writer: RepositoryWriter, name: str) -> Published:
+def _inspect(writer: RepositoryWriter, name: str, digests: DigestCache) -> Published:
     final = writer.root / name
     if final.is_symlink() or not final.is_dir():
         return Published(name, is_dir=False, config=None, versions={})
     config_path = final / "config.pbtxt"
     config = config_path.read_bytes() if config_path.is_file() else None
     versions = {
-        v: tree_digest(folder, _DIGESTS) if not folder.is_symlink() else {"(a symlink)": ""}
+        v: tree_digest(folder, digests) if not folder.is_symlink() else {"(a symlink)": ""}
         for v, folder in writer.version_folders(name).items()
     }
     return Published(name, is_dir=True, config=config, versions=versions)
@@ -224,7 +220,7 @@ def _observe(platform: Platform, writer: RepositoryWriter, desired: _Desired, ru
     for name in writer.entries():
         if drift.is_owned_name(name):
             try:
-                repository[name] = _inspect(writer, name)
+                repository[name] = _inspect(writer, name, platform.digests)
             except OSError as exc:  # unreadable: as good as missing (a rewrite replaces it)
                 run.error(name, exc)
     ready: dict[str, frozenset[int]] | None = None
@@ -288,17 +284,19 @@ def _model_of(target: str) -> tuple[str, int | None]:
     return name, int(rest) if rest.isdigit() else None
 
 
-def _stored_file_problem(item: deployments._Needed, version: int) -> str | None:
+def _stored_file_problem(
+    item: deployments._Needed, version: int, digests: DigestCache
+) -> str | None:
     path, expected = item.files[version], item.digests.get(version)
     if not path.is_file():
         return f"its stored file {path} is missing"
-    if expected is not None and (actual := _DIGESTS.sha256(path)) != expected:
+    if expected is not None and (actual := digests.sha256(path)) != expected:
         return f"its stored file {path} is damaged (sha256 {actual}, content address {expected})"
     return None
 
 
 def _drop_unrepairable(
-    actions: list[Action], desired: _Desired, seen: Seen, run: _Run
+    actions: list[Action], desired: _Desired, seen: Seen, run: _Run, digests: DigestCache
 ) -> list[Action]:
     """A version to rewrite whose stored file is missing or damaged cannot be repaired: its
     model is left as it is (Triton may still serve what it loaded) and reported, and so are
@@ -315,7 +313,7 @@ def _drop_unrepairable(
     for name, versions in sorted(to_write.items()):
         item = desired.models[name][0]
         for version in sorted(versions):
-            problem = _stored_file_problem(item, version)
+            problem = _stored_file_problem(item, version, digests)
             if problem is not None:
                 users = ", ".join(sorted(desired.users.get(name, ()))) or "nothing"
                 run.error(

@@ -14,6 +14,7 @@ import pytest
 
 from manager import supervisor
 from manager.settings import Settings
+from manager.triton.runtime import EmbeddedTriton
 from tests.conftest import make_settings
 
 
@@ -90,3 +91,22 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSystem]:
         yield running
     finally:
         supervisor.stop(settings)
+
+
+@pytest.fixture
+def external_triton(tmp_path: Path) -> Iterator[EmbeddedTriton]:
+    """A Triton the system under test does not own (as an NGC container would be), with an
+    empty repository of its own and its repository API restricted to a header."""
+    from loadtests._models import free_ports
+
+    http, grpc, metrics = free_ports(3)
+    server = EmbeddedTriton(
+        repository=tmp_path / "their-empty-repository",
+        work_dir=tmp_path / "their-work",
+        http_port=http,
+        grpc_port=grpc,
+        metrics_port=metrics,
+        log_path=tmp_path / "their-triton.log",
+    )
+    with server:
+        yield server

@@ -4,7 +4,6 @@ pushed through Triton's load API with config and file overrides."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -13,26 +12,11 @@ import tritonclient.http as httpclient
 
 from manager import supervisor
 from manager.triton.runtime import EmbeddedTriton
-from tests.conftest import free_ports, make_settings
+from tests.conftest import make_settings
 from tests.e2e.conftest import RunningSystem
 from tests.onnx_models import expected_softmax, make_softmax_classifier
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def external_triton(tmp_path: Path) -> Iterator[EmbeddedTriton]:
-    http, grpc, metrics = free_ports(3)
-    server = EmbeddedTriton(
-        repository=tmp_path / "their-empty-repository",
-        work_dir=tmp_path / "their-work",
-        http_port=http,
-        grpc_port=grpc,
-        metrics_port=metrics,
-        log_path=tmp_path / "their-triton.log",
-    )
-    with server:
-        yield server
 
 
 def test_deploy_pushes_models_to_a_triton_without_shared_disk(

@@ -19,7 +19,7 @@ from manager import supervisor
 from manager.errors import Forbidden
 from manager.sdk import Lastmile
 from manager.triton.runtime import EmbeddedTriton
-from tests.conftest import free_ports, make_settings
+from tests.conftest import make_settings
 from tests.e2e.conftest import RunningSystem
 from tests.onnx_models import expected_affine, make_affine
 
@@ -221,29 +221,13 @@ def test_only_the_owner_may_reconcile(system: System) -> None:
         admin.reconcile(dry_run=True)
 
 
-@pytest.fixture
-def their_triton(tmp_path: Path) -> Iterator[EmbeddedTriton]:
-    """A Triton the system does not own, with its repository API restricted to a header."""
-    http, grpc, metrics = free_ports(3)
-    server = EmbeddedTriton(
-        repository=tmp_path / "their-repository",
-        work_dir=tmp_path / "their-work",
-        http_port=http,
-        grpc_port=grpc,
-        metrics_port=metrics,
-        log_path=tmp_path / "their-triton.log",
-    )
-    with server:
-        yield server
-
-
 def test_a_model_triton_dropped_is_loaded_again(
-    their_triton: EmbeddedTriton, tmp_path: Path
+    external_triton: EmbeddedTriton, tmp_path: Path
 ) -> None:
     # The embedded server's control secret never leaves the manager's process, so this test
     # runs its own Triton (whose header it knows) and points the system at it.
-    ep = their_triton.endpoints
-    header = "=".join(next(iter(their_triton.control_headers.items())))
+    ep = external_triton.endpoints
+    header = "=".join(next(iter(external_triton.control_headers.items())))
     settings = make_settings(tmp_path / "home", triton_url=ep.http_url)
     system = _start(
         settings,
@@ -256,13 +240,13 @@ def test_a_model_triton_dropped_is_loaded_again(
                    "--name", "dropped")  # fmt: skip
         system.cli("pipeline", "create", "drop", "--step", "dropped")
         system.cli("deploy", "drop", "--version", "latest")
-        with their_triton.client() as triton:
+        with external_triton.client() as triton:
             triton.unload_model("default.dropped")
             assert not triton.is_model_ready("default.dropped")
         report = system.reconcile()
         assert ("load", "default.dropped") in _kinds(report)
         assert ("load", "default.drop.v1") in _kinds(report)
-        with their_triton.client() as triton:
+        with external_triton.client() as triton:
             assert triton.is_model_ready("default.dropped")
         np.testing.assert_allclose(system.infer("drop"), expected_affine(X, 5.0, 0.0))
         assert system.reconcile()["in_sync"] is True

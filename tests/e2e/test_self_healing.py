@@ -168,11 +168,23 @@ def test_gateway_killed_comes_back_with_its_table(fresh: RunningSystem, tmp_path
         gateway_pid = lm.status()["gateway"]["pid"]
         os.kill(gateway_pid, signal.SIGKILL)
         took = _wait("gateway serving again", lambda: _infer_ok(gateway, "gw"))
+        _wait("restart recorded", lambda: lm.status()["gateway"]["restarts"] == 1)
         status = lm.status()
         events = lm.events(kind="restart")
     print(f"\ngateway SIGKILL: serving again after {took:.1f} s")
     assert status["gateway"]["pid"] != gateway_pid and status["gateway"]["restarts"] == 1
     assert any(e["component"].startswith("gateway") for e in events)
+
+    # wedged, not dead: a stopped gateway fails its health checks, is killed and restarted
+    wedged_pid = status["gateway"]["pid"]
+    os.kill(wedged_pid, signal.SIGSTOP)
+    with _owner(fresh) as lm:
+        took = _wait("wedged gateway replaced", lambda: lm.status()["gateway"]["restarts"] == 2)
+        events = lm.events(kind="restart")
+    assert not Path(f"/proc/{wedged_pid}").exists()  # killed and reaped
+    assert "did not answer" in events[0]["message"]
+    assert _infer_ok(gateway, "gw")
+    print(f"gateway SIGSTOP: replaced after {took:.1f} s")
 
 
 def _repository_state(home: Path) -> dict[str, set[str]]:
