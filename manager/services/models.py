@@ -26,6 +26,7 @@ from manager.domain import PipelineSpec, ServingOptions, Signature
 from manager.errors import Conflict, InvalidInput, PreconditionFailed
 from manager.names import check_name, triton_model_name
 from manager.repository.config import effective_max_batch_size, model_config
+from manager.repository.digests import sha256_file
 from manager.services.context import Platform
 from manager.triton.client import config_to_text
 
@@ -36,8 +37,8 @@ def _store_file(src: Path | bytes, dest_dir: Path, sha256: str) -> Path:
     """Keep ``src`` (a file, or the bytes of a model whose external data was embedded) as
     ``<sha256>.onnx``."""
     dest = dest_dir / f"{sha256}.onnx"
-    if dest.exists():
-        return dest
+    if dest.is_file() and sha256_file(dest) == sha256:
+        return dest  # a damaged copy (truncated, edited) is replaced by this good one
     dest_dir.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest_dir, prefix=".import-")
     try:
@@ -218,7 +219,7 @@ def import_model(
     conversion = conversion or ConversionOptions()
     source_sha = file_sha256(path)
     if not force:
-        existing = _same_content(platform, workspace, name, source_sha)
+        existing = _same_content(platform, workspace, name, source_sha, path)
         if existing is not None:
             return existing
     extra = dict(details or {})
@@ -244,8 +245,11 @@ def import_model(
 
 
 def _same_content(
-    platform: Platform, workspace: str, name: str, source_sha: str
+    platform: Platform, workspace: str, name: str, source_sha: str, path: Path
 ) -> dict[str, Any] | None:
+    """The version that already holds this content. When the stored file is the upload itself
+    and was damaged (truncated, edited), the upload puts it right: the stored files are what
+    every repair of the repository copies from."""
     with platform.session() as session:
         ws = store.get_workspace(session, name=workspace)
         model = store.find_model(session, workspace=ws, name=name)
@@ -253,6 +257,8 @@ def _same_content(
             return None
         for version in reversed(store.list_model_versions(session, model=model)):
             if source_sha in (version.sha256, version.details.get("source_sha256")):
+                if version.sha256 == source_sha:
+                    _store_file(path, Path(version.path).parent, source_sha)
                 return model_version_info(model, version) | {"created": False}
     return None
 

@@ -34,7 +34,7 @@ from tests.onnx_models import expected_affine, make_affine, make_expand_to_shape
 
 pytestmark = pytest.mark.e2e
 
-RECOVERY_BOUND_S = 60.0
+RECOVERY_BOUND_S = 30.0
 X = np.ones((2, 4), np.float32)
 BODY = {"inputs": [{"name": "x", "shape": [2, 4], "datatype": "FP32", "data": X.ravel().tolist()}]}
 

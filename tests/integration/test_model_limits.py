@@ -127,3 +127,19 @@ def test_an_ordinary_model_is_stored_as_uploaded(api: Api, tmp_path: Path) -> No
     assert _upload(api, "scaler", path).status_code == 201  # type: ignore[attr-defined]
     (stored,) = api.settings.models_dir.iterdir()
     assert stored.read_bytes() == path.read_bytes()
+
+
+def test_importing_the_same_file_again_repairs_a_damaged_stored_copy(
+    api: Api, tmp_path: Path
+) -> None:
+    """The stored file is the source every repair copies from: a re-import of the same bytes
+    replaces a damaged (truncated) copy instead of keeping it."""
+    path = make_affine(tmp_path / "same.onnx", 4, 2.0, 0.0)
+    first = _upload(api, "same", path)
+    assert first.status_code == 201, first.text  # type: ignore[attr-defined]
+    (stored,) = list(api.settings.models_dir.iterdir())
+    good = stored.read_bytes()
+    stored.write_bytes(good[: len(good) // 2])
+    again = _upload(api, "same", path)
+    assert again.status_code in (200, 201), again.text  # type: ignore[attr-defined]
+    assert stored.read_bytes() == good
