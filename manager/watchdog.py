@@ -113,7 +113,11 @@ class Watchdog:
             with triton.client(2.0) as client:
                 healthy = client.is_live()
             if healthy:
+                was = comp.state
                 self._healthy(comp)
+                if was == "external-down":  # someone else restarted it: load what is live
+                    self.event("recovered", comp, "the external Triton answers again")
+                    self._reconcile("the external Triton came back")
                 return
             self._failed(comp, "tritonserver failed its liveness check", dead=False)
         if not self.system.owns_triton:

@@ -18,6 +18,19 @@ from manager.triton.runtime import TritonEndpoints
 from manager.watchdog import Watchdog
 
 
+class LiveClient:
+    """Answers a liveness check: yes."""
+
+    def __enter__(self) -> LiveClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def is_live(self) -> bool:
+        return True
+
+
 @dataclass
 class StandInTriton:
     """Dead from the start; start() fails ``failures`` times, then works."""
@@ -35,6 +48,9 @@ class StandInTriton:
 
     def stop(self, timeout_s: float = 20.0) -> None:
         self.stops += 1
+
+    def client(self, timeout_s: float = 30.0) -> LiveClient:
+        return LiveClient()
 
     def start(self) -> None:
         self.starts += 1
@@ -103,6 +119,11 @@ def test_an_external_triton_is_reported_not_restarted(tmp_path: Path) -> None:
     triton = StandInTriton(failures=0)
     system = StandInSystem(settings, triton)
     system.owns_triton = False
-    dog = Watchdog(system, reconcile=dict)  # type: ignore[arg-type]
+    reconciled: list[Any] = []
+    dog = Watchdog(system, reconcile=lambda: reconciled.append(1) or {})  # type: ignore[arg-type]
     dog.check_once()
     assert triton.starts == 0 and dog.triton.state == "external-down"
+    triton.code = None  # its owner restarted it: what is live is loaded there again
+    dog.check_once()
+    assert dog.triton.state == "up" and reconciled == [1]
+    assert [kind for kind, _ in _events(system)] == ["recovered"]
