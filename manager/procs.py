@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from manager.private_files import write_private
+
 log = logging.getLogger(__name__)
 
 CHILDREN_FILE = "children.json"
@@ -75,50 +77,35 @@ def ours(pid: int, markers: tuple[str, ...] = MARKERS) -> bool:
 def kill_group(pgid: int, *, timeout_s: float = 10.0, markers: tuple[str, ...] = MARKERS) -> bool:
     """SIGKILL a process group if one of its members is ours; wait until it is empty.
     True when something was killed."""
-    members = group_members(pgid)
-    if not any(ours(pid, markers) for pid in members):
+    if not any(ours(pid, markers) for pid in group_members(pgid)):
         return False
+    _sigkill_and_wait(pgid, timeout_s)
+    return True
+
+
+def _sigkill_and_wait(pgid: int, timeout_s: float) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, signal.SIGKILL)
     deadline = time.monotonic() + timeout_s
     while group_members(pgid) and time.monotonic() < deadline:
         time.sleep(0.05)
-    return True
 
 
 def terminate_group(pgid: int, *, timeout_s: float) -> None:
-    """SIGTERM a group, SIGKILL what is left after ``timeout_s``; works when the group's
-    leader is already dead (its stubs may not be)."""
+    """SIGTERM a group, SIGKILL what is left after ``timeout_s`` (at once when 0); works when
+    the group's leader is already dead (its stubs may not be)."""
     if not group_members(pgid):
         return
-    if timeout_s <= 0:
-        kill_group(pgid)
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    while group_members(pgid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if group_members(pgid):
-        log.warning("process group %d did not stop in %.0f s; killing it", pgid, timeout_s)
+    if timeout_s > 0:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signal.SIGKILL)
-        deadline = time.monotonic() + 5.0
+            os.killpg(pgid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
         while group_members(pgid) and time.monotonic() < deadline:
             time.sleep(0.05)
-
-
-def write_private(path: Path, data: bytes, *, mode: int = 0o600) -> None:
-    """Write a file atomically (stage, fsync, rename) readable by this user only."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.fchmod(fd, mode)
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        if not group_members(pgid):
+            return
+        log.warning("process group %d did not stop in %.0f s; killing it", pgid, timeout_s)
+    _sigkill_and_wait(pgid, 5.0)
 
 
 class ChildRegistry:
@@ -169,21 +156,3 @@ def reap_orphans(run_dir: Path) -> list[dict[str, Any]]:
 def _alive(pid: int) -> bool:
     stat = _stat(pid)
     return stat is not None and (stat[0] != "Z" or _threads(pid) > 1)
-
-
-def secure_tree(root: Path) -> None:
-    """Folders 0700, files 0600 (0700 when executable) under ``root``: the home holds the
-    store, models, keys and logs of one user."""
-    if not root.exists():
-        return
-    root.chmod(0o700)
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames:
-            with contextlib.suppress(OSError):
-                os.chmod(os.path.join(dirpath, name), 0o700, follow_symlinks=False)
-        for name in filenames:
-            path = os.path.join(dirpath, name)
-            with contextlib.suppress(OSError):
-                st = os.lstat(path)
-                if not os.path.islink(path):
-                    os.chmod(path, 0o700 if st.st_mode & 0o100 else 0o600)

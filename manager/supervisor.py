@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 
 from manager.errors import Conflict, RuntimeSetupError
-from manager.procs import CHILDREN_FILE, group_members, kill_group, reap_orphans
+from manager.procs import CHILDREN_FILE, kill_group, reap_orphans
 from manager.settings import Settings
 from manager.system import read_state, state_path
 
@@ -193,7 +193,7 @@ def stop(settings: Settings, timeout_s: float = 60.0) -> dict[str, Any]:
     # Children run in sessions of their own: take their process groups down whole, also when
     # the group's leader is gone (a dead Triton's stubs live on in its group).
     for pid in pids[1:]:
-        if pid and group_members(pid) and kill_group(pid):
+        if pid and kill_group(pid):
             killed.append(pid)
     for orphan in reap_orphans(settings.run_dir):
         killed.append(orphan["pgid"])

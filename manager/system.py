@@ -24,7 +24,8 @@ import httpx
 
 from manager import store
 from manager.errors import RuntimeSetupError
-from manager.procs import ChildRegistry, reap_orphans, secure_tree, terminate_group, write_private
+from manager.private_files import secure_tree, write_private
+from manager.procs import ChildRegistry, reap_orphans, terminate_group
 from manager.scraper import Scraper
 from manager.services import reconcile
 from manager.services.context import Platform
@@ -47,10 +48,6 @@ def read_state(settings: Settings) -> dict[str, Any] | None:
         return dict(json.loads(state_path(settings).read_text()))
     except (OSError, ValueError):
         return None
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    write_private(path, text.encode())
 
 
 def make_runtime(settings: Settings) -> TritonRuntime:
@@ -263,7 +260,7 @@ class System:
 
     def write_state(self) -> None:
         """Tell other commands where things run (pids change when a child is restarted)."""
-        _write_atomic(state_path(self.settings), json.dumps(self.status(), indent=2))
+        write_private(state_path(self.settings), json.dumps(self.status(), indent=2).encode())
 
     def start_triton(self) -> None:
         triton = self.platform.triton
@@ -332,7 +329,7 @@ class System:
 
     def unserved(self) -> dict[str, str]:
         """Live deployments' ensembles that are not served right now, with the reason."""
-        return dict(self.watchdog.unserved) if self.watchdog else {}
+        return self.watchdog.unserved() if self.watchdog else {}
 
 
 def _ready(triton: TritonRuntime) -> bool:

@@ -66,7 +66,6 @@ class Watchdog:
         self.gateway = Component(
             "gateway", system.gateway.admin_url if system.gateway else "", state="up"
         )
-        self.unserved: dict[str, str] = {}  # ensemble → why it is not served now
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._next_reconcile = time.monotonic() + self.settings.reconcile_interval_s
@@ -94,7 +93,6 @@ class Watchdog:
         if self._stop.is_set():
             return
         self._check_gateway()
-        self._refresh_unserved()
         interval = self.settings.reconcile_interval_s
         if interval > 0 and time.monotonic() >= self._next_reconcile:
             self._next_reconcile = time.monotonic() + interval
@@ -231,31 +229,27 @@ class Watchdog:
                 {"actions": actions[:100], "errors": errors[:100]},
             )
 
-    def _refresh_unserved(self) -> None:
-        """Which live deployments are not served right now, and why."""
+    def unserved(self) -> dict[str, str]:
+        """Which live deployments are not served right now, and why (asked when someone
+        looks: one store query and one repository index)."""
         platform = self.system.platform
         with platform.session() as session:
             live = [d.ensemble for d in store.list_deployments(session) if d.state == "live"]
         if not live:
-            self.unserved = {}
-            return
+            return {}
         if self.triton.state != "up":
-            reason = f"Triton is {self.triton.state}: {self.triton.last_error}"
-            self.unserved = dict.fromkeys(live, reason)
-            return
+            return dict.fromkeys(live, f"Triton is {self.triton.state}: {self.triton.last_error}")
         if self.gateway.state != "up":
             reason = f"the gateway is {self.gateway.state}: {self.gateway.last_error}"
-            self.unserved = dict.fromkeys(live, reason)
-            return
+            return dict.fromkeys(live, reason)
         assert platform.triton is not None
         try:
             with platform.triton.client(2.0) as client:
                 index = client.repository_index()
         except LastmileError as exc:
-            self.unserved = dict.fromkeys(live, f"Triton did not answer: {exc}")
-            return
+            return dict.fromkeys(live, f"Triton did not answer: {exc}")
         ready = {m.get("name") for m in index if m.get("state") == "READY"}
-        self.unserved = {e: "not loaded on Triton" for e in live if e not in ready}
+        return {e: "not loaded on Triton" for e in live if e not in ready}
 
     # -- events -------------------------------------------------------------------------------
     def event(

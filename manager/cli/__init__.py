@@ -118,7 +118,8 @@ def down(as_json: JsonOpt = False) -> None:
 
 
 def _health(server: dict[str, object]) -> str:
-    """'up', or 'restarting (2 restarts; last error: ...)' for a supervised process."""
+    """'up', 'up (1 restart(s))' or 'failed (2 restart(s)); last error: ...' for a
+    supervised process."""
     state = str(server.get("state") or "up")
     restarts = server.get("restarts") or 0
     text = state if not restarts else f"{state} ({restarts} restart(s))"

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import os
 import re
 import secrets
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from sqlmodel import Session
 from manager import store
 from manager.errors import Forbidden, InvalidInput, NotFound, Unauthenticated
 from manager.names import check_name
+from manager.private_files import write_private
 from manager.services.context import Platform
 
 log = logging.getLogger(__name__)
@@ -176,19 +176,7 @@ def ensure_owner(platform: Platform) -> str | None:
 
 def write_secret(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` readable by its owner only (0600 from the first byte)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "w") as out:
-            out.write(text + "\n")
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_private(path, (text + "\n").encode())
 
 
 def check_role(role: str) -> str:

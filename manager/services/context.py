@@ -28,6 +28,7 @@ class Platform:
     # Secret the gateway's admin endpoint requires (``Authorization: Bearer``), made per start.
     gateway_admin_token: str | None = None
     # Set by the running system: live ensembles that are not served right now, and why.
+    # Called per status or deployment listing (not cached).
     unserved: Callable[[], dict[str, str]] = field(default=dict)
     deploy_lock: threading.Lock = field(default_factory=threading.Lock)
     # Files hashed by earlier reconciliations (keyed by inode, size and times: a changed file

@@ -437,14 +437,13 @@ def _retire(platform: Platform, *, workspace: str, ensemble: str) -> None:
         except LastmileError as exc:
             log.warning("could not unload %s: %s", ensemble, exc)
         with platform.deploy_lock, platform.session() as session:
-            # the retired ensemble leaves the repository too (unless it went live again)
-            if not any(d.ensemble == ensemble for d in store.list_deployments(session)
-                       if d.state == "live"):  # fmt: skip
-                RepositoryWriter(platform.settings.repository_dir).remove_model(ensemble)
             ws = store.get_workspace(session, name=workspace)
             live = _live_specs(session, workspace_id=ws.id, exclude_pipeline_id=None)
-            needed = collect_models(session, ws, [s for _, s in live])
             writer = RepositoryWriter(platform.settings.repository_dir)
+            # the retired ensemble leaves the repository too (unless it went live again)
+            if ensemble not in {d.ensemble for d, _ in live}:
+                writer.remove_model(ensemble)
+            needed = collect_models(session, ws, [s for _, s in live])
             shrunk = {
                 item.triton_name
                 for item in needed.values()

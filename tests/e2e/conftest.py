@@ -97,16 +97,7 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSystem]:
 def external_triton(tmp_path: Path) -> Iterator[EmbeddedTriton]:
     """A Triton the system under test does not own (as an NGC container would be), with an
     empty repository of its own and its repository API restricted to a header."""
-    from loadtests._models import free_ports
+    from loadtests._models import embedded_triton, free_ports
 
-    http, grpc, metrics = free_ports(3)
-    server = EmbeddedTriton(
-        repository=tmp_path / "their-empty-repository",
-        work_dir=tmp_path / "their-work",
-        http_port=http,
-        grpc_port=grpc,
-        metrics_port=metrics,
-        log_path=tmp_path / "their-triton.log",
-    )
-    with server:
+    with embedded_triton(tmp_path / "theirs", *free_ports(3)) as server:
         yield server

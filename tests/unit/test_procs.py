@@ -15,13 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from manager.procs import (
-    ChildRegistry,
-    group_members,
-    reap_orphans,
-    secure_tree,
-    terminate_group,
-)
+from manager.private_files import secure_tree
+from manager.procs import ChildRegistry, group_members, reap_orphans, terminate_group
 
 # A leader that starts a grandchild in its own group, then sleeps; both argvs end with the
 # marker given (what the command lines of tritonserver and its stubs contain).
