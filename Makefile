@@ -56,6 +56,7 @@ bench: install
 # Faults under load (SIGKILL Triton / the gateway, a gzip bomb): recovery times and answers.
 loadtest: bench
 	$(PY) loadtests/fault_recovery.py
+	$(PY) loadtests/bench_swaps.py
 
 clean:
 	rm -rf $(VENV) .lastmile .mypy_cache .ruff_cache .pytest_cache

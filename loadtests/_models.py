@@ -262,3 +262,32 @@ def summarize(
         for level in LEVELS
     }
     return sorted(rows, key=lambda r: (r[level_key], r["target"])), ratios
+
+
+def lastmile_cli(env: dict[str, str], *args: str) -> str:
+    """Run ``lastmile ARGS`` against the system ``env`` points at; its stdout, or exit."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "manager.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if proc.returncode != 0:
+        raise SystemExit(f"lastmile {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc.stdout
+
+
+def start_system(home: Path, **settings: str) -> tuple[dict[str, str], dict[str, Any]]:
+    """``lastmile up --detach`` in ``home`` on free ports: (the env that points at it, its
+    state). ``settings``: more LASTMILE_* variables (without the prefix)."""
+    import json
+
+    names = [
+        "GATEWAY_HTTP_PORT", "GATEWAY_GRPC_PORT", "GATEWAY_METRICS_PORT", "GATEWAY_ADMIN_PORT",
+        "API_PORT", "TRITON_HTTP_PORT", "TRITON_GRPC_PORT", "TRITON_METRICS_PORT",
+    ]  # fmt: skip
+    env = dict(os.environ, LASTMILE_HOME=str(home))
+    env |= {f"LASTMILE_{n}": str(port) for n, port in zip(names, free_ports(8), strict=True)}
+    env |= {f"LASTMILE_{k.upper()}": v for k, v in settings.items()}
+    return env, dict(json.loads(lastmile_cli(env, "up", "--detach", "--json")))

@@ -118,11 +118,14 @@ def run_driver(url: str, conns: int, seconds: float) -> dict[str, float]:
 
 def start_gateway(work: Path, triton_url: str) -> tuple[subprocess.Popen[bytes], int]:
     routes = work / "routes.json"
-    routes.write_text(
-        json.dumps(
-            {"generation": 1, "routes": {ROUTE: {"targets": [{"url": triton_url, "model": MODEL}]}}}
-        )
-    )
+    target = {"url": triton_url, "model": MODEL}
+    route = {
+        "workspace": "default",
+        "pipeline": ROUTE,
+        "strategy": "weighted",
+        "variants": [{"name": f"{ROUTE}/1", "version": 1, "weight": 100, "targets": [target]}],
+    }
+    routes.write_text(json.dumps({"generation": 1, "routes": {f"default/{ROUTE}": route}}))
     http_port, metrics_port, admin_port = free_ports(3)
     args = [
         "--http-port", str(http_port), "--grpc-port", "0", "--metrics-port", str(metrics_port),

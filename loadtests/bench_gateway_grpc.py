@@ -87,6 +87,8 @@ async def _drive(address: str, model: str, clients: int, seconds: float, driver:
         close: Callable[[], Awaitable[Any]] = channel.close
         reply = pb.ModelInferResponse.FromString(await call())
         assert np.frombuffer(reply.raw_output_contents[0], np.float32).tolist() == [2, 4, 6, 8]
+        if model == ROUTE:  # through the gateway: the answer names its variant
+            assert reply.parameters["lastmile_variant"].string_param == f"{ROUTE}/1"
     else:
         client = aioclient.InferenceServerClient(address)
         inp = aioclient.InferInput("x", list(X.shape), "FP32")
@@ -134,7 +136,13 @@ def cpu_seconds(pid: int) -> float | None:
 def start_gateway(work: Path, http_url: str, grpc_url: str) -> tuple[subprocess.Popen[bytes], int]:
     routes = work / "routes.json"
     target = {"url": http_url, "grpc": grpc_url, "model": MODEL}
-    routes.write_text(json.dumps({"generation": 1, "routes": {ROUTE: {"targets": [target]}}}))
+    route = {
+        "workspace": "default",
+        "pipeline": ROUTE,
+        "strategy": "weighted",
+        "variants": [{"name": f"{ROUTE}/1", "version": 1, "weight": 100, "targets": [target]}],
+    }
+    routes.write_text(json.dumps({"generation": 1, "routes": {f"default/{ROUTE}": route}}))
     http_port, grpc_port, metrics_port, admin_port = free_ports(4)
     args = [
         "--http-port", str(http_port), "--grpc-port", str(grpc_port),

@@ -22,7 +22,6 @@ import json
 import os
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -37,7 +36,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(REPO_ROOT))
 
-from loadtests._models import free_ports  # noqa: E402
+from loadtests._models import lastmile_cli as _cli  # noqa: E402
+from loadtests._models import start_system  # noqa: E402
 
 BODY = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
 
@@ -76,19 +76,6 @@ class Clients:
         """Answers that came back after ``t0``, in order."""
         with self.lock:
             return sorted((a for a in self.answers if a[1] >= t0), key=lambda a: a[1])
-
-
-def _cli(env: dict[str, str], *args: str) -> str:
-    proc = subprocess.run(
-        [sys.executable, "-m", "manager.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    if proc.returncode != 0:
-        raise SystemExit(f"lastmile {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
-    return proc.stdout
 
 
 def _status(env: dict[str, str]) -> dict[str, Any]:
@@ -131,20 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     from tests.onnx_models import make_affine
 
     work = Path(tempfile.mkdtemp(prefix="lastmile-faults-"))
-    ports = free_ports(8)
-    names = [
-        "GATEWAY_HTTP_PORT",
-        "GATEWAY_GRPC_PORT",
-        "GATEWAY_METRICS_PORT",
-        "GATEWAY_ADMIN_PORT",
-        "API_PORT",
-        "TRITON_HTTP_PORT",
-        "TRITON_GRPC_PORT",
-        "TRITON_METRICS_PORT",
-    ]
-    env = dict(os.environ, LASTMILE_HOME=str(work / "home"), LASTMILE_SUPERVISE_INTERVAL_S="0.5")
-    env |= {f"LASTMILE_{n}": str(port) for n, port in zip(names, ports, strict=True)}
-    state = json.loads(_cli(env, "up", "--detach", "--json"))
+    env, state = start_system(work / "home", supervise_interval_s="0.5")
     results: dict[str, list[dict[str, Any]]] = {"triton": [], "gateway": [], "gzip_bomb": []}
     try:
         model = make_affine(work / "m.onnx", 4, 2.0, 0.0)

@@ -518,6 +518,58 @@ class Lastmile:
         check_name(pipeline, kind="pipeline")
         return self._pages(f"{self._ws()}/deployments/{pipeline}/history")
 
+    # -- rollouts ----------------------------------------------------------------------------
+    def start_rollout(
+        self,
+        pipeline: str,
+        *,
+        strategy: Literal["hot-swap", "canary", "ab", "shadow", "blue-green"],
+        candidates: list[int],
+        **params: Any,
+    ) -> dict[str, Any]:
+        """Start a rollout of ``pipeline`` from its live version to ``candidates``.
+
+        ``params`` by strategy: canary ``steps``, ``interval_s``, ``min_requests``, ``gates``;
+        ab ``weights`` ({version: percent}, summing to 100), ``sticky_header``,
+        ``sticky_parameter``; shadow ``sample``, ``timeout_s``, ``max_queue``, ``tolerance``.
+        """
+        check_name(pipeline, kind="pipeline")
+        body = {"strategy": strategy, "candidates": candidates, "params": params}
+        return dict(self._call("POST", f"{self._ws()}/pipelines/{pipeline}/rollouts", json=body))
+
+    def rollout(self, pipeline: str, rollout_id: int | None = None) -> dict[str, Any]:
+        """A rollout with its log: ``rollout_id``, else the active one, else the latest."""
+        check_name(pipeline, kind="pipeline")
+        which = "current" if rollout_id is None else str(int(rollout_id))
+        return dict(self._call("GET", f"{self._ws()}/pipelines/{pipeline}/rollouts/{which}"))
+
+    def rollouts(self, pipeline: str) -> list[dict[str, Any]]:
+        check_name(pipeline, kind="pipeline")
+        return list(self._call("GET", f"{self._ws()}/pipelines/{pipeline}/rollouts"))
+
+    def rollout_action(
+        self, pipeline: str, action: str, *, version: int | None = None, reason: str = ""
+    ) -> dict[str, Any]:
+        """pause | resume | promote | rollback | abort | switch on the active rollout."""
+        check_name(pipeline, kind="pipeline")
+        return dict(
+            self._call(
+                "POST",
+                f"{self._ws()}/pipelines/{pipeline}/rollouts/current/{action}",
+                json={"version": version, "reason": reason},
+            )
+        )
+
+    def rollout_report(self, pipeline: str) -> dict[str, Any]:
+        """Per-variant figures since the rollout began, and the shadow output diff."""
+        check_name(pipeline, kind="pipeline")
+        return dict(self._call("GET", f"{self._ws()}/pipelines/{pipeline}/rollouts/current/report"))
+
+    def history(self, pipeline: str) -> list[dict[str, Any]]:
+        """Deployments and rollout steps of ``pipeline`` as one timeline, newest first."""
+        check_name(pipeline, kind="pipeline")
+        return list(self._call("GET", f"{self._ws()}/pipelines/{pipeline}/history"))
+
     # -- repositories ------------------------------------------------------------------------
     def export_pipeline(
         self,
@@ -598,8 +650,10 @@ class Lastmile:
 
     # -- data plane (through the gateway, KServe v2 JSON) ----------------------------------
     def _gateway(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        # the gateway serves every workspace: say which one the pipeline is in
+        headers = {"lastmile-workspace": self.workspace, **kwargs.pop("headers", {})}
         try:
-            response = httpx.request(method, f"{self.gateway_url}{path}", **kwargs)
+            response = httpx.request(method, f"{self.gateway_url}{path}", headers=headers, **kwargs)
         except httpx.TransportError as exc:
             raise GatewayError(
                 f"the gateway at {self.gateway_url} is not reachable: {exc}",

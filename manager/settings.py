@@ -129,6 +129,24 @@ class Settings(BaseSettings):
         description="Seconds between two reconciliations of store, repository, Triton and "
         "gateway (also run at start and after every restart). 0: only then.",
     )
+    warmup_requests: int = Field(
+        default=3,
+        ge=0,
+        le=1000,
+        description="Requests of zeros sent straight to a freshly loaded pipeline version "
+        "before the gateway routes clients to it (0: none).",
+    )
+    drain_timeout_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="Longest wait for requests in flight to a version the gateway no longer "
+        "routes to, before that version is unloaded.",
+    )
+    rollout_tick_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="Seconds between two evaluations of running canaries' gates.",
+    )
     template_dir: Path | None = Field(
         default=None,
         description="Folder of your own ModelConfig presets (*.pbtxt); they win over the "

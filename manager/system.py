@@ -27,7 +27,7 @@ from manager.errors import RuntimeSetupError
 from manager.private_files import secure_tree, write_private
 from manager.procs import ChildRegistry, reap_orphans, terminate_group
 from manager.scraper import Scraper
-from manager.services import reconcile
+from manager.services import reconcile, rollouts
 from manager.services.context import Platform
 from manager.settings import Settings
 from manager.triton.client import TritonClient
@@ -219,6 +219,7 @@ class System:
         self.gateway: GatewayProcess | None = None
         self.scraper: Scraper | None = None
         self.watchdog: Watchdog | None = None
+        self.rollout_loop: rollouts.Loop | None = None
         self.children = ChildRegistry(settings.run_dir)
 
     @property
@@ -253,6 +254,8 @@ class System:
             self.watchdog = Watchdog(self, reconcile=self.reconcile)
             self.platform.unserved = self.unserved
             self.watchdog.start()
+            self.rollout_loop = rollouts.Loop(self.platform, self.settings.rollout_tick_s)
+            self.rollout_loop.start()
         except BaseException:
             self.stop()
             raise
@@ -273,6 +276,9 @@ class System:
         assert self.gateway is not None
         self.gateway.start()
         self.platform.gateway_admin_url = self.gateway.admin_url
+        self.platform.gateway_metrics_url = (
+            f"http://{self.settings.gateway_host}:{self.settings.gateway_metrics_port}/metrics"
+        )
         self.platform.gateway_admin_token = self.gateway.token
 
     def reconcile(self) -> dict[str, Any]:
@@ -284,6 +290,8 @@ class System:
         return {triton.endpoints.http_url: triton.client(5.0)} if triton else {}
 
     def stop(self) -> None:
+        if self.rollout_loop:
+            self.rollout_loop.stop()
         if self.watchdog:
             self.watchdog.stop()
         if self.scraper:

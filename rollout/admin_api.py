@@ -1,4 +1,5 @@
-"""The gateway's admin API (GET/PUT /routes) and the routes file read at start.
+"""The gateway's admin API (GET/PUT /routes, GET/DELETE /shadow) and the routes file read at
+start.
 
 Whoever can PUT a routing table decides where every client's tensors go, so:
 
@@ -14,6 +15,10 @@ Whoever can PUT a routing table decides where every client's tensors go, so:
 
 A routes file that is unreadable, invalid or refused does not stop the gateway: it starts with
 no table and says why, and the control plane pushes a good one.
+
+`GET /shadow` answers the output-diff reports of shadow routes ({"routes": route -> mirror
+variant -> report}, rollout.shadow_diff); `DELETE /shadow?route=<workspace/pipeline>` forgets
+one route's figures (no `route`: all of them), e.g. when a new shadow starts.
 """
 
 from __future__ import annotations
@@ -58,7 +63,8 @@ def read_token_file(path: Path) -> str:
 
 
 class AdminApi:
-    """GET/PUT /routes for one gateway; every mutation runs on the gateway's event loop."""
+    """GET/PUT /routes and GET/DELETE /shadow for one gateway; every mutation runs on the
+    gateway's event loop."""
 
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
@@ -127,8 +133,12 @@ class AdminApi:
                 json_error("unauthorized: send the admin token as 'Authorization: Bearer <token>'"),
                 headers=(("WWW-Authenticate", 'Bearer realm="lastmile-gateway-admin"'),),
             )
+        if request.path == "/shadow":
+            return self.shadow(request)
         if request.path != "/routes":
-            return SimpleResponse(404, json_error("not found: the admin API is GET/PUT /routes"))
+            return SimpleResponse(
+                404, json_error("not found: the admin API is GET/PUT /routes, GET/DELETE /shadow")
+            )
         gateway = self.gateway
         if request.method == "GET":
             if gateway.table is None:  # 200 all the same: supervisors poll this to see we are up
@@ -155,3 +165,15 @@ class AdminApi:
         )
         body = json.dumps({"generation": table.generation, "routes": sorted(table.routes)})
         return SimpleResponse(200, body.encode())
+
+    def shadow(self, request: SimpleRequest) -> SimpleResponse:
+        collector = self.gateway.shadow_diff
+        if request.method == "GET":
+            body = json.dumps({"routes": collector.reports()}, separators=(",", ":"))
+            return SimpleResponse(200, body.encode())
+        if request.method != "DELETE":
+            return SimpleResponse(405, json_error("method not allowed: use GET or DELETE"))
+        route = request.query.get("route") or None
+        collector.reset(route)
+        logger.info("shadow diff figures reset for %s", route or "every route")
+        return SimpleResponse(200, json.dumps({"reset": route}).encode())

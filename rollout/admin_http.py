@@ -16,6 +16,7 @@ import tempfile
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import parse_qsl
 
 import httptools
 
@@ -33,6 +34,7 @@ class SimpleRequest:
     path: str
     body: bytes
     headers: dict[str, str] = field(default_factory=dict)  # names in lower case
+    query: dict[str, str] = field(default_factory=dict)  # the last value of each name
 
 
 @dataclass
@@ -78,9 +80,11 @@ class _Collector:
 
     def on_message_complete(self) -> None:
         assert self.parser is not None
-        path = self.url.split(b"?", 1)[0].decode("latin-1")
+        path, _, query = self.url.decode("latin-1").partition("?")
         method = self.parser.get_method().decode("latin-1")
-        request = SimpleRequest(method, path, b"".join(self.body), self.headers)
+        request = SimpleRequest(
+            method, path, b"".join(self.body), self.headers, dict(parse_qsl(query))
+        )
         self.done.append((request, self.parser.should_keep_alive()))
         self.url, self.body, self.size = b"", [], 0
         self.headers, self.header_size = {}, 0

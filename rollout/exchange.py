@@ -1,34 +1,41 @@
-"""An exchange: one request forwarded to Triton and its response streamed back to the client.
+"""An exchange: one request forwarded to a variant's Triton and its response sent back stamped.
 
-Also the bytes the hot path is built from (status lines, per-target paths and Host lines,
-computed once per routing table) so that a request costs concatenations, not formatting. Only
-the rare paths (model metadata, Triton errors) decode JSON: metadata to hide Triton's internal
-model names behind the public route name, errors to map and sanitize them
-(rollout.upstream_errors).
+Every response of a routed request carries ``lastmile-variant``; a successful inference
+response also gets the public name, the pipeline version and ``parameters.lastmile_variant`` in
+its JSON (rollout.stamp). A binary-tensor response is held only until its JSON header has
+arrived (Inference-Header-Content-Length), stamped, and the tensors stream through; a JSON
+response is held whole (its data is inside the JSON) and its members walked, never decoded.
+Only the rare paths (model metadata, Triton errors) decode JSON: metadata to show the public
+name and the route's versions, errors to map and sanitize them (rollout.upstream_errors).
+
+Also the request bytes (status lines, per-target paths and Host lines come from
+rollout.http_routing, computed once per routing table) so that a request costs
+concatenations, not formatting.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
 from http import HTTPStatus
 from typing import TYPE_CHECKING
 
-from rollout.routing import Route, RoutingTable, Target
-from rollout.upstream import UpstreamConnection, UpstreamPool
+from rollout.stamp import stamp_infer, stamp_metadata
+from rollout.upstream import UpstreamConnection
 from rollout.upstream_errors import BATCH_HINT, http_failure, public_error
 
 __all__ = ["BATCH_HINT", "public_error"]  # kept importable from here
 
 if TYPE_CHECKING:
+    from rollout.http_routing import CompiledRoute, CompiledTarget, CompiledVariant
+    from rollout.http_shadow import ShadowGroup
     from rollout.proxy import ClientConnection
 
 INFER, READY, META = 1, 2, 3
 VERSION_RE = re.compile(rb"[1-9][0-9]{0,17}")
 # Client headers Triton needs; the rest (Host, auth, Accept-Encoding, anything restricted-API
-# related) stays here. Accept-Encoding is dropped so responses arrive uncompressed and the name
-# rewrite below can see them. Content-Encoding is handled by the proxy: the gateway inflates
+# related) stays here. Accept-Encoding is dropped so responses arrive uncompressed and the
+# stamping below can see them. Content-Encoding is handled by the proxy: the gateway inflates
 # gzip/deflate bodies itself (rollout.body_guard) and forwards only "identity".
 INFERENCE_HEADER_LENGTH = b"inference-header-content-length"
 FORWARD_REQUEST_HEADERS = frozenset(
@@ -41,12 +48,17 @@ FORWARD_REQUEST_HEADERS = frozenset(
     }
 )
 FORWARD_RESPONSE_HEADERS = frozenset(
-    {b"content-type", b"content-encoding", b"inference-header-content-length"}
+    {b"content-type", b"content-encoding", INFERENCE_HEADER_LENGTH}
 )
-_LENGTH_HEADERS = frozenset({b"content-length", b"inference-header-content-length"})
 _STATUS_LINES = {s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode()) for s in HTTPStatus}
+_JSON_TYPE = b"Content-Type: application/json\r\n"
 CLOSE_HEADER = b"Connection: close\r\n"
 SMALL_BODY = 256 * 1024
+CLIENT_GONE = 499  # nginx's "client closed request", for the metrics only
+
+# How a response body travels: held whole, passed through, or held until its JSON header.
+BUFFER, STREAM, SPLIT = 0, 1, 2
+Parts = list[bytes | memoryview]
 
 
 def status_line(code: int) -> bytes:
@@ -57,13 +69,14 @@ def json_error(message: str) -> bytes:
     return json.dumps({"error": message}).encode()
 
 
-def simple_response(status: int, body: bytes, conn_header: bytes) -> bytes:
-    ctype = b"Content-Type: application/json\r\n" if body else b""
+def simple_response(status: int, body: bytes, conn_header: bytes, extra: bytes = b"") -> bytes:
+    """A whole response; `extra` holds additional header lines (each ending in CRLF)."""
     return b"".join(
         (
             status_line(status),
-            ctype,
+            _JSON_TYPE if body else b"",
             b"Content-Length: %d\r\n" % len(body),
+            extra,
             conn_header,
             b"\r\n",
             body,
@@ -71,98 +84,75 @@ def simple_response(status: int, body: bytes, conn_header: bytes) -> bytes:
     )
 
 
-class CompiledTarget:
-    """Per-target bytes precomputed once per routing table so requests only concatenate."""
-
-    __slots__ = (
-        "delta",
-        "host_line",
-        "internal",
-        "internal_prefix",
-        "label",
-        "model_path",
-        "pinned_path",
-        "pool",
-        "public",
-        "public_prefix",
-    )
-
-    def __init__(self, route: str, target: Target, pool: UpstreamPool) -> None:
-        self.public = route
-        self.internal = target.model
-        self.label = target.label
-        self.pool = pool
-        self.model_path = b"/v2/models/" + target.model.encode()
-        self.pinned_path = (
-            self.model_path + b"/versions/" + target.version.encode() if target.version else b""
-        )
-        host = f"[{target.host}]" if ":" in target.host else target.host
-        self.host_line = f"Host: {host}:{target.port}\r\n".encode()
-        # Triton's JSON (and binary-header) infer responses start with the model name.
-        self.internal_prefix = b'{"model_name":' + json.dumps(target.model).encode()
-        self.public_prefix = b'{"model_name":' + json.dumps(route).encode()
-        self.delta = len(self.public_prefix) - len(self.internal_prefix)
-
-
-class CompiledRouting:
-    """A RoutingTable plus its CompiledTargets; swapped as one attribute, so atomically."""
-
-    __slots__ = ("deployed", "routes", "table", "targets")
-
-    def __init__(
-        self, table: RoutingTable | None, pool_for: Callable[[str, int], UpstreamPool]
-    ) -> None:
-        self.table = table
-        self.routes: dict[bytes, Route] = {}
-        self.targets: dict[int, CompiledTarget] = {}
-        if table is not None:
-            for name, route in table.routes.items():
-                self.routes[name.encode()] = route
-                for target in route.targets:
-                    pool = pool_for(target.host, target.port)
-                    self.targets[id(target)] = CompiledTarget(name, target, pool)
-        self.deployed = ", ".join(sorted(table.routes)) if table and table.routes else "(none)"
+def infer_payload(
+    target: CompiledTarget, headers: list[tuple[bytes, bytes]], body: list[bytes], size: int
+) -> list[bytes]:
+    """The bytes of an inference request to `target`: the body chunks are shared, not copied
+    (a shadow copy of the same request reuses them)."""
+    head = [b"POST ", target.path, b"/infer HTTP/1.1\r\n", target.host_line]
+    for name, value in headers:
+        head += (name, b": ", value, b"\r\n")
+    head.append(b"Content-Length: %d\r\n\r\n" % size)
+    if size <= SMALL_BODY:  # one buffer: uvloop sends it right away
+        return [b"".join(head + body)]
+    return [b"".join(head), *body]  # large tensors: writelines hands the chunks to writev
 
 
 class Exchange:
-    """One request forwarded to Triton and the response streamed (or rewritten) back."""
+    """One client request forwarded to a variant and the response streamed (or stamped) back."""
 
     __slots__ = (
+        "capture",
         "chunks",
         "client",
         "conn",
-        "ct",
         "done",
+        "group",
         "head_written",
         "headers",
+        "hlen",
         "kind",
+        "mode",
         "payload",
         "retried",
+        "route",
+        "size",
         "start",
         "status",
-        "stream",
+        "target",
+        "variant",
     )
 
     def __init__(
         self,
         client: ClientConnection,
         kind: int,
-        ct: CompiledTarget,
+        route: CompiledRoute,
+        variant: CompiledVariant,
+        target: CompiledTarget,
         payload: list[bytes],
         start: float,
+        group: ShadowGroup | None = None,
     ) -> None:
         self.client = client
         self.kind = kind
-        self.ct = ct
+        self.route = route
+        self.variant = variant
+        self.target = target
         self.payload = payload
         self.start = start
+        self.group = group
+        # the response as Triton sent it, kept (by reference) only for a mirrored request
+        self.capture: list[bytes] | None = [] if group is not None else None
         self.retried = False
         self.done = False
         self.conn: UpstreamConnection | None = None
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
         self.chunks: list[bytes] = []
-        self.stream = False
+        self.mode = BUFFER
+        self.size = 0
+        self.hlen = -1  # Inference-Header-Content-Length of the response, -1 when absent
         self.head_written = False
 
     def alive(self) -> bool:
@@ -172,43 +162,68 @@ class Exchange:
     def on_response_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         self.status = status
         self.headers = headers
-        if 200 <= status < 300 and self.kind != META:
-            # Stream through only when Triton framed the body with Content-Length.
-            for name, _ in headers:
-                if name.lower() == b"content-length":
-                    self.stream = True
-                    break
+        if not 200 <= status < 300 or self.kind == META:
+            return
+        framed = False
+        for name, value in headers:
+            lname = name.lower()
+            if lname == b"content-length":
+                framed = True
+            elif lname == INFERENCE_HEADER_LENGTH:
+                try:
+                    self.hlen = int(value)
+                except ValueError:
+                    self.hlen = -1
+        # Stream through only when Triton framed the body with Content-Length.
+        if framed:
+            if self.kind != INFER:
+                self.mode = STREAM
+            elif self.hlen >= 0:
+                self.mode = SPLIT
 
     def on_response_body(self, body: bytes) -> None:
-        if not self.stream:
-            self.chunks.append(body)
-        elif self.head_written:
+        if self.capture is not None:
+            self.capture.append(body)
+        if self.head_written:
             self.client.write(body)
-        else:
+            return
+        if self.mode == STREAM:
             self.head_written = True
-            self.client.write(self._stream_head(body))
+            self.client.write(self._head(self.status, self.headers, 0, -1) + body)
+            return
+        self.chunks.append(body)
+        if self.mode == SPLIT:
+            self.size += len(body)
+            if self.size >= self.hlen:
+                self._write_split()
 
     def on_response_complete(self) -> None:
         if self.done:
             return
         status = self.status
-        if self.stream:
-            if not self.head_written:
+        if not self.head_written:
+            if self.mode == BUFFER:
+                status, parts = self._buffered_response()
+                self.client.write_parts(parts)
+            else:  # an empty ready answer, or a body shorter than its own JSON header
+                chunks, self.chunks = self.chunks, []
                 self.head_written = True
-                self.client.write(self._stream_head(b""))
-        else:
-            status, response = self._buffered_response()
-            self.client.write(response)
+                self.client.write_parts([self._head(status, self.headers, 0, -1), *chunks])
         self._finish(status)
 
     def on_upstream_failure(self) -> None:
-        self._fail(503, f"no upstream available for {self.ct.public!r}")
+        self._fail(503, f"no upstream available for {self.route.public!r}")
 
     def on_timeout(self) -> None:
         conn, self.conn = self.conn, None
         if conn is not None:
             conn.detach_and_abort()
-        self._fail(504, f"upstream timed out for {self.ct.public!r}")
+        self._fail(504, f"upstream timed out for {self.route.public!r}")
+
+    def abandon(self) -> None:
+        """The client left before Triton was asked: nothing to answer, only to account for."""
+        if not self.done:
+            self._finish(CLIENT_GONE, respond=False)
 
     # -- internals --------------------------------------------------------------------------
     def _fail(self, status: int, message: str) -> None:
@@ -218,59 +233,111 @@ class Exchange:
         if self.head_written:  # part of a response is out: only closing tells the client
             client.abort()
         else:
-            client.write(simple_response(status, json_error(message), client.conn_header()))
+            self.head_written = True
+            client.write(
+                simple_response(
+                    status, json_error(message), client.conn_header(), self.variant.header_line
+                )
+            )
         self._finish(status)
 
-    def _finish(self, code: int) -> None:
+    def _finish(self, code: int, respond: bool = True) -> None:
         self.done = True
         client = self.client
         if self.kind == INFER:
-            ct = self.ct
             gw = client.gw
-            gw.stats.observe(ct.public, ct.label, code, gw.loop.time() - self.start)
-        client.exchange_done()
+            elapsed = gw.loop.time() - self.start
+            key, name = self.route.key, self.variant.name
+            gw.stats.observe(key, name, "http", code, elapsed)
+            gw.stats.leave(key, name)
+            group = self.group
+            if group is not None:
+                capture, self.capture = self.capture, None
+                ok = 200 <= code < 300 and capture is not None
+                group.primary_done(capture if ok else None, self.hlen, elapsed)
+        if respond:
+            client.exchange_done()
 
-    def _stream_head(self, first: bytes) -> bytes:
-        ct = self.ct
-        delta = 0
-        if self.kind == INFER and first.startswith(ct.internal_prefix):
-            first = ct.public_prefix + first[len(ct.internal_prefix) :]
-            delta = ct.delta
-        out = [status_line(self.status)]
-        for name, value in self.headers:
+    def _write_split(self) -> None:
+        """The JSON header of a binary-tensor response is here: stamp it, send what we hold,
+        let the tensors stream."""
+        chunks, self.chunks = self.chunks, []
+        buf = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        hlen = self.hlen
+        pieces = stamp_infer(buf, hlen, self.variant.stamp, self.target.triton_prefix)
+        if pieces is None:  # not JSON after all: sent as it came
+            new_hlen, pieces = hlen, [memoryview(buf)[:hlen]]
+        else:
+            new_hlen = sum(len(piece) for piece in pieces)
+        parts: Parts = [self._head(self.status, self.headers, new_hlen - hlen, new_hlen), *pieces]
+        if len(buf) > hlen:
+            parts.append(memoryview(buf)[hlen:])
+        self.head_written = True
+        self.client.write_parts(parts)
+
+    def _head(
+        self, status: int, headers: list[tuple[bytes, bytes]], delta: int, new_hlen: int
+    ) -> bytes:
+        """Status line and forwarded headers, lengths adjusted by a stamped JSON header."""
+        out = [status_line(status)]
+        for name, value in headers:
             lname = name.lower()
-            if lname in _LENGTH_HEADERS:
+            if lname == b"content-length":
                 if delta:
                     value = b"%d" % (int(value) + delta)
+            elif lname == INFERENCE_HEADER_LENGTH:
+                if new_hlen >= 0:
+                    value = b"%d" % new_hlen
             elif lname not in FORWARD_RESPONSE_HEADERS:
                 continue
             out += (name, b": ", value, b"\r\n")
-        out += (self.client.conn_header(), b"\r\n", first)
+        out += (self.variant.header_line, self.client.conn_header(), b"\r\n")
         return b"".join(out)
 
-    def _buffered_response(self) -> tuple[int, bytes]:
-        """(status the client gets, the whole response)."""
-        body = b"".join(self.chunks)
+    def _buffered_response(self) -> tuple[int, Parts]:
+        """(status the client gets, the whole response in parts)."""
+        chunks = self.chunks
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        self.chunks = []
         status = self.status
-        ct = self.ct
+        route = self.route
+        pieces: Parts
         if not 200 <= status < 300:
-            status, message = http_failure(status, body, internal=ct.internal, public=ct.public)
-            body = json_error(message)
+            status, message = http_failure(
+                status, body, internal=self.target.internal, public=route.public
+            )
+            pieces = [json_error(message)]
             headers: list[tuple[bytes, bytes]] = [(b"Content-Type", b"application/json")]
         elif self.kind == META:
-            try:
-                meta = json.loads(body)
-                meta["name"] = ct.public
-                body = json.dumps(meta, separators=(",", ":")).encode()
-            except (ValueError, TypeError):
-                status, body = 502, json_error(f"invalid metadata from upstream for {ct.public!r}")
+            meta = stamp_metadata(body, route.public, route.versions)
+            if meta is None:
+                status = 502
+                meta = json_error(f"invalid metadata from upstream for {route.public!r}")
+            pieces = [meta]
             headers = [(b"Content-Type", b"application/json")]
-        else:  # 2xx infer/ready without Content-Length (chunked): rename, then frame it ourselves
-            if self.kind == INFER and body.startswith(ct.internal_prefix):
-                body = ct.public_prefix + body[len(ct.internal_prefix) :]
+        else:  # 2xx without Content-Length (chunked), or a JSON inference response
             headers = [(n, v) for n, v in self.headers if n.lower() in FORWARD_RESPONSE_HEADERS]
+            pieces = [body]
+            if self.kind == INFER:
+                hlen = self.hlen if 0 <= self.hlen <= len(body) else len(body)
+                stamped = stamp_infer(body, hlen, self.variant.stamp, self.target.triton_prefix)
+                if stamped is not None:
+                    new_hlen = b"%d" % sum(len(piece) for piece in stamped)
+                    if hlen < len(body):
+                        stamped.append(memoryview(body)[hlen:])
+                    pieces = stamped
+                    headers = [
+                        (n, new_hlen if n.lower() == INFERENCE_HEADER_LENGTH else v)
+                        for n, v in headers
+                    ]
         out = [status_line(status)]
         for name, value in headers:
             out += (name, b": ", value, b"\r\n")
-        out += (b"Content-Length: %d\r\n" % len(body), self.client.conn_header(), b"\r\n", body)
-        return status, b"".join(out)
+        length = sum(len(piece) for piece in pieces)
+        out += (
+            b"Content-Length: %d\r\n" % length,
+            self.variant.header_line,
+            self.client.conn_header(),
+            b"\r\n",
+        )
+        return status, [b"".join(out), *pieces]

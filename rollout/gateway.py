@@ -1,8 +1,9 @@
 """KServe v2 HTTP gateway in front of Triton: `python -m rollout.gateway`.
 
-Clients talk to public route names; the control plane pushes a routing table (admin port,
-loopback only) mapping each name to weighted Triton targets, which is how canaries, A/B splits
-and blue/green switches happen without touching clients. Four listeners:
+Clients name pipelines; the control plane pushes a routing table (admin port, loopback only,
+rollout.routing) mapping each workspace's pipeline to its variants (pipeline versions, each
+with its Triton targets) and a strategy (weighted, sticky, shadow), which is how canaries, A/B
+splits, shadows and blue/green switches happen without touching clients. Four listeners:
 
 - data port: /v2/health/*, /v2, and per model infer / ready / metadata (rollout.proxy);
   nothing else of Triton's API (repository, shared memory, logging, trace, statistics) is
@@ -11,7 +12,8 @@ and blue/green switches happen without touching clients. Four listeners:
   bytes (rollout.grpc_gateway); --grpc-port 0 turns it off;
 - metrics port: Prometheus text at /metrics (rollout.gateway_metrics);
 - admin port: GET/PUT /routes (rollout.admin_api: bearer token, allowed upstreams,
-  generation window); with --routes-file the table survives restarts.
+  generation window; with --routes-file the table survives restarts), GET/DELETE /shadow (the
+  output-diff reports of shadow routes, rollout.shadow_diff).
 
 Request bodies are checked before they reach Triton (rollout.body_guard: bounded inflation of
 gzip/deflate, no shared memory, JSON or nothing) and Triton's errors are mapped and sanitized
@@ -37,11 +39,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from rollout.admin_api import AdminApi, read_token_file
 from rollout.admin_http import SimpleRequest, SimpleResponse, start_simple_server
-from rollout.exchange import CompiledRouting, json_error
+from rollout.exchange import Exchange, json_error
 from rollout.gateway_metrics import GatewayStats, GaugeSource, make_registry
 from rollout.grpc_gateway import GrpcFrontend
+from rollout.http_routing import CompiledRouting
+from rollout.http_shadow import ShadowMirrors
 from rollout.proxy import ClientConnection
 from rollout.routing import RoutingTable, parse_address
+from rollout.shadow_diff import DiffCollector
 from rollout.upstream import UpstreamPool, probe_ready
 
 logger = logging.getLogger(__name__)
@@ -108,10 +113,14 @@ class Gateway:
         self.now = self.loop.time()  # coarse clock for timeouts, refreshed by the sweeper
         self.stats = GatewayStats()
         self.clients: set[ClientConnection] = set()
+        # exchanges whose client left while Triton works on them: the sweeper times them out
+        self.orphans: set[Exchange] = set()
         self.pools: dict[tuple[str, int], UpstreamPool] = {}
         self.last_ready: dict[tuple[str, int], float] = {}
         self.shutting_down = False
         self.routing = CompiledRouting(None, self._pool_for)
+        self.shadow_diff = DiffCollector()
+        self.mirrors = ShadowMirrors(self.loop, self.stats, self.shadow_diff)
         self.server_metadata = json.dumps(
             {
                 "name": "lastmile-gateway",
@@ -137,6 +146,8 @@ class Gateway:
                 server_version=_version(),
                 max_message_bytes=config.max_body_bytes,
                 upstream_timeout=config.upstream_timeout,
+                diffs=self.shadow_diff,
+                shadow_inflight=self.mirrors.inflight,
             )
         self._servers: list[asyncio.Server] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -152,6 +163,7 @@ class Gateway:
     async def start(self) -> None:
         config = self.config
         self.admin.load_routes_file()
+        self.shadow_diff.start()
         if config.http_fd is not None:
             # A listening socket handed down by a supervisor that keeps it open across our
             # restarts: clients that connect while we are down wait in its backlog instead of
@@ -220,6 +232,7 @@ class Gateway:
             await asyncio.sleep(0.02)
         for client in list(self.clients):
             client.abort()
+        self.mirrors.close()
         if grpc_stop is not None:
             await grpc_stop
         for task in self._tasks:
@@ -229,6 +242,7 @@ class Gateway:
                 await task
         for pool in self.pools.values():
             pool.retire()
+        await asyncio.to_thread(self.shadow_diff.stop, 5.0)
         await asyncio.sleep(0)  # let transports run their close callbacks
         logger.info("gateway stopped")
 
@@ -265,7 +279,16 @@ class Gateway:
         return seen is not None and self.loop.time() - seen <= window
 
     def is_ready(self) -> bool:
-        return self.table is not None and all(self._fresh(k) for k in self._upstreams())
+        """A table is loaded and every route has a variant taking traffic (weight > 0) with a
+        target that passed its recent health check: a candidate (weight 0, or a minority
+        variant) going down leaves the gateway ready while a stable variant serves."""
+        if self.table is None:
+            return False
+        fresh = self._fresh
+        return all(
+            any(any(fresh(upstream) for upstream in variant) for variant in route.live_upstreams)
+            for route in self.routing.routes.values()
+        )
 
     # -- background -------------------------------------------------------------------------
     async def _sweep(self) -> None:
@@ -274,6 +297,12 @@ class Gateway:
             self.now = now = self.loop.time()
             for client in list(self.clients):
                 client.check_timeouts(now)
+            timeout = self.config.upstream_timeout
+            for ex in list(self.orphans):
+                if ex.done:
+                    self.orphans.discard(ex)
+                elif now - ex.start > timeout:
+                    ex.on_timeout()
 
     async def _check_health(self) -> None:
         interval = self.config.health_interval

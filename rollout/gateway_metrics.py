@@ -30,10 +30,12 @@ BUCKETS: tuple[float, ...] = (
 )  # fmt: skip
 
 UNKNOWN_ROUTE = "_unknown"  # one label for every unknown name: callers cannot blow up cardinality
+PROTOCOLS = ("http", "grpc")
+SHADOW_OUTCOMES = ("ok", "error", "timeout", "dropped")
 
 
-class RouteTiming:
-    """Non-cumulative bucket counts for one route; cumulated when rendered."""
+class Timing:
+    """Non-cumulative bucket counts of one histogram series; cumulated when rendered."""
 
     __slots__ = ("count", "counts", "total")
 
@@ -42,33 +44,65 @@ class RouteTiming:
         self.total = 0.0
         self.count = 0
 
+    def add(self, seconds: float) -> None:
+        self.counts[bisect_left(BUCKETS, seconds)] += 1
+        self.total += seconds
+        self.count += 1
+
 
 class GatewayStats:
-    """Request counters by (route, target, code) and a latency histogram per route."""
+    """Live figures per (route, variant), one label scheme for HTTP and gRPC.
 
-    __slots__ = ("requests", "timings")
+    The canary controller compares variants of one route with these, so every series is keyed
+    by the route key ("<workspace>/<pipeline>") and the variant ("<pipeline>/<version>"; ""
+    when the gateway refused a request before choosing one). `code` is always an HTTP status
+    (gRPC statuses map through `grpc_code_to_http`). Only the event loop thread writes.
+    """
+
+    __slots__ = ("inflight", "requests", "shadow_requests", "shadow_timings", "timings")
 
     def __init__(self) -> None:
-        # code: the HTTP status (int) for HTTP, the gRPC status name ("OK", "NOT_FOUND") for gRPC
-        self.requests: dict[tuple[str, str, int | str], int] = {}
-        self.timings: dict[str, RouteTiming] = {}
+        self.requests: dict[tuple[str, str, str, int], int] = {}
+        self.timings: dict[tuple[str, str], Timing] = {}
+        self.inflight: dict[tuple[str, str], int] = {}
+        self.shadow_requests: dict[tuple[str, str, str], int] = {}
+        self.shadow_timings: dict[tuple[str, str], Timing] = {}
 
-    def observe(self, route: str, target: str, code: int | str, seconds: float) -> None:
-        key = (route, target, code)
+    def observe(self, route: str, variant: str, protocol: str, code: int, seconds: float) -> None:
+        """A request answered (by the variant's upstream, or by the gateway on its behalf)."""
+        key = (route, variant, protocol, code)
         requests = self.requests
         requests[key] = requests.get(key, 0) + 1
-        timing = self.timings.get(route)
+        series = (route, variant)
+        timing = self.timings.get(series)
         if timing is None:
-            timing = self.timings[route] = RouteTiming()
-        timing.counts[bisect_left(BUCKETS, seconds)] += 1
-        timing.total += seconds
-        timing.count += 1
+            timing = self.timings[series] = Timing()
+        timing.add(seconds)
 
-    def count(self, route: str, target: str, code: int | str) -> None:
+    def count(self, route: str, variant: str, protocol: str, code: int) -> None:
         """A request refused by the gateway itself before any upstream saw it: counted, but
         kept out of the latency histogram (its near-zero time would hide real latencies)."""
-        key = (route, target, code)
+        key = (route, variant, protocol, code)
         self.requests[key] = self.requests.get(key, 0) + 1
+
+    def enter(self, route: str, variant: str) -> None:
+        key = (route, variant)
+        self.inflight[key] = self.inflight.get(key, 0) + 1
+
+    def leave(self, route: str, variant: str) -> None:
+        key = (route, variant)
+        self.inflight[key] = self.inflight.get(key, 0) - 1
+
+    def shadow(self, route: str, variant: str, outcome: str, seconds: float | None) -> None:
+        """One mirrored copy sent to `variant`: ok | error | timeout | dropped (never sent)."""
+        key = (route, variant, outcome)
+        self.shadow_requests[key] = self.shadow_requests.get(key, 0) + 1
+        if seconds is not None:
+            series = (route, variant)
+            timing = self.shadow_timings.get(series)
+            if timing is None:
+                timing = self.shadow_timings[series] = Timing()
+            timing.add(seconds)
 
 
 @dataclass
@@ -81,6 +115,19 @@ class GaugeSource:
     upstream_up: Callable[[], dict[str, bool]]
 
 
+def _histogram(
+    family: HistogramMetricFamily, labels: list[str], timing: Timing
+) -> HistogramMetricFamily:
+    running = 0
+    buckets = []
+    for bound, count in zip(BUCKETS, timing.counts, strict=False):
+        running += count
+        buckets.append((repr(bound), running))
+    buckets.append(("+Inf", timing.count))
+    family.add_metric(labels, buckets, sum_value=timing.total)
+    return family
+
+
 class GatewayCollector(Collector):
     """Renders GatewayStats and a few gauges in the Prometheus exposition format."""
 
@@ -89,50 +136,75 @@ class GatewayCollector(Collector):
         self.gauges = gauges
 
     def collect(self) -> Iterator[Metric]:
+        stats = self.stats
+        request_items = sorted(stats.requests.items())
         requests = CounterMetricFamily(
             "lastmile_gateway_requests",
-            "Inference requests answered by the gateway, by public route, Triton target and "
-            "status: the HTTP code (200, 404, ...) or the gRPC status name (OK, NOT_FOUND, ...).",
-            labels=["route", "target", "code"],
+            "Inference requests answered by the gateway, by route (workspace/pipeline), variant "
+            "(pipeline/version; empty: refused before one was chosen), protocol (http, grpc) "
+            "and code (the HTTP status; gRPC statuses as their HTTP equivalents).",
+            labels=["route", "variant", "protocol", "code"],
         )
-        items = sorted(self.stats.requests.items(), key=lambda kv: (*kv[0][:2], str(kv[0][2])))
-        for (route, target, code), value in items:
-            requests.add_metric([route, target, str(code)], value)
+        for (route, variant, protocol, code), value in request_items:
+            requests.add_metric([route, variant, protocol, str(code)], value)
         yield requests
 
         # Derived at scrape time from the counters above: the hot path pays nothing for it.
         errors = CounterMetricFamily(
             "lastmile_gateway_errors",
-            "Inference requests that failed, by public route, Triton target (empty: refused by "
-            "the gateway before reaching one) and class: 'client' (HTTP 4xx; gRPC "
-            "INVALID_ARGUMENT, NOT_FOUND, ...) or 'server' (HTTP 5xx; gRPC INTERNAL, "
-            "UNAVAILABLE, ...).",
-            labels=["route", "target", "class"],
+            "Inference requests that failed, by route, variant (empty: refused by the gateway "
+            "before one was chosen) and class: 'client' (4xx) or 'server' (5xx), both "
+            "protocols together.",
+            labels=["route", "variant", "class"],
         )
         by_class: dict[tuple[str, str, str], int] = {}
-        for (route, target, code), value in self.stats.requests.items():
+        for (route, variant, _protocol, code), value in request_items:
             kind = error_class(code)
             if kind is not None:
-                key = (route, target, kind)
+                key = (route, variant, kind)
                 by_class[key] = by_class.get(key, 0) + value
-        for (route, target, kind), value in sorted(by_class.items()):
-            errors.add_metric([route, target, kind], value)
+        for (route, variant, kind), value in sorted(by_class.items()):
+            errors.add_metric([route, variant, kind], value)
         yield errors
 
         duration = HistogramMetricFamily(
             "lastmile_gateway_request_duration_seconds",
-            "Time from a complete inference request to its complete response, per route.",
-            labels=["route"],
+            "Time from a complete inference request to its complete response, per route and "
+            "variant.",
+            labels=["route", "variant"],
         )
-        for route, timing in sorted(self.stats.timings.items()):
-            running = 0
-            buckets = []
-            for bound, count in zip(BUCKETS, timing.counts, strict=False):
-                running += count
-                buckets.append((repr(bound), running))
-            buckets.append(("+Inf", timing.count))
-            duration.add_metric([route], buckets, sum_value=timing.total)
+        for (route, variant), timing in sorted(stats.timings.items()):
+            _histogram(duration, [route, variant], timing)
         yield duration
+
+        inflight = GaugeMetricFamily(
+            "lastmile_gateway_inflight",
+            "Inference requests forwarded to a variant and not answered yet.",
+            labels=["route", "variant"],
+        )
+        for (route, variant), value in sorted(stats.inflight.items()):
+            inflight.add_metric([route, variant], value)
+        yield inflight
+
+        shadow = CounterMetricFamily(
+            "lastmile_gateway_shadow_requests",
+            "Copies of requests mirrored to a shadow variant, by outcome: ok, error, timeout, "
+            "or dropped (the route's mirror queue was full; never sent).",
+            labels=["route", "variant", "outcome"],
+        )
+        for (route, variant, outcome), value in sorted(stats.shadow_requests.items()):
+            shadow.add_metric([route, variant, outcome], value)
+        yield shadow
+
+        shadow_duration = HistogramMetricFamily(
+            "lastmile_gateway_shadow_duration_seconds",
+            "Latency of mirrored requests (to their answer, error or timeout), per route and "
+            "shadow variant.",
+            labels=["route", "variant"],
+        )
+        for (route, variant), timing in sorted(stats.shadow_timings.items()):
+            _histogram(shadow_duration, [route, variant], timing)
+        yield shadow_duration
 
         generation = self.gauges.generation()
         gen = GaugeMetricFamily(
@@ -171,3 +243,31 @@ def make_registry(stats: GatewayStats, gauges: GaugeSource) -> CollectorRegistry
     registry = CollectorRegistry(auto_describe=False)
     registry.register(GatewayCollector(stats, gauges))
     return registry
+
+
+# One vocabulary for the `code` label of both transports: the HTTP status. gRPC statuses map
+# as KServe v2 and grpc-gateway map them; CANCELLED is nginx's 499 (client closed request).
+_GRPC_HTTP = {
+    "OK": 200,
+    "CANCELLED": 499,
+    "UNKNOWN": 500,
+    "INVALID_ARGUMENT": 400,
+    "DEADLINE_EXCEEDED": 504,
+    "NOT_FOUND": 404,
+    "ALREADY_EXISTS": 409,
+    "PERMISSION_DENIED": 403,
+    "RESOURCE_EXHAUSTED": 429,
+    "FAILED_PRECONDITION": 400,
+    "ABORTED": 409,
+    "OUT_OF_RANGE": 400,
+    "UNIMPLEMENTED": 501,
+    "INTERNAL": 500,
+    "UNAVAILABLE": 503,
+    "DATA_LOSS": 500,
+    "UNAUTHENTICATED": 401,
+}
+
+
+def grpc_code_to_http(name: str) -> int:
+    """The HTTP status that stands for gRPC status `name` in metric labels."""
+    return _GRPC_HTTP.get(name, 500)

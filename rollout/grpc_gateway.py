@@ -2,12 +2,22 @@
 
 A grpc.aio server with a generic handler whose (de)serializers are the identity: requests stay
 the bytes the client sent. Routing reads fields 1-2 (model name, version) with a tiny wire
-scanner (rollout.grpc_wire) and renames by appending field 1 (and 2 for a pinned version):
-protobuf keeps the last value. Responses get the public name appended the same way. Measured
-on the 2-core dev box: the scan costs ~2.5 µs whatever the tensor size, parsing with
-`service_pb2` ~2 µs for a 50-byte request but ~170 µs for a 4 MiB one (it copies the tensors),
-so the hot path never decodes protobuf. The shared-memory refusal follows the same rule: a
-`bytes in` pre-filter outside the raw tensor field, a wire-level parse only when it fires.
+scanner (rollout.grpc_wire); the workspace comes from the `lastmile-workspace` metadata
+(default "default"). An explicit version selects that variant of the route; otherwise the
+route's strategy picks one (rollout.strategies), with a sticky key taken from the metadata
+header the route names, else from a request parameter (field 4, scanned only then). The
+request is renamed for the variant's Triton model by appending fields 1 and 2 (protobuf keeps
+the last value); the response gets the public name, the pipeline version and a
+`lastmile_variant` parameter appended the same way, and initial metadata `lastmile-variant`
+says which variant answered (also when its upstream failed). Measured on the 2-core dev box:
+the scan costs ~2.5 µs whatever the tensor size, parsing with `service_pb2` ~2 µs for a
+50-byte request but ~170 µs for a 4 MiB one (it copies the tensors), so the hot path never
+decodes protobuf. The shared-memory refusal follows the same rule: a `bytes in` pre-filter
+outside the raw tensor field, a wire-level parse only when it fires.
+
+Every ModelInfer is counted per route key and variant with protocol "grpc" and, as `code`, the
+HTTP status its gRPC status stands for (`grpc_code_to_http`), so the canary controller reads
+one label scheme for both transports; refusals before a variant was chosen have variant "".
 
 Compressed messages (grpc-encoding: gzip/deflate) are inflated by grpc itself, which applies
 grpc.max_receive_message_length (the gateway's max body) to the *inflated* size, inflating in
@@ -15,9 +25,10 @@ bounded steps: a gzip bomb gets RESOURCE_EXHAUSTED without growing the gateway's
 (measured: 512 MiB of zeros against a 1 MiB limit, peak RSS unchanged).
 
 Served: ServerLive/ServerReady/ServerMetadata (answered here, like the HTTP side), ModelReady,
-ModelMetadata and ModelInfer (forwarded over one persistent grpc.aio channel per Triton).
-Refused, never proxied (DESIGN §5): repository, shared memory, trace, logging, statistics and
-ModelConfig (PERMISSION_DENIED); ModelStreamInfer (UNIMPLEMENTED, for now).
+ModelMetadata and ModelInfer (forwarded over one persistent grpc.aio channel per Triton; shadow
+routes also mirror ModelInfer, rollout.grpc_shadow). Refused, never proxied (DESIGN §5):
+repository, shared memory, trace, logging, statistics and ModelConfig (PERMISSION_DENIED);
+ModelStreamInfer (UNIMPLEMENTED, for now).
 """
 
 from __future__ import annotations
@@ -25,28 +36,43 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
 
 from rollout.body_guard import SHM_MARKER, SHM_REFUSED
-from rollout.exchange import VERSION_RE
-from rollout.gateway_metrics import UNKNOWN_ROUTE, GatewayStats
+from rollout.gateway_metrics import UNKNOWN_ROUTE, GatewayStats, grpc_code_to_http
+from rollout.grpc_routing import (
+    SERVICE,
+    GrpcRoute,
+    GrpcRouting,
+    GrpcTarget,
+    GrpcUpstream,
+    GrpcVariant,
+)
+from rollout.grpc_shadow import GrpcShadow, settle
 from rollout.grpc_wire import (
     WireError,
     bool_field,
+    drop_fields,
     infer_parameter_keys,
     mentions,
+    request_parameter,
     scan_name_version,
     string_field,
 )
-from rollout.routing import Route, RoutingTable, Target
+from rollout.routing import DEFAULT_WORKSPACE, WORKSPACE_HEADER, Mirror, RoutingTable
+from rollout.strategies import RequestContext
 from rollout.upstream_errors import grpc_failure
+
+if TYPE_CHECKING:
+    from rollout.shadow_diff import DiffCollector
 
 logger = logging.getLogger(__name__)
 
-SERVICE = "inference.GRPCInferenceService"
+__all__ = ["SERVICE", "GrpcFrontend", "GrpcRouting"]
 REFUSED_METHODS = (
     "ModelConfig",
     "ModelStatistics",
@@ -67,68 +93,21 @@ FORWARD_METADATA = frozenset({"traceparent", "tracestate", "x-request-id"})
 StatusCode = grpc.StatusCode
 
 
-class GrpcUpstream:
-    """One persistent HTTP/2 channel to a Triton gRPC endpoint and its bytes-level stubs."""
-
-    __slots__ = ("address", "channel", "infer", "metadata", "ready")
-
-    def __init__(self, host: str, port: int) -> None:
-        self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        self.channel = grpc.aio.insecure_channel(
-            self.address,
-            options=[
-                ("grpc.max_send_message_length", -1),
-                ("grpc.max_receive_message_length", -1),
-                ("grpc.use_local_subchannel_pool", 1),
-                # Reconnect within a second of Triton coming back (gRPC's default backoff grows
-                # to two minutes, during which calls fail fast with UNAVAILABLE).
-                ("grpc.initial_reconnect_backoff_ms", 100),
-                ("grpc.min_reconnect_backoff_ms", 100),
-                ("grpc.max_reconnect_backoff_ms", 1000),
-            ],
-        )
-        # No serializers: requests and responses are passed through as bytes.
-        self.infer = self.channel.unary_unary(f"/{SERVICE}/ModelInfer")
-        self.ready = self.channel.unary_unary(f"/{SERVICE}/ModelReady")
-        self.metadata = self.channel.unary_unary(f"/{SERVICE}/ModelMetadata")
-
-
-class GrpcTarget:
-    """Per-target suffixes computed once per routing table: a rename is one concatenation."""
-
-    __slots__ = ("internal", "label", "public", "request_suffix", "response_suffix", "upstream")
-
-    def __init__(self, route: str, target: Target, upstream: GrpcUpstream) -> None:
-        self.public = route
-        self.internal = target.model
-        self.label = target.label
-        self.upstream = upstream
-        suffix = string_field(1, target.model.encode())
-        if target.version:
-            suffix += string_field(2, target.version.encode())
-        self.request_suffix = suffix
-        self.response_suffix = string_field(1, route.encode())
-
-
-class GrpcRouting:
-    __slots__ = ("deployed", "routes", "targets")
-
-    def __init__(
-        self, table: RoutingTable | None, upstream_for: Callable[[str, int], GrpcUpstream]
-    ) -> None:
-        self.routes: dict[bytes, Route] = {}
-        self.targets: dict[int, GrpcTarget] = {}
-        if table is not None:
-            for name, route in table.routes.items():
-                self.routes[name.encode()] = route
-                for t in route.targets:
-                    upstream = upstream_for(t.grpc_host, t.grpc_port)
-                    self.targets[id(t)] = GrpcTarget(name, t, upstream)
-        self.deployed = ", ".join(sorted(table.routes)) if table and table.routes else "(none)"
+# The version a client may name: the pipeline version, a positive integer.
+VERSION_RE = re.compile(rb"[1-9][0-9]{0,17}")
+PROTOCOL = "grpc"
+NO_KEY = RequestContext()
+Metadata = tuple[tuple[str, Any], ...]
 
 
 class GrpcFrontend:
-    """The gRPC listener; lives on the gateway's event loop and shares its stats."""
+    """The gRPC listener; lives on the gateway's event loop and shares its stats.
+
+    Optional: `diffs`, the gateway's DiffCollector, which gets the (primary, mirror) answer
+    pairs of shadow routes (without it mirrors are still sent and counted, never compared);
+    `shadow_inflight`, the route key -> mirrored copies in flight dict of the HTTP side, so
+    that `shadow.max_queue` bounds a route's copies over both transports together.
+    """
 
     def __init__(
         self,
@@ -139,6 +118,8 @@ class GrpcFrontend:
         server_version: str,
         max_message_bytes: int,
         upstream_timeout: float,
+        diffs: DiffCollector | None = None,
+        shadow_inflight: dict[str, int] | None = None,
     ) -> None:
         self.loop = asyncio.get_running_loop()
         self.stats = stats
@@ -147,12 +128,14 @@ class GrpcFrontend:
         self.max_message_bytes = max_message_bytes
         self.upstreams: dict[tuple[str, int], GrpcUpstream] = {}
         self.routing = GrpcRouting(None, self._upstream_for)
+        self.shadow = GrpcShadow(stats, diffs, shadow_inflight)
         self.server_metadata = (
             string_field(1, server_name.encode())
             + string_field(2, server_version.encode())
             + string_field(3, b"binary_tensor_data")
         )
         self.server: Any = None
+        self.port = 0  # bound by start()
         self._closing: set[asyncio.Task[None]] = set()
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -175,13 +158,16 @@ class GrpcFrontend:
             raise OSError(f"cannot listen for gRPC on {address}")
         await server.start()
         self.server = server
-        return int(bound)
+        self.port = int(bound)
+        return self.port
 
     async def stop(self, grace: float) -> None:
-        """Refuse new RPCs, let in-flight ones finish within `grace`, then close the channels."""
+        """Refuse new RPCs, let in-flight ones finish within `grace`, then close the channels
+        (mirror copies still in flight are abandoned)."""
         if self.server is not None:
             await self.server.stop(grace)
             self.server = None
+        await self.shadow.stop()
         for upstream in self.upstreams.values():
             await upstream.channel.close()
         self.upstreams.clear()
@@ -241,32 +227,61 @@ class GrpcFrontend:
     # -- forwarded --------------------------------------------------------------------------
     async def _model_infer(self, request: bytes, context: Any) -> bytes:
         start = self.loop.time()
-        routing = self.routing
-        name, _ = await _route_fields(request, context)
-        route = routing.routes.get(name)
+        stats = self.stats
+        name, version = await _route_fields(request, context)
+        metadata: Metadata = context.invocation_metadata() or ()
+        route = self.routing.lookup(_workspace(metadata), name)
         if route is None:
-            self.stats.observe(UNKNOWN_ROUTE, "", StatusCode.NOT_FOUND.name, 0.0)
-            await abort(context, StatusCode.NOT_FOUND, _unknown(name, routing.deployed))
+            stats.count(UNKNOWN_ROUTE, "", PROTOCOL, 404)
+            await abort(context, StatusCode.NOT_FOUND, _unknown(name))
         if mentions(request, SHM_MARKER):
-            await self._refuse_shared_memory(route.name, request, context)
-        gt = routing.targets[id(route.choose())]
+            await self._refuse_shared_memory(route.key, request, context)
+        mirrors: tuple[Mirror, ...] = ()
+        if version:
+            variant = await _versioned(route, version, context, stats)
+        else:
+            try:
+                ctx = _context(route, metadata, request) if route.strategy.needs_key else NO_KEY
+            except WireError as exc:
+                stats.count(route.key, "", PROTOCOL, 400)
+                await abort(context, StatusCode.INVALID_ARGUMENT, f"malformed request: {exc}")
+            decision = route.strategy.pick(ctx)
+            variant = route.variants[decision.primary.name]
+            mirrors = decision.mirrors
+        target = variant.targets.next()
+        forwarded = _forwarded_metadata(metadata)
+        pair = None
+        key, label = route.key, variant.name
+        stats.enter(key, label)
         try:
-            response: bytes = await gt.upstream.infer(
-                request + gt.request_suffix,
+            await context.send_initial_metadata(variant.initial_metadata)
+            call = target.upstream.infer(
+                request + target.request_suffix,
                 timeout=self._timeout(context),
-                metadata=_forwarded_metadata(context),
+                metadata=forwarded,
             )
+            if mirrors:  # after the primary: a copy never goes out ahead of the client's call
+                pair = self.shadow.mirror(route, mirrors, request, forwarded)
+            response: bytes = await call
         except grpc.aio.AioRpcError as exc:
-            code, details = _public_error(gt, exc)
-            self.stats.observe(gt.public, gt.label, code.name, self.loop.time() - start)
+            settle(pair)
+            code, details = _public_error(target, exc)
+            stats.observe(key, label, PROTOCOL, grpc_code_to_http(code.name), self._since(start))
             await abort(context, code, details)
         except asyncio.CancelledError:  # client gone or its deadline passed: upstream cancelled
+            settle(pair)
             remaining = context.time_remaining()
-            code = "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
-            self.stats.observe(gt.public, gt.label, code, self.loop.time() - start)
+            code_name = (
+                "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
+            )
+            stats.observe(key, label, PROTOCOL, grpc_code_to_http(code_name), self._since(start))
             raise
-        self.stats.observe(gt.public, gt.label, "OK", self.loop.time() - start)
-        return response + gt.response_suffix
+        finally:
+            stats.leave(key, label)
+        elapsed = self._since(start)
+        stats.observe(key, label, PROTOCOL, 200, elapsed)
+        settle(pair, response, elapsed)
+        return response + variant.response_suffix
 
     async def _refuse_shared_memory(self, route: str, request: bytes, context: Any) -> None:
         """Abort INVALID_ARGUMENT when a parameter really names shared memory (the marker may
@@ -274,40 +289,59 @@ class GrpcFrontend:
         try:
             keys = infer_parameter_keys(request)
         except WireError as exc:
-            self.stats.count(route, "", StatusCode.INVALID_ARGUMENT.name)
+            self.stats.count(route, "", PROTOCOL, 400)
             await abort(context, StatusCode.INVALID_ARGUMENT, f"malformed request: {exc}")
         if any(key.startswith(SHM_MARKER) for key in keys):
-            self.stats.count(route, "", StatusCode.INVALID_ARGUMENT.name)
+            self.stats.count(route, "", PROTOCOL, 400)
             await abort(context, StatusCode.INVALID_ARGUMENT, SHM_REFUSED)
 
     async def _model_ready(self, request: bytes, context: Any) -> bytes:
-        routing = self.routing
-        name, _ = await _route_fields(request, context)
-        route = routing.routes.get(name)
-        if route is None:  # as Triton does: an unknown model is simply not ready
+        name, version = await _route_fields(request, context)
+        metadata: Metadata = context.invocation_metadata() or ()
+        route = self.routing.lookup(_workspace(metadata), name)
+        if route is None:  # as Triton does: an unknown model (or version) is simply not ready
             return bool_field(1, False)
-        gt = routing.targets[id(route.choose())]
-        return await self._call(gt, gt.upstream.ready, request, context)
+        if version:
+            variant = route.by_version.get(version)
+            if variant is None:
+                return bool_field(1, False)
+        else:
+            variant = _picked(route, metadata)
+        await context.send_initial_metadata(variant.initial_metadata)
+        target = variant.targets.next()
+        return await self._call(target, target.upstream.ready, request, context, metadata)
 
     async def _model_metadata(self, request: bytes, context: Any) -> bytes:
-        routing = self.routing
-        name, _ = await _route_fields(request, context)
-        route = routing.routes.get(name)
+        name, version = await _route_fields(request, context)
+        metadata: Metadata = context.invocation_metadata() or ()
+        route = self.routing.lookup(_workspace(metadata), name)
         if route is None:
-            await abort(context, StatusCode.NOT_FOUND, _unknown(name, routing.deployed))
-        gt = routing.targets[id(route.choose())]
-        # ModelMetadataResponse.name is field 1 too: the same suffix shows the public name.
-        return await self._call(gt, gt.upstream.metadata, request, context) + gt.response_suffix
+            await abort(context, StatusCode.NOT_FOUND, _unknown(name))
+        if version:
+            variant = await _versioned(route, version, context, None)
+        else:
+            variant = _picked(route, metadata)
+        await context.send_initial_metadata(variant.initial_metadata)
+        target = variant.targets.next()
+        response = await self._call(target, target.upstream.metadata, request, context, metadata)
+        try:
+            # Triton's name and versions are internal: the public name and the route's
+            # pipeline versions replace them (a small message, rebuilt off the infer path).
+            return drop_fields(response, _METADATA_NAME_VERSIONS) + route.metadata_suffix
+        except WireError:
+            await abort(context, StatusCode.INTERNAL, f"malformed metadata for {route.public!r}")
 
-    async def _call(self, gt: GrpcTarget, stub: Any, request: bytes, context: Any) -> bytes:
+    async def _call(
+        self, target: GrpcTarget, stub: Any, request: bytes, context: Any, metadata: Metadata
+    ) -> bytes:
         try:
             response: bytes = await stub(
-                request + gt.request_suffix,
+                request + target.request_suffix,
                 timeout=self._timeout(context),
-                metadata=_forwarded_metadata(context),
+                metadata=_forwarded_metadata(metadata),
             )
         except grpc.aio.AioRpcError as exc:
-            await abort(context, *_public_error(gt, exc))
+            await abort(context, *_public_error(target, exc))
         return response
 
     def _timeout(self, context: Any) -> float:
@@ -315,6 +349,12 @@ class GrpcFrontend:
         if remaining is None:
             return self.upstream_timeout
         return min(remaining, self.upstream_timeout)
+
+    def _since(self, start: float) -> float:
+        return self.loop.time() - start
+
+
+_METADATA_NAME_VERSIONS = frozenset({1, 2})  # ModelMetadataResponse.name, .versions
 
 
 async def abort(context: Any, code: grpc.StatusCode, details: str) -> NoReturn:
@@ -336,33 +376,85 @@ async def _route_fields(request: bytes, context: Any) -> tuple[bytes, bytes]:
     return name, version
 
 
-def _unknown(name: bytes, deployed: str) -> str:
+async def _versioned(
+    route: GrpcRoute, version: bytes, context: Any, stats: GatewayStats | None
+) -> GrpcVariant:
+    """The variant an explicit version names (weight 0 included); NOT_FOUND when not served."""
+    variant = route.by_version.get(version)
+    if variant is None:
+        if stats is not None:
+            stats.count(route.key, "", PROTOCOL, 404)
+        await abort(
+            context,
+            StatusCode.NOT_FOUND,
+            f"model {route.public!r} has no version {version.decode()} being served",
+        )
+    return variant
+
+
+def _workspace(metadata: Metadata) -> str:
+    for key, value in metadata:
+        if key == WORKSPACE_HEADER:
+            return str(value)
+    return DEFAULT_WORKSPACE
+
+
+def _header_key(route: GrpcRoute, metadata: Metadata) -> bytes | None:
+    header = route.sticky_header
+    for key, value in metadata:
+        if key == header:
+            return value.encode() if isinstance(value, str) else bytes(value)
+    return None
+
+
+def _context(route: GrpcRoute, metadata: Metadata, request: bytes) -> RequestContext:
+    """The sticky key: the route's metadata header, else its request parameter (the request
+    is scanned only then). WireError when the parameters are malformed."""
+    key = _header_key(route, metadata)
+    if key is None and route.sticky_parameter is not None:
+        key = request_parameter(request, route.sticky_parameter)
+    return NO_KEY if key is None else RequestContext(key)
+
+
+def _picked(route: GrpcRoute, metadata: Metadata) -> GrpcVariant:
+    """The variant a metadata/ready call without a version is about: the strategy's pick, keyed
+    by the sticky header when there is one (these requests carry no parameters)."""
+    ctx = NO_KEY
+    if route.strategy.needs_key:
+        key = _header_key(route, metadata)
+        ctx = NO_KEY if key is None else RequestContext(key)
+    return route.variants[route.strategy.pick(ctx).primary.name]
+
+
+def _unknown(name: bytes) -> str:
+    """Names no other route: which pipelines exist (here or in other workspaces) is not the
+    caller's business."""
     shown = name[:64].decode("utf-8", "replace")
-    return f"unknown model {shown!r}; deployed: {deployed}"
+    return f"unknown model {shown!r}"
 
 
-def _forwarded_metadata(context: Any) -> tuple[tuple[str, str], ...] | None:
-    metadata = context.invocation_metadata()
+def _forwarded_metadata(metadata: Metadata) -> tuple[tuple[str, str], ...] | None:
     if not metadata:
         return None
     forwarded = tuple((k, v) for k, v in metadata if k in FORWARD_METADATA)
     return forwarded or None
 
 
-def _public_error(gt: GrpcTarget, exc: Any) -> tuple[grpc.StatusCode, str]:
+def _public_error(target: GrpcTarget, exc: Any) -> tuple[grpc.StatusCode, str]:
     """Client mistakes become INVALID_ARGUMENT, server faults keep a server code; the message
     is sanitized and hides the internal model name and anything about our network."""
     code = exc.code()
     details = exc.details() or ""
-    if gt.internal not in details:
+    public = target.public
+    if target.internal not in details:
         if code == StatusCode.UNAVAILABLE:  # from the channel (refused, reset), not Triton
-            return code, f"no upstream available for {gt.public!r}"
+            return code, f"no upstream available for {public!r}"
         if code == StatusCode.DEADLINE_EXCEEDED:
-            return code, f"upstream timed out for {gt.public!r}"
+            return code, f"upstream timed out for {public!r}"
         if code == StatusCode.CANCELLED:
-            return code, f"request for {gt.public!r} was cancelled"
-    details = details.replace(gt.upstream.address, "upstream")
-    name, message = grpc_failure(code.name, details, internal=gt.internal, public=gt.public)
+            return code, f"request for {public!r} was cancelled"
+    details = details.replace(target.upstream.address, "upstream")
+    name, message = grpc_failure(code.name, details, internal=target.internal, public=public)
     return StatusCode[name], message
 
 

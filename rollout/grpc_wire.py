@@ -2,17 +2,22 @@
 
 The gateway forwards KServe v2 messages without decoding them. Routing needs only the model
 name and version, which are fields 1 and 2 (length-delimited strings) of ModelInferRequest,
-ModelReadyRequest and ModelMetadataRequest; renaming needs only field 1 of the requests and of
-ModelInferResponse / ModelMetadataResponse. Protobuf keeps the *last* value of a scalar field
-that appears more than once, so a rename is "append the field again": no re-serialisation, no
-copy of the tensors beyond one concatenation.
+ModelReadyRequest and ModelMetadataRequest, and, for a sticky route keyed by a request
+parameter, one entry of the request's `parameters` map (field 4). Protobuf keeps the *last*
+value of a scalar field that appears more than once, and the last entry of a map key, so
+renaming a request and stamping a response are "append the field again": no re-serialisation,
+no copy of the tensors beyond one concatenation. An appended empty string is a value too: it
+clears a version the client sent (Triton reads "" as "use the version policy").
 
 `scan_name_version` walks the top-level fields only, jumping over length-delimited ones
 (tensors, nested messages) without reading them, so its cost grows with the number of fields,
-not with the size of the message.
+not with the size of the message. The one message rebuilt rather than appended to is the
+small ModelMetadataResponse, whose `versions` is a repeated field (`drop_fields`).
 """
 
 from __future__ import annotations
+
+import struct
 
 _WT_VARINT, _WT_FIXED64, _WT_BYTES, _WT_FIXED32 = 0, 1, 2, 5
 
@@ -194,3 +199,112 @@ def _map_key(buf: bytes, start: int, stop: int) -> bytes:
         if number == 1:
             key = buf[s:e]
     return key
+
+
+# InferParameter's oneof: bool_param = 1, int64_param = 2, string_param = 3, double_param = 4,
+# uint64_param = 5. A parameter's "text form" is what a sticky key is hashed from; it is the
+# JSON spelling of the value, so an HTTP client's {"user": 42} and a gRPC int64_param 42 (or
+# {"vip": true} and bool_param) land on the same variant.
+_PARAM_BOOL, _PARAM_INT64, _PARAM_STRING, _PARAM_DOUBLE, _PARAM_UINT64 = 1, 2, 3, 4, 5
+
+
+def request_parameter(request: bytes, name: bytes) -> bytes | None:
+    """Text form of the request-level parameter `name` of a ModelInferRequest (the last entry
+    wins, as in protobuf), None when absent or holding no value. WireError when malformed."""
+    value = None
+    for number, start, stop in length_delimited(request):
+        if number != _INFER_PARAMETERS:
+            continue
+        key = b""
+        param: tuple[int, int] | None = None
+        for inner, s, e in length_delimited(request, start, stop):
+            if inner == 1:
+                key = request[s:e]
+            elif inner == 2:
+                param = (s, e)
+        if key == name:
+            value = None if param is None else _parameter_text(request, *param)
+    return value
+
+
+def _parameter_text(buf: bytes, start: int, stop: int) -> bytes | None:
+    text = None
+    pos = start
+    try:
+        while pos < stop:
+            key, pos = _varint(buf, pos)
+            wire_type, number = key & 7, key >> 3
+            if wire_type == _WT_VARINT:
+                value, pos = _varint(buf, pos)
+                if number == _PARAM_BOOL:
+                    text = b"true" if value else b"false"
+                elif number == _PARAM_INT64:
+                    value = value - (1 << 64) if value >= 1 << 63 else value
+                    text = str(value).encode()
+                elif number == _PARAM_UINT64:
+                    text = str(value).encode()
+            elif wire_type == _WT_BYTES:
+                length, pos = _varint(buf, pos)
+                if pos + length > stop:
+                    raise WireError("parameter value runs past its entry")
+                if number == _PARAM_STRING:
+                    text = buf[pos : pos + length]
+                pos += length
+            elif wire_type == _WT_FIXED64:
+                if pos + 8 > stop:
+                    raise WireError("truncated message")
+                if number == _PARAM_DOUBLE:
+                    (double,) = struct.unpack_from("<d", buf, pos)
+                    text = repr(double).encode()
+                pos += 8
+            elif wire_type == _WT_FIXED32:
+                pos += 4
+            else:
+                raise WireError(f"unsupported wire type {wire_type}")
+    except IndexError:
+        raise WireError("truncated message") from None
+    if pos != stop:
+        raise WireError("truncated message")
+    return text
+
+
+def string_parameter(number: int, key: bytes, value: bytes) -> bytes:
+    """One entry of the map<string, InferParameter> field `number`: key -> string_param value,
+    ready to be appended (ModelInferResponse.parameters is field 4)."""
+    parameter = string_field(_PARAM_STRING, value)
+    return string_field(number, string_field(1, key) + string_field(2, parameter))
+
+
+def drop_fields(buf: bytes, numbers: frozenset[int]) -> bytes:
+    """The message without any top-level field whose number is in `numbers` (every wire type);
+    WireError when malformed. Copies the message: for small messages only."""
+    out = bytearray()
+    keep = pos = 0
+    end = len(buf)
+    try:
+        while pos < end:
+            field_start = pos
+            key, pos = _varint(buf, pos)
+            wire_type, number = key & 7, key >> 3
+            if number == 0:
+                raise WireError("field number 0")
+            if wire_type == _WT_BYTES:
+                length, pos = _varint(buf, pos)
+                pos += length
+            elif wire_type == _WT_VARINT:
+                _, pos = _varint(buf, pos)
+            elif wire_type == _WT_FIXED64:
+                pos += 8
+            elif wire_type == _WT_FIXED32:
+                pos += 4
+            else:
+                raise WireError(f"unsupported wire type {wire_type}")
+            if pos > end:
+                raise WireError("truncated message")
+            if number in numbers:
+                out += buf[keep:field_start]
+                keep = pos
+    except IndexError:
+        raise WireError("truncated message") from None
+    out += buf[keep:]
+    return bytes(out)

@@ -3,9 +3,8 @@
 DESIGN §3 measured that a Python gateway keeps ~85 % of direct Triton throughput only when it
 works at the protocol level, so this module is written against asyncio.Protocol and httptools
 callbacks: no framework, no task or future per request, bodies kept as the bytes objects the
-socket produced and handed to an Exchange (rollout.exchange) that forwards them to Triton.
-Before that, an inference body passes rollout.body_guard's checks (cheap unless they fire); a
-compressed body is inflated, on the event loop while small, in a worker thread past that.
+socket produced and handed on. What a complete request becomes (a local answer, or a route,
+a variant and an Exchange that forwards it to Triton) is rollout.http_dispatch.
 """
 
 from __future__ import annotations
@@ -17,34 +16,23 @@ from typing import TYPE_CHECKING, Any
 
 import httptools
 
-from rollout.body_guard import (
-    INLINE_INFLATE_BYTES,
-    BodyRefused,
-    Inflater,
-    check_infer_body,
-    content_coding,
-    unsupported_coding,
-)
+from rollout.body_guard import content_coding
 from rollout.exchange import (
     CLOSE_HEADER,
     FORWARD_REQUEST_HEADERS,
-    INFER,
-    INFERENCE_HEADER_LENGTH,
-    META,
-    READY,
     SMALL_BODY,
-    VERSION_RE,
     Exchange,
     json_error,
     simple_response,
 )
-from rollout.gateway_metrics import UNKNOWN_ROUTE
+from rollout.http_dispatch import dispatch
 
 if TYPE_CHECKING:
-    from rollout.exchange import CompiledTarget
     from rollout.gateway import Gateway
 
 logger = logging.getLogger(__name__)
+
+NO_CAPTURE: list[tuple[bytes, bytes]] = []  # shared, never appended to
 
 
 class ClientError(Exception):
@@ -60,6 +48,7 @@ class Request:
     __slots__ = (
         "body",
         "body_size",
+        "captured",
         "coding",
         "error",
         "headers",
@@ -80,6 +69,7 @@ class Request:
         http10: bool,
         error: ClientError | None = None,
         coding: bytes = b"",
+        captured: list[tuple[bytes, bytes]] = NO_CAPTURE,
     ) -> None:
         self.method = method
         self.url = url
@@ -90,6 +80,8 @@ class Request:
         self.http10 = http10
         self.error = error
         self.coding = coding  # Content-Encoding other than identity, as sent
+        # headers kept aside, not forwarded: the workspace and sticky keys (lower-case names)
+        self.captured = captured
 
 
 class ClientConnection(asyncio.Protocol):
@@ -99,6 +91,7 @@ class ClientConnection(asyncio.Protocol):
         "body",
         "body_size",
         "busy",
+        "captured",
         "closed",
         "closing",
         "coding",
@@ -142,6 +135,7 @@ class ClientConnection(asyncio.Protocol):
         self.header_size = 0
         self.expect_continue = False
         self.coding = b""
+        self.captured = NO_CAPTURE
 
     # -- asyncio.Protocol -------------------------------------------------------------------
     def connection_made(self, transport: Any) -> None:
@@ -150,10 +144,17 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.closing = True
         self.gw.clients.discard(self)
         ex = self.ex
-        if ex is not None and ex.conn is not None:
-            ex.conn.resume_reading()  # let the upstream response drain so the conn can be reused
+        if ex is not None:
+            if ex.conn is not None:
+                # let the upstream response drain so the connection can be reused; the
+                # gateway's sweeper still applies the upstream timeout
+                ex.conn.resume_reading()
+                self.gw.orphans.add(ex)
+            else:  # not sent yet (waiting for a connection): it never will be
+                ex.abandon()
 
     def data_received(self, data: bytes) -> None:
         self.last_active = self.gw.now
@@ -196,6 +197,10 @@ class ClientConnection(asyncio.Protocol):
         if self.header_size > self.gw.config.max_header_bytes:
             raise ClientError(431, "request header too large")
         lname = name.lower()
+        if lname in self.gw.routing.capture_headers:
+            if self.captured is NO_CAPTURE:
+                self.captured = []
+            self.captured.append((lname, value))
         if lname in FORWARD_REQUEST_HEADERS:
             self.headers.append((name, value))
         elif lname == b"content-length":
@@ -234,6 +239,7 @@ class ClientConnection(asyncio.Protocol):
             parser.should_keep_alive(),
             parser.get_http_version() == "1.0",
             coding=self.coding,
+            captured=self.captured,
         )
         self.started = 0.0
         self._reset()
@@ -247,6 +253,18 @@ class ClientConnection(asyncio.Protocol):
     def write(self, data: bytes) -> None:
         if not self.closed:
             self.transport.write(data)
+
+    def write_parts(self, parts: list[bytes | memoryview]) -> None:
+        """Several buffers: joined when small (one write goes out at once), else handed to
+        writelines (writev, no copy)."""
+        if self.closed:
+            return
+        if len(parts) == 1:
+            self.transport.write(parts[0])
+        elif sum(len(part) for part in parts) <= SMALL_BODY:
+            self.transport.write(b"".join(parts))
+        else:
+            self.transport.writelines(parts)
 
     def abort(self) -> None:
         self.closing = True
@@ -336,142 +354,4 @@ class ClientConnection(asyncio.Protocol):
             self.closing = True
             self.error(req.error.status, req.error.message)
             return
-        url = req.url
-        query = url.find(b"?")
-        path = url if query < 0 else url[:query]
-        parts = path.split(b"/")
-        if len(parts) >= 4 and parts[0] == b"" and parts[1] == b"v2" and parts[2] == b"models":
-            self._handle_model(req, parts)
-            return
-        gw = self.gw
-        if path not in (b"/v2/health/live", b"/v2/health/ready", b"/v2", b"/v2/"):
-            self.error(404, "not found: the gateway serves inference, model metadata and health")
-        elif req.method != b"GET":
-            self.error(405, "method not allowed")
-        elif path == b"/v2/health/live":
-            self.respond(200)
-        elif path == b"/v2/health/ready":
-            self.respond(200 if gw.is_ready() else 503)
-        else:
-            self.respond(200, gw.server_metadata)
-
-    def _handle_model(self, req: Request, parts: list[bytes]) -> None:
-        name = parts[3]
-        rest = parts[4:]
-        version = b""
-        if len(rest) >= 2 and rest[0] == b"versions":
-            version = rest[1]
-            rest = rest[2:]
-            if not VERSION_RE.fullmatch(version):
-                self.error(400, "invalid model version: use a positive integer")
-                return
-        if not rest:
-            kind, method, suffix = META, b"GET", b""
-        elif len(rest) == 1 and rest[0] == b"infer":
-            kind, method, suffix = INFER, b"POST", b"/infer"
-        elif len(rest) == 1 and rest[0] == b"ready":
-            kind, method, suffix = READY, b"GET", b"/ready"
-        else:
-            self.error(404, "not found: the gateway serves infer, ready and metadata per model")
-            return
-        if req.method != method:
-            self.error(405, "method not allowed")
-            return
-        routing = self.gw.routing
-        route = routing.routes.get(name)
-        if route is None:
-            shown = name[:64].decode("utf-8", "replace")
-            if kind == INFER:
-                self.gw.stats.observe(UNKNOWN_ROUTE, "", 404, 0.0)
-            self.error(404, f"unknown model {shown!r}; deployed: {routing.deployed}")
-            return
-        ct = routing.targets[id(route.choose())]
-        path = ct.pinned_path or (
-            ct.model_path + b"/versions/" + version if version else ct.model_path
-        )
-        if kind != INFER:
-            payload = [b"GET " + path + suffix + b" HTTP/1.1\r\n" + ct.host_line + b"\r\n"]
-            self._submit(kind, ct, payload)
-        elif req.coding:
-            coding = content_coding(req.coding)
-            if coding is None:
-                self._refuse(ct, 415, unsupported_coding(req.coding))
-            elif coding:
-                self._inflate(req, ct, path, coding)
-            else:
-                self._forward_infer(req, ct, path)
-        else:
-            self._forward_infer(req, ct, path)
-
-    def _forward_infer(self, req: Request, ct: CompiledTarget, path: bytes) -> None:
-        header_length = None
-        for hname, hvalue in req.headers:
-            if len(hname) == 31 and hname.lower() == INFERENCE_HEADER_LENGTH:
-                try:
-                    header_length = int(hvalue)
-                except ValueError:
-                    self._refuse(ct, 400, "invalid Inference-Header-Content-Length")
-                    return
-        problem = check_infer_body(req.body, req.body_size, header_length)
-        if problem is not None:
-            self._refuse(ct, 400, problem)
-            return
-        head = [b"POST ", path, b"/infer HTTP/1.1\r\n", ct.host_line]
-        for hname, hvalue in req.headers:
-            head += (hname, b": ", hvalue, b"\r\n")
-        head.append(b"Content-Length: %d\r\n\r\n" % req.body_size)
-        if req.body_size <= SMALL_BODY:  # one buffer: uvloop sends it right away
-            payload = [b"".join(head + req.body)]
-        else:  # large tensors: no copy, writelines hands the chunks to writev
-            payload = [b"".join(head), *req.body]
-        self._submit(INFER, ct, payload)
-
-    def _submit(self, kind: int, ct: CompiledTarget, payload: list[bytes]) -> None:
-        ex = self.ex = Exchange(self, kind, ct, payload, self.gw.loop.time())
-        ct.pool.submit(ex)
-
-    def _refuse(self, ct: CompiledTarget, status: int, message: str) -> None:
-        """Answer an inference request the gateway will not forward (counted, target '')."""
-        self.gw.stats.count(ct.public, "", status)
-        self.error(status, message)
-
-    # -- compressed bodies ------------------------------------------------------------------
-    def _inflate(self, req: Request, ct: CompiledTarget, path: bytes, coding: bytes) -> None:
-        inflater = Inflater(coding, req.body, self.gw.config.max_inflated_bytes)
-        try:
-            done = inflater.run(INLINE_INFLATE_BYTES)
-        except BodyRefused as exc:
-            self._refuse(ct, exc.status, exc.message)
-            return
-        if done:
-            self._inflated(req, ct, path, inflater)
-            return
-        # Big: the rest in a worker thread (zlib drops the GIL), the connection stays busy.
-        future = self.gw.loop.run_in_executor(None, inflater.run)
-        future.add_done_callback(lambda f: self._inflate_done(f, req, ct, path, inflater))
-
-    def _inflate_done(
-        self,
-        future: asyncio.Future[bool],
-        req: Request,
-        ct: CompiledTarget,
-        path: bytes,
-        inflater: Inflater,
-    ) -> None:
-        if self.closed or future.cancelled():
-            return  # client gone (or gateway stopping): nothing to answer
-        exc = future.exception()
-        if isinstance(exc, BodyRefused):
-            self._refuse(ct, exc.status, exc.message)
-        elif exc is not None:
-            logger.error("inflating a request body failed", exc_info=exc)
-            self._refuse(ct, 500, "the gateway could not inflate the request body")
-        else:
-            self._inflated(req, ct, path, inflater)
-
-    def _inflated(self, req: Request, ct: CompiledTarget, path: bytes, inflater: Inflater) -> None:
-        body = inflater.result()
-        req.body = [body] if body else []
-        req.body_size = len(body)
-        req.coding = b""
-        self._forward_infer(req, ct, path)
+        dispatch(self, req)

@@ -13,14 +13,26 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import httptools
 
-if TYPE_CHECKING:
-    from rollout.exchange import Exchange
-
 logger = logging.getLogger(__name__)
+
+
+class Exchange(Protocol):
+    """What a connection carries: a client's request (rollout.exchange) or a shadow copy
+    (rollout.http_shadow). `payload` is written as is; the callbacks get the response."""
+
+    conn: UpstreamConnection | None
+    retried: bool
+    payload: list[bytes]
+
+    def alive(self) -> bool: ...
+    def on_response_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> None: ...
+    def on_response_body(self, body: bytes) -> None: ...
+    def on_response_complete(self) -> None: ...
+    def on_upstream_failure(self) -> None: ...
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -169,6 +181,10 @@ class UpstreamPool:
             self.connect(ex)
         else:
             self.waiters.append(ex)
+
+    def has_room(self) -> bool:
+        """Whether a request submitted now would go out without waiting for a connection."""
+        return bool(self.idle) or self.total < self.max_connections
 
     def connect(self, ex: Exchange) -> None:
         """Open a new connection for `ex` (a retry calls this directly: allowed past the cap)."""

@@ -192,3 +192,34 @@ def make_expand_to_shape(path: Path) -> Path:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["rows", "cols"])],
     )
     return _save(_model(graph), path)
+
+
+def make_partly_failing(
+    path: Path, n_features: int = 4, scale: float = 3.0, limit: int = 8
+) -> Path:
+    """y = x * scale for rows whose first feature is in [-limit, limit); onnxruntime fails the
+    whole request otherwise (a Gather index out of bounds): a model that errors on part of its
+    inputs, as a bad candidate does."""
+    a = np.full((n_features,), scale, dtype=np.float32)
+    inits = [
+        numpy_helper.from_array(a, "scale"),
+        numpy_helper.from_array(np.zeros((limit,), np.float32), "table"),
+        numpy_helper.from_array(np.array([0], np.int64), "first"),
+        numpy_helper.from_array(np.array([1], np.int64), "second"),
+        numpy_helper.from_array(np.array([1], np.int64), "axis1"),
+    ]
+    nodes = [
+        helper.make_node("Slice", ["x", "first", "second", "axis1"], ["col"]),
+        helper.make_node("Cast", ["col"], ["index"], to=TensorProto.INT64),
+        helper.make_node("Gather", ["table", "index"], ["zeros"], axis=0),
+        helper.make_node("Mul", ["x", "scale"], ["scaled"]),
+        helper.make_node("Add", ["scaled", "zeros"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "partly_failing",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", n_features])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", n_features])],
+        inits,
+    )
+    return _save(_model(graph), path)

@@ -26,6 +26,7 @@ from manager.api.routes import (
     pipelines,
     principals,
     repository,
+    rollouts,
     workspaces,
 )
 from manager.api.routes import system as system_routes
@@ -94,6 +95,7 @@ def create_app(settings: Settings, *, system: System | None = None) -> FastAPI:
         models,
         pipelines,
         deployments,
+        rollouts,
         repository,
         observe,
     ):

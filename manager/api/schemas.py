@@ -7,7 +7,7 @@ Numbers have bounds that fit the store (int32 versions, int64 sizes) so a client
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -236,6 +236,75 @@ class DeploymentEventPublic(BaseModel):
     error: str | None
     principal: str
     ts: datetime
+
+
+# -- rollouts ---------------------------------------------------------------------------------
+
+
+class RolloutStart(Strict):
+    strategy: Literal["hot-swap", "canary", "ab", "shadow", "blue-green"] = Field(
+        description="hot-swap: switch at once after warm-up; canary: weight in steps judged by "
+        "live gates; ab: fixed sticky weights; shadow: candidates get a copy of live traffic; "
+        "blue-green: a second complete copy and an atomic switch"
+    )
+    candidates: list[Annotated[int, Field(ge=1, le=INT32)]] = Field(
+        min_length=1, max_length=15, description="Candidate pipeline versions"
+    )
+    params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="canary: steps, interval_s, min_requests, gates {max_error_rate, "
+        "max_error_rate_increase, max_p99_ratio, max_drift}; ab: weights {version: percent} "
+        "summing to 100, sticky_header, sticky_parameter; shadow: sample, timeout_s, "
+        "max_queue, tolerance",
+    )
+
+
+class RolloutAction(Strict):
+    version: int | None = Field(
+        default=None, ge=1, le=INT32, description="promote: the winning version (A/B/n)"
+    )
+    reason: str = Field(default="", max_length=1000, description="Recorded in the rollout's log")
+
+
+class RolloutEventPublic(BaseModel):
+    ts: datetime
+    action: str
+    state: str
+    weights: dict[str, float]
+    reason: str
+    figures: dict[str, Any]
+    principal: str
+
+
+class RolloutPublic(BaseModel):
+    id: int
+    workspace: str
+    pipeline: str
+    strategy: str
+    state: str
+    stable_version: int
+    candidates: list[int]
+    weights: dict[str, float] = Field(description="Version -> percent of traffic now")
+    params: dict[str, Any]
+    step: int
+    reason: str
+    created_by: str
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+    events: list[RolloutEventPublic] = Field(default_factory=list)
+
+
+class TimelineItem(BaseModel):
+    ts: datetime
+    kind: Literal["deployment", "rollout"]
+    action: str
+    version: int | None
+    outcome: str
+    detail: str
+    principal: str
+    rollout: int | None
+    weights: dict[str, float] | None = None
 
 
 # -- repository, metrics, audit, system -------------------------------------------------------

@@ -16,7 +16,7 @@ from pathlib import Path
 import typer
 
 from manager import __version__
-from manager.cli import deploys, models, pipelines, reconcile, teams
+from manager.cli import deploys, models, pipelines, reconcile, rollouts, teams
 from manager.cli.common import JsonOpt, client, emit, err, kv_table, out, settings, table
 from manager.errors import InvalidInput, LastmileError
 
@@ -35,6 +35,7 @@ for sub, name in (
     (models.model_app, "model"),
     (pipelines.pipeline_app, "pipeline"),
     (deploys.deployment_app, "deployment"),
+    (rollouts.rollout_app, "rollout"),
     (repo_app, "repo"),
     (teams.workspace_app, "workspace"),
     (teams.member_app, "member"),
@@ -46,6 +47,7 @@ for command in (
     deploys.deploy,
     deploys.undeploy,
     deploys.rollback,
+    rollouts.history,
     deploys.infer,
     deploys.metrics,
     models.templates,

@@ -61,12 +61,17 @@ def undeploy(
 def rollback(
     pipeline: str = typer.Argument(..., help="Deployed pipeline."),
     version: int | None = typer.Option(
-        None, "--version", help="Version to go back to (default: the one live before)."
+        None,
+        "--to",
+        "--version",
+        help="Version to go back to (default: the one live before; during a rollout its "
+        "stable version).",
     ),
     workspace: WorkspaceOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Put an earlier version of a pipeline back live."""
+    """Put an earlier version back live in one step (during a rollout: its stable version,
+    still loaded, takes all traffic again at once)."""
     with client(workspace) as lm, err.status(f"rolling {pipeline} back…"):
         info = lm.rollback(pipeline, version=version)
     emit(info, as_json, f"[green]live[/green]: {pipeline} v{info['version']} (rolled back)")

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from manager.names import NAME_RE
+from rollout.routing import RoutingTable
 
 __all__ = ["Action", "Published", "Seen", "Wanted", "Wants", "is_owned_name", "plan"]
 
@@ -115,22 +116,16 @@ def _disk_diff(want: Wanted, have: Published | None) -> list[tuple[str, str]]:
     return out
 
 
-def route_key(routes: Mapping[str, Any]) -> dict[str, list[tuple[str, str, str, float, str]]]:
-    """Routes as comparable values: the generation and key order do not matter."""
-    out = {}
+def route_key(routes: Mapping[str, Any]) -> dict[str, Any]:
+    """Routes as comparable values (rollout.routing's Route, or the raw value when it does not
+    parse): the generation, key order and 95 vs 95.0 do not matter."""
+    out: dict[str, Any] = {}
     for name, route in routes.items():
-        targets = route.get("targets", []) if isinstance(route, Mapping) else []
-        out[name] = sorted(
-            (
-                str(t.get("url", "")),
-                str(t.get("model", "")),
-                str(t.get("version", "")),
-                float(t.get("weight", 1.0)),
-                str(t.get("grpc", "")),
-            )
-            for t in targets
-            if isinstance(t, Mapping)
-        )
+        try:
+            table = RoutingTable.from_json({"generation": 0, "routes": {name: route}})
+            out[name] = table.routes[name]
+        except ValueError:
+            out[name] = ("unparsable", repr(route))
     return out
 
 
@@ -144,7 +139,7 @@ def _routes_reason(want: Mapping[str, Any], have: Mapping[str, Any]) -> str | No
     if extra := sorted(set(held) - set(wanted)):
         parts.append(f"not live: {', '.join(extra)}")
     if changed := sorted(n for n in set(wanted) & set(held) if wanted[n] != held[n]):
-        parts.append(f"different targets: {', '.join(changed)}")
+        parts.append(f"different variants or weights: {', '.join(changed)}")
     return "the gateway's routes differ from the live deployments (" + "; ".join(parts) + ")"
 
 

@@ -25,6 +25,8 @@ class Platform:
     engine: Engine
     triton: TritonRuntime | None = None
     gateway_admin_url: str | None = None
+    # The gateway's Prometheus endpoint: live per-variant figures for rollout gates.
+    gateway_metrics_url: str | None = None
     # Secret the gateway's admin endpoint requires (``Authorization: Bearer``), made per start.
     gateway_admin_token: str | None = None
     # Set by the running system: live ensembles that are not served right now, and why.

@@ -11,16 +11,13 @@ answers ready; the previous ensemble is unloaded after the switch.
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import httpx
-
 from manager import store
 from manager.domain import PipelineSpec, ServingOptions, Signature
-from manager.errors import GatewayError, LastmileError, PipelineError, TritonError
+from manager.errors import Conflict, LastmileError, PipelineError, TritonError
 from manager.names import check_name, triton_ensemble_name, triton_model_name
 from manager.repository.config import (
     PYTHON_MODEL_FILENAME,
@@ -31,7 +28,9 @@ from manager.repository.config import (
 )
 from manager.repository.python_model import python_model_source
 from manager.repository.writer import RepositoryWriter
+from manager.services import serving
 from manager.services.context import Platform
+from manager.services.serving import served_specs
 from manager.triton.client import TritonClient
 
 log = logging.getLogger(__name__)
@@ -82,22 +81,6 @@ def collect_models(
             digests={v: mv.sha256 for v, mv in by_version.items()},
         )
     return needed
-
-
-def _live_specs(
-    session: Any, *, workspace_id: int | None, exclude_pipeline_id: int | None
-) -> list[tuple[store.Deployment, PipelineSpec]]:
-    """Live deployments (of one workspace, or of all when ``workspace_id`` is None)."""
-    live = []
-    for dep in store.list_deployments(session):
-        if dep.state != "live" or dep.pipeline_id == exclude_pipeline_id:
-            continue
-        pipe = session.get(store.Pipeline, dep.pipeline_id)
-        if workspace_id is not None and pipe.workspace_id != workspace_id:
-            continue
-        pv = session.get(store.PipelineVersion, dep.pipeline_version_id)
-        live.append((dep, PipelineSpec.from_dict(pv.spec)))
-    return live
 
 
 def version_extras(config: Any, versions: set[int]) -> dict[int, dict[str, bytes]] | None:
@@ -326,15 +309,27 @@ def deploy(
     principal: str = "",
     action: str = "deploy",
 ) -> dict[str, Any]:
-    """Build, publish and load a pipeline version; route the gateway to it once ready.
-    A second deploy of the same pipeline while one runs is a 409; each outcome is recorded
-    in the pipeline's deployment history."""
+    """Put a pipeline version live as a hot-swap: load it beside what serves, warm it, switch
+    the gateway, drain the old version, unload it. A second deploy of the same pipeline while
+    one runs is a 409, and so is a deploy while the pipeline has an active rollout; each outcome
+    is recorded in the pipeline's history."""
     check_name(workspace, kind="workspace")
     check_name(pipeline, kind="pipeline")
-    with platform.exclusive(
-        f"deploy:{workspace}/{pipeline}", f"a deployment of pipeline {pipeline!r}"
-    ):
-        return _deploy(platform, workspace, pipeline, version, principal, action)
+    with pipeline_lock(platform, workspace, pipeline):
+        info, retired = _deploy(platform, workspace, pipeline, version, principal, action)
+        if retired is not None:
+            drain(platform, workspace=workspace, pipeline=pipeline, version=retired[0])
+            retire(platform, workspace=workspace, ensembles=[retired[1]])
+    log.info("pipeline %s version %d is live as %s", pipeline, info["version"], info["ensemble"])
+    return info
+
+
+def pipeline_lock(platform: Platform, workspace: str, pipeline: str) -> Any:
+    """One change of a pipeline at a time (deploy, rollout step, route push, retire): a second
+    concurrent one is a 409 at once."""
+    return platform.exclusive(
+        f"deploy:{workspace}/{pipeline}", f"a deployment or rollout step of pipeline {pipeline!r}"
+    )
 
 
 def _deploy(
@@ -344,63 +339,32 @@ def _deploy(
     version: int | None,
     principal: str,
     action: str,
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], tuple[int, str] | None]:
+    """(the deployment's info, (version, ensemble) now to retire or None)."""
     with platform.deploy_lock, platform.session() as session:
         ws = store.get_workspace(session, name=workspace)
         pipe = store.get_pipeline(session, workspace=ws, name=pipeline)
         pv = store.get_pipeline_version(session, pipeline=pipe, version=version)
-        spec = PipelineSpec.from_dict(pv.spec)
-        validate_pipeline(spec)
-        _require_triton(platform)
-        assert platform.triton is not None
-        previous = store.get_deployment(session, pipeline=pipe)
-        prev: tuple[store.Deployment, PipelineSpec] | None = None
-        if previous is not None and previous.state == "live":
-            prev_pv = session.get(store.PipelineVersion, previous.pipeline_version_id)
-            prev = (previous, PipelineSpec.from_dict(prev_pv.spec))  # type: ignore[union-attr]
-        previous_ensemble = prev[0].ensemble if prev else None
-        others = _live_specs(session, workspace_id=ws.id, exclude_pipeline_id=pipe.id)
-        ensemble = triton_ensemble_name(ws.name, pipe.name, pv.version)
-        own_models = {triton_model_name(ws.name, s.model) for s in spec.steps}
-        # What the previous version uses stays loaded until the gateway has switched.
-        serving = others + ([prev] if prev and prev[0].ensemble != ensemble else [])
-        needed = collect_models(session, ws, [spec] + [s for _, s in serving])
-
-        check_resources(platform, needed, own_models)
-        writer = RepositoryWriter(platform.settings.repository_dir)
-        dependents = [d.ensemble for d, other in serving if _uses(ws.name, other, own_models)]
-        snapshot = _snapshot(writer, needed, ensemble)
-        try:
-            write_models(platform, writer, needed)
-            write_ensemble(platform, writer, ws.name, spec, ensemble, needed)
-            with platform.triton.client(platform.settings.triton_load_timeout_s) as client:
-                _load_models_then_dependents(
-                    platform, client, writer, own_models, [*dependents, ensemble]
-                )
-        except LastmileError as exc:
-            log.error("deploy of %s failed, rolling back: %s", ensemble, exc)
-            _roll_back(platform, writer, needed, snapshot, ensemble, dependents)
-            if previous_ensemble is None:
-                store.save_deployment(
-                    session,
-                    pipeline=pipe,
-                    pipeline_version=pv,
-                    ensemble=ensemble,
-                    triton_models=sorted(own_models),
-                    state="failed",
-                    error=str(exc),
-                )
-            store.add_deployment_event(
-                session,
-                pipeline=pipe,
-                version=pv.version,
-                action=action,
-                outcome="failed",
-                principal=principal,
-                error=str(exc),
+        active = store.active_rollout(session, pipeline=pipe)
+        if active is not None:
+            raise Conflict(
+                f"pipeline {pipeline!r} has an active {active.strategy} rollout "
+                f"(#{active.id}, {active.state})",
+                hint=f"finish it first: lastmile rollout promote|rollback|abort {pipeline}",
             )
-            session.commit()
+        _require_triton(platform)
+        previous = store.get_deployment(session, pipeline=pipe)
+        prev_version: tuple[int, str] | None = None
+        if previous is not None and previous.state == "live":
+            old = session.get(store.PipelineVersion, previous.pipeline_version_id)
+            prev_version = (old.version, previous.ensemble)  # type: ignore[union-attr]
+        try:
+            ensemble = load_beside(platform, session, ws, pipe, pv)
+            warm_up(platform, ensemble, PipelineSpec.from_dict(pv.spec))
+        except LastmileError as exc:
+            _record_failure(session, pipe, pv, previous, str(exc), principal, action, ws.name)
             raise
+        own_models = {triton_model_name(ws.name, s.model) for s in pv_spec(pv).steps}
         deployment = store.save_deployment(
             session,
             pipeline=pipe,
@@ -410,58 +374,182 @@ def _deploy(
             state="live",
         )
         store.add_deployment_event(
-            session,
-            pipeline=pipe,
-            version=pv.version,
-            action=action,
-            outcome="live",
+            session, pipeline=pipe, version=pv.version, action=action, outcome="live",
             principal=principal,
-        )
+        )  # fmt: skip
+        try:
+            serving.push_routes(platform, session)
+        except LastmileError as exc:
+            # nothing of this deploy is committed: the previous version still serves
+            session.rollback()
+            _push_failed(platform, workspace, pipeline, pv.version, str(exc), principal, action)
+            if prev_version is None or prev_version[1] != ensemble:
+                _retire_locked(platform, workspace, [ensemble])
+            raise
         session.commit()
         info = deployment_info(session, deployment)
-        ws_name = ws.name
-    push_routes(platform)
-    if previous_ensemble and previous_ensemble != ensemble:
-        _retire(platform, workspace=ws_name, ensemble=previous_ensemble)
-    log.info("pipeline %s version %d is live as %s", pipeline, pv.version, ensemble)
-    return info
+    if prev_version is not None and prev_version[1] != ensemble:
+        return info, prev_version
+    return info, None
 
 
-def _retire(platform: Platform, *, workspace: str, ensemble: str) -> None:
-    """After the gateway switched: unload the old ensemble, then drop model versions that no
-    live deployment uses any more from the version policies (reloading what used them)."""
+def _push_failed(
+    platform: Platform,
+    workspace: str,
+    pipeline: str,
+    version: int,
+    error: str,
+    principal: str,
+    action: str,
+) -> None:
+    with platform.session() as session:
+        ws = store.get_workspace(session, name=workspace)
+        pipe = store.get_pipeline(session, workspace=ws, name=pipeline)
+        pv = store.get_pipeline_version(session, pipeline=pipe, version=version)
+        previous = store.get_deployment(session, pipeline=pipe)
+        _record_failure(session, pipe, pv, previous, error, principal, action, workspace)
+
+
+def pv_spec(pv: store.PipelineVersion) -> PipelineSpec:
+    return PipelineSpec.from_dict(pv.spec)
+
+
+def _record_failure(
+    session: Any,
+    pipe: store.Pipeline,
+    pv: store.PipelineVersion,
+    previous: store.Deployment | None,
+    error: str,
+    principal: str,
+    action: str,
+    workspace: str,
+) -> None:
+    if previous is None or previous.state != "live":
+        store.save_deployment(
+            session,
+            pipeline=pipe,
+            pipeline_version=pv,
+            ensemble=triton_ensemble_name(workspace, pipe.name, pv.version),
+            triton_models=sorted(
+                {triton_model_name(workspace, s.model) for s in pv_spec(pv).steps}
+            ),
+            state="failed",
+            error=error,
+        )
+    store.add_deployment_event(
+        session, pipeline=pipe, version=pv.version, action=action, outcome="failed",
+        principal=principal, error=error,
+    )  # fmt: skip
+    session.commit()
+
+
+def load_beside(
+    platform: Platform,
+    session: Any,
+    ws: store.Workspace,
+    pipe: store.Pipeline,
+    pv: store.PipelineVersion,
+) -> str:
+    """Write and load ``pv``'s ensemble and models beside everything served now (nothing that
+    serves is unloaded); the ensemble's name. On failure the repository and Triton are put
+    back as they were and the error is raised. Called under ``deploy_lock``."""
     assert platform.triton is not None
+    spec = pv_spec(pv)
+    validate_pipeline(spec)
+    ensemble = triton_ensemble_name(ws.name, pipe.name, pv.version)
+    own_models = {triton_model_name(ws.name, s.model) for s in spec.steps}
+    serving_now = [
+        (served, other)
+        for served, other in served_specs(session, workspace_id=ws.id)
+        if served.ensemble != ensemble
+    ]
+    needed = collect_models(session, ws, [spec] + [s for _, s in serving_now])
+    check_resources(platform, needed, own_models)
+    writer = RepositoryWriter(platform.settings.repository_dir)
+    dependents = [d.ensemble for d, other in serving_now if _uses(ws.name, other, own_models)]
+    snapshot = _snapshot(writer, needed, ensemble)
+    try:
+        write_models(platform, writer, needed)
+        write_ensemble(platform, writer, ws.name, spec, ensemble, needed)
+        with platform.triton.client(platform.settings.triton_load_timeout_s) as client:
+            _load_models_then_dependents(
+                platform, client, writer, own_models, [*dependents, ensemble]
+            )
+    except LastmileError as exc:
+        log.error("loading %s failed, rolling back: %s", ensemble, exc)
+        _roll_back(platform, writer, needed, snapshot, ensemble, dependents)
+        raise
+    return ensemble
+
+
+def warm_up(platform: Platform, ensemble: str, spec: PipelineSpec) -> None:
+    """``LASTMILE_WARMUP_REQUESTS`` requests of zeros straight to Triton before any client
+    is routed to a freshly loaded ensemble."""
+    count = platform.settings.warmup_requests
+    if count <= 0 or platform.triton is None:
+        return
+    inputs = [(t.name, t.datatype, list(t.shape)) for t in spec.input_specs()]
     with platform.triton.client(platform.settings.triton_load_timeout_s) as client:
-        try:
-            client.unload_model(ensemble)
-        except LastmileError as exc:
-            log.warning("could not unload %s: %s", ensemble, exc)
-        with platform.deploy_lock, platform.session() as session:
-            ws = store.get_workspace(session, name=workspace)
-            live = _live_specs(session, workspace_id=ws.id, exclude_pipeline_id=None)
-            writer = RepositoryWriter(platform.settings.repository_dir)
-            # the retired ensemble leaves the repository too (unless it went live again)
-            if ensemble not in {d.ensemble for d, _ in live}:
-                writer.remove_model(ensemble)
-            needed = collect_models(session, ws, [s for _, s in live])
-            shrunk = {
-                item.triton_name
-                for item in needed.values()
-                if set(writer.read_config(item.triton_name).version_policy.specific.versions)
-                != set(item.files)
-            }
-            if not shrunk:
-                return
-            shrunk_needed = {k: v for k, v in needed.items() if v.triton_name in shrunk}
-            write_models(platform, writer, shrunk_needed)
-            dependents = [d.ensemble for d, spec in live if _uses(ws.name, spec, shrunk)]
+        client.warm_up(ensemble, inputs, count)
+
+
+def drain(platform: Platform, *, workspace: str, pipeline: str, version: int) -> None:
+    """Wait (bounded) until the gateway has no request in flight to a variant it no longer
+    routes to, so unloading it fails no request that was already on its way."""
+    from manager.services import gateway_figures
+
+    gateway_figures.wait_drained(
+        platform,
+        route=f"{workspace}/{pipeline}",
+        variant=f"{pipeline}/{version}",
+        timeout_s=platform.settings.drain_timeout_s,
+    )
+
+
+def retire(platform: Platform, *, workspace: str, ensembles: list[str]) -> None:
+    """Unload the given ensembles unless they are served again by now (a newer deploy or
+    rollback), then drop model versions that nothing served uses any more."""
+    with platform.deploy_lock:
+        _retire_locked(platform, workspace, ensembles)
+
+
+def _retire_locked(platform: Platform, workspace: str, ensembles: list[str]) -> None:
+    assert platform.triton is not None
+    with (
+        platform.triton.client(platform.settings.triton_load_timeout_s) as client,
+        platform.session() as session,
+    ):
+        ws = store.get_workspace(session, name=workspace)
+        live = served_specs(session, workspace_id=ws.id)
+        served = {d.ensemble for d, _ in live}
+        writer = RepositoryWriter(platform.settings.repository_dir)
+        for ensemble in ensembles:
+            if ensemble in served:
+                continue  # went live again meanwhile: a late retire never undoes it
             try:
-                _load_models_then_dependents(platform, client, writer, shrunk, dependents)
+                client.unload_model(ensemble)
             except LastmileError as exc:
-                log.warning("could not drop unused model versions: %s", exc)
-                return
-            for item in shrunk_needed.values():
-                writer.remove_versions(item.triton_name, set(item.files))
+                log.warning("could not unload %s: %s", ensemble, exc)
+            writer.remove_model(ensemble)
+        needed = collect_models(session, ws, [s for _, s in live])
+        shrunk = {
+            item.triton_name
+            for item in needed.values()
+            if set(writer.read_config(item.triton_name).version_policy.specific.versions)
+            != set(item.files)
+        }
+        if not shrunk:
+            return
+        shrunk_needed = {k: v for k, v in needed.items() if v.triton_name in shrunk}
+        write_models(platform, writer, shrunk_needed)
+        dependents = [d.ensemble for d, spec in live if _uses(ws.name, spec, shrunk)]
+        try:
+            _load_models_then_dependents(platform, client, writer, shrunk, dependents)
+        except LastmileError as exc:
+            log.warning("could not drop unused model versions: %s", exc)
+            return
+        for item in shrunk_needed.values():
+            writer.remove_versions(item.triton_name, set(item.files))
 
 
 def deployment_info(session: Any, deployment: store.Deployment) -> dict[str, Any]:
@@ -493,46 +581,3 @@ def list_deployments(
             for d in store.list_deployments(session)
         ]
     return [d for d in infos if workspaces is None or d["workspace"] in workspaces]
-
-
-def routing_table(platform: Platform) -> dict[str, Any]:
-    """The gateway's routing table: each live pipeline → its ensemble on Triton."""
-    assert platform.triton is not None
-    routes: dict[str, Any] = {}
-    with platform.session() as session:
-        for dep in store.list_deployments(session):
-            if dep.state != "live":
-                continue
-            pipe = session.get(store.Pipeline, dep.pipeline_id)
-            assert pipe is not None
-            target = {
-                "url": platform.triton.endpoints.http_url,
-                "grpc": platform.triton.endpoints.grpc_url,
-                "model": dep.ensemble,
-                "version": "",
-                "weight": 1.0,
-            }
-            routes[pipe.name] = {"targets": [target]}
-    return {"generation": time.time_ns() // 1_000_000, "routes": routes}
-
-
-def push_routes(platform: Platform) -> None:
-    """Send the routing table to the gateway. Its generation is the wall clock in ms; should
-    the gateway hold a newer one (this host's clock stepped back), the table is sent again
-    stamped just above it."""
-    if not platform.gateway_admin_url:
-        return
-    table = routing_table(platform)
-    url = f"{platform.gateway_admin_url}/routes"
-    headers = platform.gateway_admin_headers()
-    try:
-        response = httpx.put(url, json=table, headers=headers, timeout=10)
-        if response.status_code == 409:  # stale: the gateway's generation is ahead of ours
-            current = httpx.get(url, headers=headers, timeout=10).json().get("generation")
-            if isinstance(current, int):
-                table["generation"] = current + 1
-                response = httpx.put(url, json=table, headers=headers, timeout=10)
-    except (httpx.HTTPError, ValueError) as exc:
-        raise GatewayError(f"the gateway did not take the routing table: {exc}") from exc
-    if response.status_code != 200:
-        raise GatewayError(f"the gateway refused the routing table: {response.text}")

@@ -15,7 +15,7 @@ from manager.domain import PipelineSpec
 from manager.errors import Conflict, LastmileError, NotFound
 from manager.names import check_name
 from manager.repository.writer import RepositoryWriter
-from manager.services import deployments
+from manager.services import deployments, serving
 from manager.services.context import Platform
 
 log = logging.getLogger(__name__)
@@ -95,11 +95,15 @@ def rollback(
     version: int | None = None,
     principal: str = "",
 ) -> dict[str, Any]:
-    """Put an earlier version back: ``version``, or the last one that was live before the
-    current one."""
-    if version is None:
-        with platform.session() as session:
-            _ws, pipe = _pipeline(session, workspace, pipeline)
+    """Back to an earlier version in one step. During a rollout: its stable version takes all
+    traffic again at once (still loaded, so no load). Otherwise ``version``, or the last one
+    that was live before the current one, is hot-swapped in (load, warm, switch, drain)."""
+    from manager.services import rollouts
+
+    with platform.session() as session:
+        _ws, pipe = _pipeline(session, workspace, pipeline)
+        active = store.active_rollout(session, pipeline=pipe)
+        if active is None and version is None:
             dep = store.get_deployment(session, pipeline=pipe)
             if dep is None or dep.state != "live":
                 raise Conflict(f"pipeline {pipeline!r} is not live; there is nothing to roll back")
@@ -112,6 +116,16 @@ def rollback(
                     hint="deploy a version explicitly: lastmile deploy NAME --version N",
                 )
             version = earlier[0]
+    if active is not None:
+        rollouts.act(
+            platform,
+            workspace=workspace,
+            pipeline=pipeline,
+            action="rollback",
+            version=version,
+            principal=principal,
+        )
+        return status(platform, workspace=workspace, pipeline=pipeline)
     return deployments.deploy(
         platform,
         workspace=workspace,
@@ -122,12 +136,50 @@ def rollback(
     )
 
 
+def timeline(
+    platform: Platform, *, workspace: str, pipeline: str, limit: int = 200
+) -> list[dict[str, Any]]:
+    """Deployments and rollout steps of a pipeline as one history, newest first."""
+    with platform.session() as session:
+        _ws, pipe = _pipeline(session, workspace, pipeline)
+        items: list[dict[str, Any]] = [
+            {
+                "ts": e.ts,
+                "kind": "deployment",
+                "action": e.action,
+                "version": e.version,
+                "outcome": e.outcome,
+                "detail": e.error or "",
+                "principal": e.principal,
+                "rollout": None,
+            }
+            for e in store.list_deployment_events(session, pipeline=pipe, limit=limit)
+        ]
+        for e in store.list_rollout_events(session, pipeline=pipe, limit=limit):
+            items.append(
+                {
+                    "ts": e.ts,
+                    "kind": "rollout",
+                    "action": e.action,
+                    "version": None,
+                    "outcome": e.state,
+                    "detail": e.reason,
+                    "principal": e.principal,
+                    "rollout": e.rollout_id,
+                    "weights": e.weights,
+                }
+            )
+    items.sort(key=lambda item: item["ts"], reverse=True)
+    return items[:limit]
+
+
 def undeploy(
     platform: Platform, *, workspace: str, pipeline: str, principal: str = ""
 ) -> dict[str, Any]:
-    with platform.exclusive(
-        f"deploy:{workspace}/{pipeline}", f"a deployment of pipeline {pipeline!r}"
-    ):
+    """Take the route out of the gateway (in the same transaction as the store's change: if
+    the gateway does not confirm, nothing changes), then unload what only this pipeline used.
+    An active rollout of the pipeline is aborted with it."""
+    with deployments.pipeline_lock(platform, workspace, pipeline):
         with platform.deploy_lock, platform.session() as session:
             ws, pipe = _pipeline(session, workspace, pipeline)
             dep = store.get_deployment(session, pipeline=pipe)
@@ -136,7 +188,20 @@ def undeploy(
             deployments._require_triton(platform)
             assert platform.triton is not None
             pv = session.get(store.PipelineVersion, dep.pipeline_version_id)
-            ensemble, models = dep.ensemble, set(dep.triton_models)
+            ensembles = [dep.ensemble] + [
+                s.ensemble
+                for s, _ in serving.served_specs(session, workspace_id=ws.id)
+                if s.pipeline_id == pipe.id and s.role == "candidate"
+            ]
+            models = set(dep.triton_models)
+            rollout = store.active_rollout(session, pipeline=pipe)
+            if rollout is not None:
+                rollout.state, rollout.reason = "aborted", "the pipeline was undeployed"
+                store.save_rollout(session, rollout)
+                store.add_rollout_event(
+                    session, rollout=rollout, action="abort", reason=rollout.reason,
+                    principal=principal,
+                )  # fmt: skip
             dep.state, dep.error, dep.updated_at = "undeployed", None, store.utcnow()
             session.add(dep)
             store.add_deployment_event(
@@ -147,20 +212,22 @@ def undeploy(
                 outcome="undeployed",
                 principal=principal,
             )
-            session.commit()
+            session.flush()
             info = deployments.deployment_info(session, dep)
-            live = deployments._live_specs(session, workspace_id=None, exclude_pipeline_id=None)
-            still_used = {name for d, _ in live for name in d.triton_models}
-        deployments.push_routes(platform)  # the gateway stops sending requests here first
+            still_used = {
+                name for d, _ in serving.served_specs(session) for name in d.triton_models
+            }
+            serving.push_routes(platform, session)  # the gateway stops sending requests first
+            session.commit()
         writer = RepositoryWriter(platform.settings.repository_dir)
         with platform.triton.client(platform.settings.triton_load_timeout_s) as client:
-            for name in [ensemble, *sorted(models - still_used)]:
+            for name in [*ensembles, *sorted(models - still_used)]:
                 try:
                     client.unload_model(name)
                 except LastmileError as exc:
                     log.warning("undeploy %s: could not unload %s: %s", pipeline, name, exc)
                 writer.remove_model(name)
-    # model versions only the undeployed pipeline used leave the shared models' policies
-    deployments._retire(platform, workspace=ws.name, ensemble=ensemble)
-    log.info("pipeline %s undeployed (%s)", pipeline, ensemble)
+        # model versions only the undeployed pipeline used leave the shared models' policies
+        deployments.retire(platform, workspace=workspace, ensembles=ensembles)
+    log.info("pipeline %s undeployed (%s)", pipeline, ensembles[0])
     return info

@@ -351,6 +351,7 @@ def delete_pipeline(platform: Platform, *, workspace: str, name: str) -> None:
                 f"pipeline {name!r} is deployed ({dep.ensemble})",
                 hint=f"undeploy it first: lastmile undeploy {name}",
             )
+        store.delete_rollouts(session, pipeline=pipeline)
         store.delete_pipeline_history(session, pipeline=pipeline)
         store.delete_pipeline(session, pipeline=pipeline)
         session.commit()

@@ -35,7 +35,7 @@ from manager.repository.writer import (
     sha256_bytes,
     tree_digest,
 )
-from manager.services import deployments
+from manager.services import deployments, serving
 from manager.services.context import Platform
 from manager.triton.client import TritonClient
 
@@ -112,8 +112,8 @@ def reconcile(platform: Platform, *, dry_run: bool = False) -> dict[str, Any]:
 
 # -- what the store wants ---------------------------------------------------------------------
 def _desired(platform: Platform, session: Any, writer: RepositoryWriter) -> _Desired:
-    live = deployments._live_specs(session, workspace_id=None, exclude_pipeline_id=None)
-    by_ws: dict[int, list[tuple[store.Deployment, PipelineSpec, str]]] = defaultdict(list)
+    live = serving.served_specs(session)
+    by_ws: dict[int, list[tuple[serving.Served, PipelineSpec, str]]] = defaultdict(list)
     for dep, spec in live:
         pipe = session.get(store.Pipeline, dep.pipeline_id)
         by_ws[pipe.workspace_id].append((dep, spec, pipe.name))
@@ -121,7 +121,7 @@ def _desired(platform: Platform, session: Any, writer: RepositoryWriter) -> _Des
     wanted: dict[str, Wanted] = {}
     protected: set[str] = set()
 
-    def fail(ws: str, dep: store.Deployment, pipeline: str, exc: Exception) -> None:
+    def fail(ws: str, dep: serving.Served, pipeline: str, exc: Exception) -> None:
         label, message = f"{ws}/{pipeline}", _message(exc)
         out.failed[label].append(message)
         out.errors.append({"target": label, "error": f"cannot be built from the store: {message}"})
@@ -176,7 +176,7 @@ def _desired(platform: Platform, session: Any, writer: RepositoryWriter) -> _Des
             )
     routes = None
     if platform.triton is not None and platform.gateway_admin_url:
-        routes = deployments.routing_table(platform)["routes"]
+        routes = serving.build_table(platform, session).to_dict()["routes"]
     wanted = {k: v for k, v in wanted.items() if k not in protected}
     out.wants = Wants(models=wanted, routes=routes, protected=frozenset(protected))
     return out
@@ -381,7 +381,7 @@ def _carry_out(
                     writer.remove_versions(name, set(desired.wants.models[name].versions))
                     removed_versions.add(name)
                 elif action.kind == "push_routes":
-                    deployments.push_routes(platform)
+                    serving.push_routes(platform)
                 elif action.kind == "unload":
                     assert client is not None
                     client.unload_model(name)

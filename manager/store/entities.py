@@ -181,3 +181,61 @@ class MetricSample(SQLModel, table=True):
     metric: str = Field(max_length=255)
     labels: dict[str, str] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     value: float
+
+
+ROLLOUT_ACTIVE_STATES = ("pending", "running", "paused")
+
+
+class Rollout(SQLModel, table=True):
+    """A change of what serves a pipeline: a strategy moving traffic from its stable version to
+    one or more candidates, with the state machine's record (rollout.controller) and the
+    weights in force. ``active_pipeline_id`` is the pipeline's id while the rollout is active
+    and NULL once it ended: a unique column, so a pipeline has at most one active rollout
+    whatever the races."""
+
+    __table_args__ = (UniqueConstraint("active_pipeline_id"),)
+    id: int | None = Field(default=None, primary_key=True)
+    pipeline_id: int = Field(foreign_key="pipeline.id", index=True)
+    active_pipeline_id: int | None = Field(default=None)
+    strategy: str = Field(max_length=16)  # hot-swap | canary | ab | shadow | blue-green
+    stable_version: int
+    candidates: list[int] = Field(sa_column=Column(JSON, nullable=False))
+    params: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    state: str = Field(default="pending", max_length=16)
+    # version (as text) -> percentage of traffic now
+    weights: dict[str, float] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    step: int = -1
+    step_started_at: float = 0.0
+    paused_at: float | None = None
+    # cumulative gateway counters when the current window began (rollout.controller)
+    window: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    reason: str = Field(default="", max_length=4096)
+    created_by: str = Field(default="", max_length=63)
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+    finished_at: datetime | None = None
+
+
+class RolloutEvent(SQLModel, table=True):
+    """One step or decision of a rollout, with its reason and the figures behind it."""
+
+    __tablename__ = "rollout_event"
+    id: int | None = Field(default=None, primary_key=True)
+    rollout_id: int = Field(foreign_key="rollout.id", index=True)
+    pipeline_id: int = Field(foreign_key="pipeline.id", index=True)
+    ts: datetime = Field(default_factory=utcnow)
+    action: str = Field(max_length=16)
+    state: str = Field(max_length=16)
+    weights: dict[str, float] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    reason: str = Field(default="", max_length=4096)
+    figures: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    principal: str = Field(default="", max_length=63)
+
+
+class RoutingGeneration(SQLModel, table=True):
+    """The gateway routing table's generation: one row, bumped by every table the control
+    plane builds, so generations come from the store, not from a clock."""
+
+    __tablename__ = "routing_generation"
+    id: int | None = Field(default=None, primary_key=True)
+    generation: int = 0

@@ -17,7 +17,7 @@ import httpx
 import tritonclient.http as triton_http
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
-from tritonclient.utils import InferenceServerException
+from tritonclient.utils import InferenceServerException, triton_to_np_dtype
 
 from manager.errors import TritonError, TritonUnavailable
 
@@ -139,6 +139,28 @@ class TritonClient:
             return bool(self._client.is_model_ready(name, version))
         except Exception:
             return False
+
+    def warm_up(self, name: str, inputs: list[tuple[str, str, list[int]]], count: int) -> None:
+        """Send ``count`` inference requests of zeros (``inputs``: name, datatype, shape with
+        -1 read as 1) to ``name``: the first requests after a load pay for lazy start-up
+        (onnxruntime sessions, Python-backend imports) before any client does."""
+        import numpy as np
+
+        tensors = []
+        for tensor_name, datatype, shape in inputs:
+            dims = [1 if d < 0 else d for d in shape]
+            tensor = triton_http.InferInput(tensor_name, dims, datatype)
+            if datatype == "BYTES":
+                data = np.full(dims, b"", dtype=np.object_)
+            else:
+                data = np.zeros(dims, dtype=triton_to_np_dtype(datatype))
+            tensor.set_data_from_numpy(data, binary_data=True)
+            tensors.append(tensor)
+        for _ in range(count):
+            try:
+                self._client.infer(name, tensors)
+            except InferenceServerException as exc:
+                raise TritonError(f"warm-up request to {name!r} failed: {exc.message()}") from exc
 
     def repository_index(self) -> list[dict[str, Any]]:
         try:

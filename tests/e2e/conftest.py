@@ -57,6 +57,7 @@ class RunningSystem:
             "reconcile_interval_s",
             "triton_stub_memory_bytes",
             "health_failures_before_restart",
+            "rollout_tick_s",
         ):
             env[f"LASTMILE_{field.upper()}"] = str(getattr(s, field))
         return env

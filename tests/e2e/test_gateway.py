@@ -86,18 +86,22 @@ def start_gateway(work: Path, routes: dict[str, Any] | None) -> GatewayProc:
     raise AssertionError(f"gateway not ready:\n{gw.log()}")
 
 
-def table(generation: int, url: str, *targets: tuple[str, float]) -> dict[str, Any]:
-    return {
-        "generation": generation,
-        "routes": {
-            "diamond": {
-                "targets": [
-                    {"url": url, "model": model, "version": "", "weight": weight}
-                    for model, weight in targets
-                ]
-            }
-        },
-    }
+def table(
+    generation: int, url: str, *models: tuple[str, float], workspace: str = "default"
+) -> dict[str, Any]:
+    """Pipeline 'diamond' with one variant per (Triton model, weight); the model's ".vN"
+    suffix is the variant's version."""
+    variants = [
+        {
+            "name": f"diamond/{model.rsplit('.v', 1)[1]}",
+            "version": int(model.rsplit(".v", 1)[1]),
+            "weight": weight,
+            "targets": [{"url": url, "model": model, "version": ""}],
+        }
+        for model, weight in models
+    ]
+    route = {"workspace": workspace, "pipeline": "diamond", "variants": variants}
+    return {"generation": generation, "routes": {f"{workspace}/diamond": route}}
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +177,7 @@ def test_unknown_models_and_triton_admin_apis_are_refused(gateway: GatewayProc) 
     with pytest.raises(InferenceServerException) as info:
         client.get_model_metadata("ruby")
     assert info.value.status() == "404"
-    assert info.value.message() == "unknown model 'ruby'; deployed: diamond"
+    assert info.value.message() == "unknown model 'ruby'"
     refused = [
         client.get_model_repository_index,
         lambda: client.load_model(V1),
@@ -217,7 +221,7 @@ def test_put_routes_switches_versions_under_load_without_failures(
     assert gateway.put_routes(table(2, triton, (V1, 1.0), (V2, 1.0)))[0] == 200
     time.sleep(1.0)
     assert gateway.put_routes(table(3, triton, (V2, 1.0))) == (
-        200, {"generation": 3, "routes": ["diamond"]},
+        200, {"generation": 3, "routes": ["default/diamond"]},
     )  # fmt: skip
     switched_at = len(factors)
     time.sleep(0.5)
@@ -275,3 +279,88 @@ def test_sigterm_lets_in_flight_requests_finish_and_exits_zero(triton: str, tmp_
     served = [r for r in results if isinstance(r, np.ndarray)]
     assert served, results
     assert not any(isinstance(r, InferenceServerException) for r in results), results
+
+
+def raw_infer(
+    url: str, path: str, body: dict[str, Any], headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], dict[str, Any]]:
+    status, response_headers, raw = http_call_with_headers(
+        "POST", f"http://{url}{path}", json.dumps(body), headers
+    )
+    return status, response_headers, json.loads(raw)
+
+
+def http_call_with_headers(
+    method: str, url: str, body: str | None, headers: dict[str, str] | None
+) -> tuple[int, dict[str, str], bytes]:
+    import http.client
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=30)
+    try:
+        conn.request(
+            method, parts.path, body, {"Content-Type": "application/json", **(headers or {})}
+        )
+        response = conn.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        conn.close()
+
+
+def test_workspaces_versions_and_the_variant_stamp_with_the_official_client(
+    gateway: GatewayProc, triton: str
+) -> None:
+    routes = table(2, triton, (V1, 100.0), (V2, 0.0))
+    teamb = table(2, triton, (V2, 100.0), workspace="teamb")
+    routes["routes"].update(teamb["routes"])
+    assert gateway.put_routes(routes)[0] == 200
+
+    client = httpclient.InferenceServerClient(gateway.url)
+    result = infer(client, X, binary=True)
+    np.testing.assert_allclose(result.as_numpy("y"), 2 * X)
+    answer = result.get_response()
+    assert (answer["model_name"], answer["model_version"]) == ("diamond", "1")
+    assert answer["parameters"]["lastmile_variant"] == "diamond/1"
+    inp = httpclient.InferInput("x", [2, 4], "FP32")
+    inp.set_data_from_numpy(X, binary_data=False)
+    pinned = client.infer("diamond", [inp], model_version="2", request_id="req-9")
+    np.testing.assert_allclose(pinned.as_numpy("y"), 3 * X)
+    assert pinned.get_response()["id"] == "req-9"
+    assert pinned.get_response()["model_version"] == "2"
+    assert client.get_model_metadata("diamond")["versions"] == ["1", "2"]
+    assert client.is_model_ready("diamond", "2") and not client.is_model_ready("diamond", "9")
+    with pytest.raises(InferenceServerException) as info:
+        client.infer("diamond", [inp], model_version="9")
+    assert info.value.status() == "404"
+    assert info.value.message() == "model 'diamond' has no version 9 being served"
+    client.close()
+
+    # the workspace as a base path of the official client, and as a header
+    teamb_client = httpclient.InferenceServerClient(f"{gateway.url}/w/teamb")
+    assert teamb_client.is_server_live() and teamb_client.is_server_ready()
+    result = infer(teamb_client, X, binary=False)
+    np.testing.assert_allclose(result.as_numpy("y"), 3 * X)
+    assert result.get_response()["parameters"]["lastmile_variant"] == "diamond/2"
+    assert teamb_client.get_model_metadata("diamond")["versions"] == ["2"]
+    teamb_client.close()
+
+    body = {
+        "id": "abc",
+        "inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}],
+    }
+    for headers, variant_name, factor in (
+        ({}, "diamond/1", 2),
+        ({"lastmile-workspace": "teamb"}, "diamond/2", 3),
+    ):
+        status, response_headers, answer = raw_infer(
+            gateway.url, "/v2/models/diamond/infer", body, headers
+        )
+        assert status == 200 and response_headers["lastmile-variant"] == variant_name
+        assert answer["id"] == "abc" and answer["model_name"] == "diamond"
+        assert answer["outputs"][0]["data"] == [factor * v for v in (1, 2, 3, 4)]
+    status, response_headers, answer = raw_infer(
+        gateway.url, "/v2/models/diamond/infer", {"inputs": [{"name": "z"}]}
+    )
+    assert status == 400 and response_headers["lastmile-variant"] == "diamond/1"
+    assert "default.diamond" not in answer["error"]

@@ -131,6 +131,11 @@ def call(
     return response.status, json.loads(data) if "json" in content_type and data else data
 
 
+def one_variant_route(pipeline: str, target: dict[str, str]) -> dict[str, Any]:
+    variant = {"name": f"{pipeline}/1", "version": 1, "weight": 100, "targets": [target]}
+    return {"workspace": "default", "pipeline": pipeline, "variants": [variant]}
+
+
 @pytest.fixture(scope="module")
 def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
     work = tmp_path_factory.mktemp("hardening")
@@ -143,7 +148,7 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
         endpoints = triton.endpoints
         targets = {"url": endpoints.http_url, "grpc": endpoints.grpc_url}
         routes = {
-            name: {"targets": [{**targets, "model": model}]}
+            f"default/{name}": one_variant_route(name, {**targets, "model": model})
             for name, model in (("diamond", SCALE), ("faulty", FAULTY), ("raiser", RAISER))
         }
         (work / "routes.json").write_text(json.dumps({"generation": 1, "routes": routes}))
@@ -348,9 +353,9 @@ def test_model_errors_are_500_without_source_locations_or_server_paths(system: S
         for s in family.samples
         if s.name == "lastmile_gateway_errors_total"
     }
-    assert samples[("lastmile_gateway_errors_total", "faulty", "server")] == 2
-    assert samples[("lastmile_gateway_errors_total", "raiser", "server")] == 2
-    assert ("lastmile_gateway_errors_total", "faulty", "client") not in samples
+    assert samples[("lastmile_gateway_errors_total", "default/faulty", "server")] == 2
+    assert samples[("lastmile_gateway_errors_total", "default/raiser", "server")] == 2
+    assert ("lastmile_gateway_errors_total", "default/faulty", "client") not in samples
 
 
 def test_admin_api_needs_the_token_and_accepts_only_known_upstreams(system: System) -> None:
@@ -365,12 +370,14 @@ def test_admin_api_needs_the_token_and_accepts_only_known_upstreams(system: Syst
         admin,
         "PUT",
         "/routes",
-        json.dumps({"generation": 2, "routes": {"diamond": {"targets": [foreign]}}}).encode(),
+        json.dumps(
+            {"generation": 2, "routes": {"default/diamond": one_variant_route("diamond", foreign)}}
+        ).encode(),
         auth,
     )
-    assert (
-        status == 422
-        and "route 'diamond': targets[0].url points at 10.9.8.7:8000" in (body["error"])
+    assert status == 422 and (
+        "route 'default/diamond': variant 'diamond/1' targets[0].url points at 10.9.8.7:8000"
+        in body["error"]
     )
     status, body = call(
         admin,

@@ -157,12 +157,12 @@ def test_reconcile_repairs_files_leftovers_and_routes(
     # a route the gateway lost is pushed again
     table = system.admin("GET")
     routes = dict(table["routes"])
-    del routes["rc"]
+    del routes["default/rc"]
     system.admin("PUT", {"generation": table["generation"] + 1, "routes": routes})
     done = system.reconcile()
     assert [(a["kind"], a["target"]) for a in done["actions"]] == [("push_routes", "gateway")]
-    assert "missing: rc" in done["actions"][0]["reason"]
-    assert "rc" in system.admin("GET")["routes"]
+    assert "missing: default/rc" in done["actions"][0]["reason"]
+    assert "default/rc" in system.admin("GET")["routes"]
     np.testing.assert_allclose(system.infer("rc"), expected_affine(X, 2.0, 0.0))
 
     # converged: a second run has nothing to do

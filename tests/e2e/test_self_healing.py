@@ -293,7 +293,20 @@ def test_internal_ports_refuse_strangers(fresh: RunningSystem) -> None:
     assert httpx.put(admin, json=absurd, headers=auth, timeout=5).status_code in (409, 422)
     foreign = {
         "generation": time.time_ns() // 1_000_000 + 1,
-        "routes": {"x": {"targets": [{"url": "http://10.9.9.9:8000", "model": "m"}]}},
+        "routes": {
+            "default/x": {
+                "workspace": "default",
+                "pipeline": "x",
+                "variants": [
+                    {
+                        "name": "x/1",
+                        "version": 1,
+                        "weight": 100,
+                        "targets": [{"url": "http://10.9.9.9:8000", "model": "m"}],
+                    }
+                ],
+            }
+        },
     }
     assert httpx.put(admin, json=foreign, headers=auth, timeout=5).status_code == 422
     home = fresh.settings.home

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from manager import store
-from manager.services import deployments
+from manager.services import serving
 from manager.services.context import Platform
 from manager.settings import Settings
 from manager.system import GatewayProcess
@@ -52,9 +52,9 @@ def test_push_routes_needs_the_token_and_steps_over_a_newer_generation(
     try:
         platform.gateway_admin_token = "not-the-token"
         with pytest.raises(Exception, match="refused the routing table"):
-            deployments.push_routes(platform)
+            serving.push_routes(platform)
         platform.gateway_admin_token = process.token
-        deployments.push_routes(platform)
+        serving.push_routes(platform)
     finally:
         engine.dispose()
     table = httpx.get(url, headers=process.headers, timeout=5).json()

@@ -20,9 +20,12 @@ from tests.unit.test_gateway_harness import (
     http,
     infer_body,
     put_routes,
+    route,
     routes,
     running_gateway,
+    table,
     triton_like,
+    variant,
     wait_ready,
 )
 
@@ -56,17 +59,20 @@ def test_put_routes_switches_traffic_and_rejects_bad_or_stale_tables() -> None:
             admin = gw.ports["admin"]
             empty = await http(admin, "GET", "/routes")
             assert empty.status == 200 and empty.json() == {"generation": None, "routes": {}}
-            table = routes(1, d=[{"url": blue.url, "model": "ws.d.v1"}])
-            resp = await put_routes(gw, table)
-            assert resp.status == 200 and resp.json() == {"generation": 1, "routes": ["d"]}
+            first = routes(1, d=[{"url": blue.url, "model": "ws.d.v1"}])
+            resp = await put_routes(gw, first)
+            assert resp.status == 200
+            assert resp.json() == {"generation": 1, "routes": ["default/d"]}
             client = await RawClient.connect(gw.ports["http"])
             assert (await client.request("POST", "/v2/models/d/infer", infer_body())).status == 200
             assert blue.requests[-1].path == "/v2/models/ws.d.v1/infer"
 
-            bad = routes(2, d=[{"url": green.url, "model": "ws.d.v2", "weight": 0}])
+            bad = table(2, route("d", [variant("d", 2, [{"url": green.url, "model": "m"}], 0)]))
             resp = await put_routes(gw, bad)
             assert resp.status == 400
-            assert resp.json()["error"].startswith("route 'd': targets[0].weight")
+            assert resp.json()["error"] == (
+                "route 'default/d': at least one variant needs a weight > 0"
+            )
             stale = await put_routes(gw, routes(0, d=[{"url": green.url, "model": "ws.d.v2"}]))
             assert stale.status == 409
             assert (await http(admin, "GET", "/routes")).json()["generation"] == 1
@@ -77,7 +83,7 @@ def test_put_routes_switches_traffic_and_rejects_bad_or_stale_tables() -> None:
             assert green.requests[-1].path == "/v2/models/ws.d.v2/infer"
             got = (await http(admin, "GET", "/routes")).json()
             assert got["generation"] == 2
-            assert got["routes"]["d"]["targets"][0]["model"] == "ws.d.v2"
+            assert got["routes"]["default/d"]["variants"][0]["targets"][0]["model"] == "ws.d.v2"
             await client.close()
             assert (await http(admin, "GET", "/nope")).status == 404
             assert (await http(admin, "DELETE", "/routes")).status == 405
@@ -94,10 +100,11 @@ def test_routes_file_is_loaded_at_start_and_rewritten_on_each_put(tmp_path: Path
         fake = await FakeTriton().start()
         async with running_gateway(routes_file=path) as gw:
             assert gw.table is None
-            await put_routes(gw, routes(5, d=[{"url": fake.url, "model": "m", "weight": 2}]))
+            d = route("d", [variant("d", 1, [{"url": fake.url, "model": "m"}], weight=2)])
+            await put_routes(gw, table(5, d))
         saved = json.loads(path.read_text())
         assert saved["generation"] == 5
-        assert saved["routes"]["d"]["targets"][0]["weight"] == 2.0
+        assert saved["routes"]["default/d"]["variants"][0]["weight"] == 2.0
         assert [p.name for p in path.parent.iterdir()] == ["routes.json"]  # no temp left over
         async with running_gateway(routes_file=path) as gw:
             assert gw.table is not None and gw.table.generation == 5
@@ -112,7 +119,7 @@ def test_an_invalid_routes_file_is_ignored_at_start(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     path = tmp_path / "routes.json"
-    path.write_text('{"generation": 1, "routes": {"BAD": {"targets": []}}}')
+    path.write_text('{"generation": 1, "routes": {"default/BAD": {"variants": []}}}')
 
     async def main() -> None:
         async with running_gateway(routes_file=path) as gw:
@@ -120,20 +127,20 @@ def test_an_invalid_routes_file_is_ignored_at_start(
             assert (await http(gw.ports["admin"], "GET", "/routes")).json()["generation"] is None
 
     uvloop.run(main())
-    assert f"ignoring routes file {path}: route 'BAD'" in caplog.text
+    assert f"ignoring routes file {path}: route 'default/BAD'" in caplog.text
 
 
-def test_metrics_count_requests_by_route_target_and_code() -> None:
+def test_metrics_count_requests_by_route_variant_protocol_and_code() -> None:
     async def main() -> None:
         fake = await FakeTriton().start()
         async with running_gateway() as gw:
-            await put_routes(
-                gw, routes(4, d=[{"url": fake.url, "model": "ws.d.v1", "version": "1"}])
-            )
+            target = {"url": fake.url, "model": "ws.d.v1", "version": "1"}
+            await put_routes(gw, table(4, route("d", [variant("d", 3, [target])], "ws")))
             await wait_ready(gw)
             client = await RawClient.connect(gw.ports["http"])
             for _ in range(3):
-                await client.request("POST", "/v2/models/d/infer", infer_body())
+                headers = {"lastmile-workspace": "ws"}
+                await client.request("POST", "/v2/models/d/infer", infer_body(), headers)
             await client.request("POST", "/v2/models/unknown/infer", infer_body())
             await client.close()
             text = (await http(gw.ports["metrics"], "GET", "/metrics")).body.decode()
@@ -145,13 +152,15 @@ def test_metrics_count_requests_by_route_target_and_code() -> None:
             for f in families.values()
             for s in f.samples
         }
-        ok = (("code", "200"), ("route", "d"), ("target", "ws.d.v1:1"))
+        series = (("route", "ws/d"), ("variant", "d/3"))
+        ok = (("code", "200"), ("protocol", "http"), *series)
         assert samples[("lastmile_gateway_requests_total", ok)] == 3
-        unknown = (("code", "404"), ("route", "_unknown"), ("target", ""))
+        unknown = (("code", "404"), ("protocol", "http"), ("route", "_unknown"), ("variant", ""))
         assert samples[("lastmile_gateway_requests_total", unknown)] == 1
-        assert samples[("lastmile_gateway_request_duration_seconds_count", (("route", "d"),))] == 3
-        inf = (("le", "+Inf"), ("route", "d"))
+        assert samples[("lastmile_gateway_request_duration_seconds_count", series)] == 3
+        inf = (("le", "+Inf"), *series)
         assert samples[("lastmile_gateway_request_duration_seconds_bucket", inf)] == 3
+        assert samples[("lastmile_gateway_inflight", series)] == 0
         assert samples[("lastmile_gateway_routing_generation", ())] == 4
         upstream = (("upstream", f"127.0.0.1:{fake.port}"),)
         assert samples[("lastmile_gateway_upstream_up", upstream)] == 1

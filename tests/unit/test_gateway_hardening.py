@@ -176,7 +176,9 @@ def test_only_allowed_upstreams_may_be_routed_to() -> None:
             elsewhere = routes(2, d=[{"url": "http://10.0.0.7:8000", "model": "m"}])
             resp = await http(admin, "PUT", "/routes", elsewhere)
             assert resp.status == 422
-            assert resp.json()["error"].startswith("route 'd': targets[0].url points at 10.0.0.7")
+            assert resp.json()["error"].startswith(
+                "route 'default/d': variant 'd/1' targets[0].url points at 10.0.0.7"
+            )
             grpc_elsewhere = routes(
                 3, d=[{"url": "http://127.0.0.1:8000", "model": "m", "grpc": "127.0.0.1:7777"}]
             )
@@ -224,12 +226,7 @@ def test_generation_window_refuses_tables_too_far_ahead() -> None:
     "saved",
     [
         json.dumps({"generation": 2**62, "routes": {}}),
-        json.dumps(
-            {
-                "generation": 1,
-                "routes": {"d": {"targets": [{"url": "http://10.1.2.3:8000", "model": "m"}]}},
-            }
-        ),
+        routes(1, d=[{"url": "http://10.1.2.3:8000", "model": "m"}]).decode(),
         '{"generation": 1, "routes": ',
     ],
     ids=["absurd-generation", "upstream-not-allowed", "invalid-json"],
@@ -273,7 +270,7 @@ def test_gzip_and_deflate_bodies_are_inflated_and_forwarded_plain(coding: str) -
             headers = {"Content-Encoding": coding, "Content-Type": "application/json"}
             resp = await client.request("POST", INFER, compress(body), headers)
             assert resp.status == 200 and resp.json()["model_name"] == "diamond"
-            seen = fake.requests[-1]
+            seen = fake.infers[-1]
             assert seen.body == body
             assert seen.headers["content-length"] == str(len(body))
             assert "content-encoding" not in seen.headers
@@ -301,7 +298,7 @@ def test_a_gzip_bomb_is_stopped_at_the_inflated_limit_and_never_reaches_triton()
         resp = await client.request(
             "POST", INFER, gzip.compress(exact), {"Content-Encoding": "gzip"}
         )
-        assert resp.status == 200 and fake.requests[-1].body == exact
+        assert resp.status == 200 and fake.infers[-1].body == exact
         await client.close()
 
     run(scenario, max_inflated_bytes=4 * 1024 * 1024)
@@ -326,7 +323,7 @@ def test_corrupt_compressed_bodies_are_400_and_unknown_codings_415() -> None:
             assert message in resp.json()["error"]
         assert not any(r.path.endswith("/infer") for r in fake.requests)
         resp = await client.request("POST", INFER, body, {"Content-Encoding": "identity"})
-        assert resp.status == 200 and fake.requests[-1].body == body
+        assert resp.status == 200 and fake.infers[-1].body == body
         await client.close()
 
     run(scenario)
@@ -378,7 +375,7 @@ def test_shared_memory_parameters_are_refused_but_the_text_in_tensor_data_passes
             }
         ).encode()
         assert (await client.request("POST", INFER, text)).status == 200
-        assert fake.requests[-1].body == text
+        assert fake.infers[-1].body == text
         header = json.dumps(
             {
                 "inputs": [
@@ -395,7 +392,7 @@ def test_shared_memory_parameters_are_refused_but_the_text_in_tensor_data_passes
         resp = await client.request(
             "POST", INFER, binary, {"Inference-Header-Content-Length": str(len(header))}
         )
-        assert resp.status == 200 and fake.requests[-1].body == binary
+        assert resp.status == 200 and fake.infers[-1].body == binary
         await client.close()
 
     run(scenario)
@@ -424,7 +421,7 @@ def test_non_json_bodies_are_answered_400_without_bothering_triton() -> None:
         assert not any(r.path.endswith("/infer") for r in fake.requests)
         raw = b"\x00" * 16
         resp = await client.request("POST", INFER, raw, {"Inference-Header-Content-Length": "0"})
-        assert resp.status == 200 and fake.requests[-1].body == raw  # Triton's raw binary form
+        assert resp.status == 200 and fake.infers[-1].body == raw  # Triton's raw binary form
         await client.close()
 
     run(scenario)
@@ -585,20 +582,20 @@ def test_triton_errors_are_mapped_and_counted_as_client_or_server_errors() -> No
         }
         requests = "lastmile_gateway_requests_total"
         errors = "lastmile_gateway_errors_total"
-        target = ("target", "default.diamond.v1")
-        assert samples[(requests, (("code", "400"), ("route", "diamond"), target))] == 2
-        assert samples[(requests, (("code", "500"), ("route", "diamond"), target))] == 1
-        assert samples[(requests, (("code", "200"), ("route", "diamond"), target))] == 1
-        assert samples[(errors, (("class", "client"), ("route", "diamond"), target))] == 2
-        assert samples[(errors, (("class", "server"), ("route", "diamond"), target))] == 1
-        refused = (("class", "client"), ("route", "diamond"), ("target", ""))
+        series = (("route", "default/diamond"), ("variant", "diamond/1"))
+        http_ = ("protocol", "http")
+        assert samples[(requests, (("code", "400"), http_, *series))] == 2
+        assert samples[(requests, (("code", "500"), http_, *series))] == 1
+        assert samples[(requests, (("code", "200"), http_, *series))] == 1
+        assert samples[(errors, (("class", "client"), *series))] == 2
+        assert samples[(errors, (("class", "server"), *series))] == 1
+        refused = (("class", "client"), ("route", "default/diamond"), ("variant", ""))
         assert samples[(errors, refused)] == 1  # the non-JSON body, refused by the gateway
-        assert samples[(errors, (("class", "client"), ("route", "_unknown"), ("target", "")))] == 1
+        unknown = (("class", "client"), ("route", "_unknown"), ("variant", ""))
+        assert samples[(errors, unknown)] == 1
         # refusals stay out of the latency histogram: only the 4 forwarded requests are in it
-        assert (
-            samples[("lastmile_gateway_request_duration_seconds_count", (("route", "diamond"),))]
-            == 4
-        )
+        assert samples[("lastmile_gateway_request_duration_seconds_count", series)] == 4
+        assert ("lastmile_gateway_request_duration_seconds_count", refused[1:]) not in samples
 
     run(scenario, handler=handler)
 
@@ -655,7 +652,7 @@ def test_grpc_shared_memory_is_invalid_argument_but_the_text_in_tensor_data_pass
                 assert info.value.status() == "StatusCode.INVALID_ARGUMENT"
                 assert info.value.message() == SHM_REFUSED
             assert fake.requests == []
-            assert gw.stats.requests[("d", "", "INVALID_ARGUMENT")] == 3
+            assert gw.stats.requests[("default/d", "", "grpc", 400)] == 3
             # the marker inside tensor bytes, small and large (> 64 KiB: only non-raw fields
             # are scanned) requests, and in a request id, is no reason to refuse
             marker = np.frombuffer(b"shared_memory_region" * 4, dtype=np.float32).reshape(1, 20)
@@ -728,8 +725,8 @@ def test_grpc_triton_errors_are_mapped_and_sanitized() -> None:
                     await client.infer("d", [x_input(X)], request_id=f"fail:{code}:{details}")
                 assert info.value.status() == f"StatusCode.{want_code}"
                 assert info.value.message() == want_message
-            assert gw.stats.requests[("d", "ws.d.v1", "INVALID_ARGUMENT")] == 2
-            assert gw.stats.requests[("d", "ws.d.v1", "INTERNAL")] == 1
+            assert gw.stats.requests[("default/d", "d/1", "grpc", 400)] == 2
+            assert gw.stats.requests[("default/d", "d/1", "grpc", 500)] == 1
 
     uvloop.run(main())
 

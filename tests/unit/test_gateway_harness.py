@@ -142,6 +142,49 @@ def infer_body(values: list[float] | None = None) -> bytes:
     ).encode()
 
 
+def _echo(tensor: Any) -> dict[str, Any]:
+    """An output for an input: same data (JSON or binary size), named y for x."""
+    if not isinstance(tensor, dict):
+        return {}
+    name = tensor.get("name", "x")
+    out = {
+        "name": "y" if name == "x" else f"{name}_out",
+        "datatype": tensor.get("datatype", "FP32"),
+        "shape": tensor.get("shape", []),
+    }
+    if "data" in tensor:
+        out["data"] = tensor["data"]
+    else:
+        out["parameters"] = tensor.get("parameters", {})
+    return out
+
+
+def infer_reply(req: Message, model: str, version: str, **extra: Any) -> Reply:
+    """What Triton answers to an inference request: the inputs echoed as outputs, "id" first
+    when the request had one (as Triton 2.51 writes it), binary tensors echoed back."""
+    header_len = req.headers.get("inference-header-content-length")
+    json_part = req.body[: int(header_len)] if header_len is not None else req.body
+    try:
+        request = json.loads(json_part)
+    except ValueError:
+        request = {}
+    head: dict[str, Any] = {}
+    if isinstance(request, dict) and "id" in request:
+        head["id"] = request["id"]
+    head.update(model_name=model, model_version=version, **extra)
+    inputs = request.get("inputs", []) if isinstance(request, dict) else []
+    head["outputs"] = [_echo(t) for t in inputs] if isinstance(inputs, list) else []
+    text = json.dumps(head, separators=(",", ":"))
+    if header_len is not None:  # echo the binary part back, framed like Triton
+        raw = req.body[int(header_len) :]
+        headers = {
+            "Content-Type": "application/octet-stream",
+            "Inference-Header-Content-Length": str(len(text)),
+        }
+        return 200, headers, text.encode() + raw
+    return 200, {"Content-Type": "application/json"}, text.encode()
+
+
 async def triton_like(req: Message) -> Reply | None:
     """Answers the way Triton 2.51 does for a healthy model named by the path."""
     parts = req.path.split("/")
@@ -159,18 +202,7 @@ async def triton_like(req: Message) -> Reply | None:
     if parts[-1] != "infer":
         meta = {"name": model, "versions": ["1"], "platform": "python", "inputs": []}
         return 200, {"Content-Type": "application/json"}, json.dumps(meta).encode()
-    head = json.dumps(
-        {"model_name": model, "model_version": version, "outputs": []}, separators=(",", ":")
-    )
-    header_len = req.headers.get("inference-header-content-length")
-    if header_len is not None:  # echo the binary part back, framed like Triton
-        raw = req.body[int(header_len) :]
-        headers = {
-            "Content-Type": "application/octet-stream",
-            "Inference-Header-Content-Length": str(len(head)),
-        }
-        return 200, headers, head.encode() + raw
-    return 200, {"Content-Type": "application/json"}, head.encode()
+    return infer_reply(req, model, version)
 
 
 class FakeTriton:
@@ -187,6 +219,16 @@ class FakeTriton:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def calls(self) -> list[Message]:
+        """The requests received except the gateway's health probes."""
+        return [r for r in self.requests if r.path != "/v2/health/ready"]
+
+    @property
+    def infers(self) -> list[Message]:
+        """The inference requests received (the gateway's health probes left out)."""
+        return [r for r in self.requests if r.path.endswith("/infer")]
 
     async def start(self, port: int = 0) -> FakeTriton:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", port)
@@ -225,7 +267,18 @@ class FakeTriton:
                         return
                     status, headers, body = reply
                     head = [f"HTTP/1.1 {status} X"] + [f"{k}: {v}" for k, v in headers.items()]
-                    head.append(f"Content-Length: {len(body)}")
+                    if headers.get("Transfer-Encoding") == "chunked":  # two chunks, then the end
+                        half = len(body) // 2
+                        body = (
+                            b"".join(
+                                b"%x\r\n%s\r\n" % (len(part), part)
+                                for part in (body[:half], body[half:])
+                                if part
+                            )
+                            + b"0\r\n\r\n"
+                        )
+                    else:
+                        head.append(f"Content-Length: {len(body)}")
                     writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + body)
                     await writer.drain()
         except (ConnectionError, httptools.HttpParserError):
@@ -235,10 +288,43 @@ class FakeTriton:
             writer.close()
 
 
-def routes(generation: int = 1, **route_targets: list[dict[str, Any]]) -> bytes:
+def variant(
+    pipeline: str, version: int, targets: list[dict[str, Any]], weight: float = 100.0
+) -> dict[str, Any]:
+    """A routing-table variant: pipeline version `version` served by `targets` (url, model,
+    optional version and grpc)."""
+    return {
+        "name": f"{pipeline}/{version}",
+        "version": version,
+        "weight": weight,
+        "targets": targets,
+    }
+
+
+def route(
+    pipeline: str, variants: list[dict[str, Any]], workspace: str = "default", **extra: Any
+) -> dict[str, Any]:
+    """A routing-table route; `extra`: strategy, sticky, shadow."""
+    return {"workspace": workspace, "pipeline": pipeline, "variants": variants, **extra}
+
+
+def table(generation: int, *routes_: dict[str, Any]) -> bytes:
+    """A version-2 routing table of `routes_`, keyed "<workspace>/<pipeline>"."""
     return json.dumps(
-        {"generation": generation, "routes": {k: {"targets": v} for k, v in route_targets.items()}}
+        {
+            "generation": generation,
+            "routes": {f"{r['workspace']}/{r['pipeline']}": r for r in routes_},
+        }
     ).encode()
+
+
+def routes(generation: int = 1, **pipeline_targets: list[dict[str, Any]]) -> bytes:
+    """The simplest table: each pipeline of the default workspace served by one variant
+    (version 1) with the given targets."""
+    return table(
+        generation,
+        *(route(name, [variant(name, 1, targets)]) for name, targets in pipeline_targets.items()),
+    )
 
 
 @contextlib.asynccontextmanager

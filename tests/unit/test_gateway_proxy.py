@@ -17,24 +17,29 @@ from tests.unit.test_gateway_harness import (
     build_request,
     infer_body,
     put_routes,
-    routes,
+    route,
     running_gateway,
+    table,
     triton_like,
+    variant,
 )
 
 CHUNKED = {"Transfer-Encoding": "chunked"}
+ROUTE, V1 = "default/diamond", "diamond/1"
 Scenario = Callable[[Any, FakeTriton], Awaitable[None]]
 
 
 def run(scenario: Scenario, handler: Any = triton_like, version: str = "", **config: Any) -> None:
-    """Start a fake Triton and a gateway routing 'diamond' to it, then run the scenario."""
+    """Start a fake Triton and a gateway routing pipeline 'diamond' (its version 1 served by
+    model default.diamond.v1, pinned to Triton version `version` if set), then run it."""
 
     async def main() -> None:
         fake = await FakeTriton(handler).start()
         try:
             async with running_gateway(**config) as gw:
                 target = {"url": fake.url, "model": "default.diamond.v1", "version": version}
-                assert (await put_routes(gw, routes(diamond=[target]))).status == 200
+                diamond = route("diamond", [variant("diamond", 1, [target])])
+                assert (await put_routes(gw, table(1, diamond))).status == 200
                 await scenario(gw, fake)
         finally:
             await fake.stop()
@@ -48,24 +53,34 @@ def test_infer_is_forwarded_to_the_target_model_and_answers_with_the_public_name
         body = infer_body()
         resp = await client.request("POST", "/v2/models/diamond/infer", body)
         assert resp.status == 200
-        assert resp.json()["model_name"] == "diamond"
+        answer = resp.json()
+        assert (answer["model_name"], answer["model_version"]) == ("diamond", "1")
+        assert answer["parameters"] == {"lastmile_variant": V1}
+        assert resp.headers["lastmile-variant"] == V1
         assert int(resp.headers["content-length"]) == len(resp.body)
-        assert fake.requests[-1].path == "/v2/models/default.diamond.v1/infer"
-        assert fake.requests[-1].body == body
+        assert fake.calls[-1].path == "/v2/models/default.diamond.v1/infer"
+        assert fake.calls[-1].body == body
+        # the pipeline version picks the variant; Triton's versions of the model stay internal
+        resp = await client.request("POST", "/v2/models/diamond/versions/1/infer", body)
+        assert resp.status == 200 and resp.json()["model_version"] == "1"
+        assert fake.calls[-1].path == "/v2/models/default.diamond.v1/infer"
         resp = await client.request("POST", "/v2/models/diamond/versions/3/infer", body)
-        assert resp.status == 200 and resp.json()["model_version"] == "3"
-        assert fake.requests[-1].path == "/v2/models/default.diamond.v1/versions/3/infer"
+        assert resp.status == 404
+        assert resp.json() == {"error": "model 'diamond' has no version 3 being served"}
+        assert "lastmile-variant" not in resp.headers
+        assert len([r for r in fake.requests if r.path.endswith("/infer")]) == 2
         await client.close()
 
     run(scenario)
 
 
-def test_a_pinned_target_version_wins_over_the_clients() -> None:
+def test_a_pinned_target_version_is_what_triton_is_asked_for() -> None:
     async def scenario(gw: Any, fake: FakeTriton) -> None:
         client = await RawClient.connect(gw.ports["http"])
-        for path in ("/v2/models/diamond/infer", "/v2/models/diamond/versions/9/infer"):
-            assert (await client.request("POST", path, infer_body())).status == 200
-            assert fake.requests[-1].path == "/v2/models/default.diamond.v1/versions/2/infer"
+        for path in ("/v2/models/diamond/infer", "/v2/models/diamond/versions/1/infer"):
+            resp = await client.request("POST", path, infer_body())
+            assert resp.status == 200 and resp.json()["model_version"] == "1"
+            assert fake.calls[-1].path == "/v2/models/default.diamond.v1/versions/2/infer"
         await client.close()
 
     run(scenario, version="2")
@@ -84,7 +99,7 @@ def test_only_headers_triton_needs_are_forwarded() -> None:
             "X-Forwarded-For": "10.0.0.1",
         }
         assert await client.request("POST", "/v2/models/diamond/infer", infer_body(), headers)
-        seen = fake.requests[-1].headers
+        seen = fake.calls[-1].headers
         assert seen["content-type"] == "application/json"
         assert seen["content-encoding"] == "identity"
         assert seen["traceparent"] == headers["traceparent"]
@@ -107,12 +122,16 @@ def test_binary_tensor_response_keeps_its_lengths_consistent() -> None:
             {"Inference-Header-Content-Length": str(len(header)),
              "Content-Type": "application/octet-stream"},
         )  # fmt: skip
-        assert fake.requests[-1].headers["inference-header-content-length"] == str(len(header))
-        assert fake.requests[-1].body == header.encode() + raw
+        assert fake.calls[-1].headers["inference-header-content-length"] == str(len(header))
+        assert fake.calls[-1].body == header.encode() + raw
         json_len = int(reply.headers["inference-header-content-length"])
-        assert json.loads(reply.body[:json_len])["model_name"] == "diamond"
+        answer = json.loads(reply.body[:json_len])
+        assert (answer["model_name"], answer["model_version"]) == ("diamond", "1")
+        assert answer["parameters"] == {"lastmile_variant": V1}
+        assert answer["outputs"][0]["parameters"] == {"binary_data_size": 16}
         assert reply.body[json_len:] == raw
         assert int(reply.headers["content-length"]) == len(reply.body)
+        assert reply.headers["lastmile-variant"] == V1
         await resp.close()
 
     run(scenario)
@@ -129,7 +148,7 @@ def test_chunked_request_body_is_reframed_with_content_length() -> None:
         client.send(build_request("POST", "/v2/models/diamond/infer", headers=CHUNKED))
         client.send(chunked + b"0\r\n\r\n")
         assert (await client.response()).status == 200
-        seen = fake.requests[-1]
+        seen = fake.calls[-1]
         assert seen.body == body
         assert seen.headers["content-length"] == str(len(body))
         assert "transfer-encoding" not in seen.headers
@@ -140,6 +159,11 @@ def test_chunked_request_body_is_reframed_with_content_length() -> None:
 
 def test_pipelined_requests_are_answered_in_order_on_one_upstream_connection() -> None:
     async def scenario(gw: Any, fake: FakeTriton) -> None:
+        variants = [
+            variant("diamond", v, [{"url": fake.url, "model": f"default.diamond.v{v}"}], w)
+            for v, w in ((1, 100), (2, 0), (3, 0))
+        ]
+        assert (await put_routes(gw, table(2, route("diamond", variants)))).status == 200
         client = await RawClient.connect(gw.ports["http"])
         client.send(
             build_request("POST", "/v2/models/diamond/versions/1/infer", infer_body())
@@ -151,6 +175,12 @@ def test_pipelined_requests_are_answered_in_order_on_one_upstream_connection() -
         got = [await client.response() for _ in range(5)]
         assert [r.status for r in got] == [200, 200, 200, 404, 200]
         assert [got[i].json()["model_version"] for i in (0, 2, 4)] == ["1", "2", "3"]
+        assert [got[i].headers["lastmile-variant"] for i in (0, 2, 4)] == [
+            "diamond/1", "diamond/2", "diamond/3",
+        ]  # fmt: skip
+        assert [r.path for r in fake.requests if r.path.endswith("/infer")] == [
+            f"/v2/models/default.diamond.v{v}/infer" for v in (1, 2, 3)
+        ]
         for _ in range(10):
             assert await client.request("POST", "/v2/models/diamond/infer", infer_body())
         assert len({r.connection for r in fake.requests if r.path.endswith("/infer")}) == 1
@@ -173,8 +203,10 @@ def test_triton_errors_keep_their_status_but_hide_internal_names() -> None:
         resp = await client.request("POST", "/v2/models/diamond/infer", infer_body())
         assert resp.status == 400
         assert resp.json() == {"error": "in ensemble 'diamond', unexpected input 'z'"}
+        assert resp.headers["lastmile-variant"] == V1  # errors say which variant failed too
         resp = await client.request("GET", "/v2/models/diamond/ready")
         assert resp.status == 500
+        assert resp.headers["lastmile-variant"] == V1
         assert resp.headers["content-type"] == "application/json"
         assert "default.diamond" not in resp.json()["error"]
         assert "diamond" in resp.json()["error"]
@@ -187,11 +219,14 @@ def test_metadata_and_readiness_use_the_public_name() -> None:
     async def scenario(gw: Any, fake: FakeTriton) -> None:
         client = await RawClient.connect(gw.ports["http"])
         meta = await client.request("GET", "/v2/models/diamond")
-        assert meta.status == 200 and meta.json()["name"] == "diamond"
-        assert fake.requests[-1].path == "/v2/models/default.diamond.v1"
+        assert meta.status == 200
+        assert (meta.json()["name"], meta.json()["versions"]) == ("diamond", ["1"])
+        assert meta.headers["lastmile-variant"] == V1
+        assert fake.calls[-1].path == "/v2/models/default.diamond.v1"
         ready = await client.request("GET", "/v2/models/diamond/versions/1/ready")
-        assert ready.status == 200
-        assert fake.requests[-1].path == "/v2/models/default.diamond.v1/versions/1/ready"
+        assert ready.status == 200 and ready.headers["lastmile-variant"] == V1
+        assert fake.calls[-1].path == "/v2/models/default.diamond.v1/ready"
+        assert (await client.request("GET", "/v2/models/diamond/versions/2/ready")).status == 404
         await client.close()
 
     run(scenario)
@@ -202,7 +237,7 @@ def test_unknown_model_and_triton_admin_endpoints_are_never_proxied() -> None:
         client = await RawClient.connect(gw.ports["http"])
         resp = await client.request("POST", "/v2/models/x/infer", infer_body())
         assert resp.status == 404
-        assert resp.json() == {"error": "unknown model 'x'; deployed: diamond"}
+        assert resp.json() == {"error": "unknown model 'x'"}  # nothing about other pipelines
         forbidden = [
             ("POST", "/v2/repository/index"),
             ("POST", "/v2/repository/models/diamond/load"),
@@ -312,12 +347,14 @@ def test_upstream_down_gives_503_and_counts_it() -> None:
         assert resp.status == 503
         assert resp.json() == {"error": "no upstream available for 'diamond'"}
         assert resp.keep_alive  # the client connection survives an upstream failure
+        assert resp.headers["lastmile-variant"] == V1
         await fake.start(port)
         assert (
             await client.request("POST", "/v2/models/diamond/infer", infer_body())
         ).status == 200
-        assert gw.stats.requests[("diamond", "default.diamond.v1", 503)] == 1
-        assert gw.stats.requests[("diamond", "default.diamond.v1", 200)] == 1
+        assert gw.stats.requests[(ROUTE, V1, "http", 503)] == 1
+        assert gw.stats.requests[(ROUTE, V1, "http", 200)] == 1
+        assert gw.stats.inflight[(ROUTE, V1)] == 0
         await client.close()
 
     run(scenario)
@@ -334,6 +371,7 @@ def test_slow_upstream_times_out_with_504() -> None:
         resp = await client.request("POST", "/v2/models/diamond/infer", infer_body())
         assert resp.status == 504
         assert resp.json() == {"error": "upstream timed out for 'diamond'"}
+        assert resp.headers["lastmile-variant"] == V1
         await client.close()
 
     run(scenario, handler=slow, upstream_timeout=0.6)
@@ -363,6 +401,8 @@ def test_large_responses_stream_through_intact() -> None:
         )  # fmt: skip
         json_len = int(reply.headers["inference-header-content-length"])
         assert reply.status == 200 and reply.body[json_len:] == raw
+        assert json.loads(reply.body[:json_len])["parameters"] == {"lastmile_variant": V1}
+        assert int(reply.headers["content-length"]) == len(reply.body)
         await client.close()
 
     run(scenario)

@@ -5,15 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-from google.protobuf.internal.encoder import _VarintBytes
+from google.protobuf.internal.encoder import _VarintBytes  # type: ignore[attr-defined]
 from tritonclient.grpc import service_pb2 as pb
 
 from rollout.grpc_wire import (
     WireError,
     bool_field,
+    drop_fields,
     encode_varint,
+    request_parameter,
     scan_name_version,
     string_field,
+    string_parameter,
 )
 
 
@@ -127,3 +130,105 @@ def test_bool_field_matches_protobuf() -> None:
 def test_malformed_messages_raise_wire_error(raw: bytes) -> None:
     with pytest.raises(WireError):
         scan_name_version(raw)
+
+
+def test_an_appended_empty_version_clears_the_clients() -> None:
+    raw = infer_request("diamond", "3", 64)
+    renamed = raw + string_field(1, b"default.diamond.v3") + string_field(2, b"")
+    parsed = pb.ModelInferRequest.FromString(renamed)
+    assert (parsed.model_name, parsed.model_version) == ("default.diamond.v3", "")
+    assert scan_name_version(renamed) == (b"default.diamond.v3", b"")
+
+
+def test_an_appended_parameter_entry_overrides_and_keeps_the_others() -> None:
+    response = pb.ModelInferResponse(model_name="m")
+    response.parameters["sequence_id"].int64_param = 4
+    response.parameters["lastmile_variant"].string_param = "from triton"
+    raw = response.SerializeToString() + string_parameter(4, b"lastmile_variant", b"fraud/3")
+    parsed = pb.ModelInferResponse.FromString(raw)
+    assert parsed.parameters["lastmile_variant"].string_param == "fraud/3"
+    assert parsed.parameters["sequence_id"].int64_param == 4
+    fresh = pb.ModelInferResponse.FromString(string_parameter(4, b"k", b"v"))
+    assert dict(fresh.parameters)["k"].string_param == "v"
+
+
+def with_parameters(**values: object) -> bytes:
+    request = pb.ModelInferRequest.FromString(infer_request("d", "", 64))
+    for key, value in values.items():
+        param = request.parameters[key]
+        if isinstance(value, bool):
+            param.bool_param = value
+        elif isinstance(value, int):
+            if value > 2**63 - 1:
+                param.uint64_param = value
+            else:
+                param.int64_param = value
+        elif isinstance(value, float):
+            param.double_param = value
+        else:
+            assert isinstance(value, str)
+            param.string_param = value
+    return request.SerializeToString()
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        ("user-42", b"user-42"),
+        ("", b""),
+        ("ünï", "ünï".encode()),
+        (42, b"42"),
+        (-7, b"-7"),
+        (0, b"0"),
+        (2**64 - 1, b"18446744073709551615"),
+        (True, b"true"),
+        (False, b"false"),
+        (1.5, b"1.5"),
+    ],
+)
+def test_request_parameter_text_form(value: object, text: bytes) -> None:
+    raw = with_parameters(user=value, other="x")
+    assert request_parameter(raw, b"user") == text
+    assert request_parameter(raw, b"missing") is None
+
+
+def test_request_parameter_last_entry_wins_and_empty_value_is_none() -> None:
+    raw = with_parameters(user="first")
+    raw += string_field(4, string_field(1, b"user") + string_field(2, string_field(3, b"last")))
+    assert request_parameter(raw, b"user") == b"last"
+    assert pb.ModelInferRequest.FromString(raw).parameters["user"].string_param == "last"
+    no_value = raw + string_field(4, string_field(1, b"user"))
+    assert request_parameter(no_value, b"user") is None
+    # a tensor's parameter of that name is not the request's
+    request = pb.ModelInferRequest(model_name="d")
+    request.inputs.add(name="x").parameters["user"].string_param = "tensor"
+    assert request_parameter(request.SerializeToString(), b"user") is None
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        b"\x0a\x09ab",  # key runs past the entry
+        b"\x12\x03\x1a\x05ab",  # string_param runs past the value
+        b"\x12\x02\x21\x00",  # double_param cut short
+        b"\x12\x01\x0b",  # group wire type
+    ],
+)
+def test_malformed_parameters_raise_wire_error(entry: bytes) -> None:
+    raw = string_field(1, b"d") + string_field(4, b"\x0a\x04user" + entry)
+    with pytest.raises(WireError):
+        request_parameter(raw, b"user")
+
+
+def test_drop_fields_removes_every_occurrence_of_any_wire_type() -> None:
+    meta = pb.ModelMetadataResponse(name="ws.d.v3", versions=["1", "2"], platform="python")
+    meta.inputs.add(name="x", datatype="FP32", shape=[-1, 4])
+    dropped = drop_fields(meta.SerializeToString(), frozenset({1, 2}))
+    parsed = pb.ModelMetadataResponse.FromString(dropped + string_field(1, b"d"))
+    assert (parsed.name, list(parsed.versions), parsed.platform) == ("d", [], "python")
+    assert parsed.inputs[0].name == "x"
+    raw = encode_varint(3 << 3) + encode_varint(300) + string_field(1, b"x") + b"\x29" + b"\x01" * 8
+    assert drop_fields(raw, frozenset({3, 5})) == string_field(1, b"x")
+    assert drop_fields(raw, frozenset()) == raw
+    with pytest.raises(WireError):
+        drop_fields(b"\x0a\x05abc", frozenset({1}))

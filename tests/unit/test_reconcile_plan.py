@@ -13,9 +13,18 @@ ENSEMBLE = Wanted(
     name="ws.pipe.v1", config=b"name: 'ws.pipe.v1'", versions={1: {}}, ensemble=True,
     uses=("ws.scaler",),
 )  # fmt: skip
-ROUTE = {"targets": [{"url": "http://127.0.0.1:8000", "model": "ws.pipe.v1", "version": "",
-                      "weight": 1.0, "grpc": "127.0.0.1:8001"}]}  # fmt: skip
-WANTS = Wants(models={m.name: m for m in (MODEL, ENSEMBLE)}, routes={"pipe": ROUTE})
+TARGET = {"url": "http://127.0.0.1:8000", "model": "ws.pipe.v1", "version": "",
+          "grpc": "127.0.0.1:8001"}  # fmt: skip
+
+
+def route(weight: float = 100.0, **target: str) -> dict[str, object]:
+    return {"workspace": "ws", "pipeline": "pipe", "strategy": "weighted",
+            "variants": [{"name": "pipe/1", "version": 1, "weight": weight,
+                          "targets": [dict(TARGET, **target)]}]}  # fmt: skip
+
+
+ROUTE = route()
+WANTS = Wants(models={m.name: m for m in (MODEL, ENSEMBLE)}, routes={"ws/pipe": ROUTE})
 
 
 def published(want: Wanted) -> Published:
@@ -27,7 +36,7 @@ def in_sync(**changes: object) -> Seen:
         "repository": {m.name: published(m) for m in (MODEL, ENSEMBLE)},
         "leftovers": (),
         "ready": {"ws.scaler": frozenset({1, 2}), "ws.pipe.v1": frozenset({1})},
-        "routes": {"pipe": {"targets": [dict(ROUTE["targets"][0], weight=1)]}},
+        "routes": {"ws/pipe": route(100)},  # 100 vs 100.0 is no difference
     }
     values.update(changes)
     return Seen(**values)  # type: ignore[arg-type]
@@ -122,12 +131,14 @@ def test_routes_are_compared_without_the_generation() -> None:
         Action(
             "push_routes",
             "gateway",
-            "the gateway's routes differ from the live deployments (missing: pipe)",
+            "the gateway's routes differ from the live deployments (missing: ws/pipe)",
         )
     ]
-    other = {"pipe": {"targets": [dict(ROUTE["targets"][0], model="ws.pipe.v2")]}, "x": ROUTE}
+    other = {"ws/pipe": route(model="ws.pipe.v2"), "ws/x": {"variants": "garbage"}}
     reason = plan(WANTS, in_sync(routes=other))[0].reason
-    assert "not live: x" in reason and "different targets: pipe" in reason
+    assert "not live: ws/x" in reason and "different variants or weights: ws/pipe" in reason
+    reason = plan(WANTS, in_sync(routes={"ws/pipe": route(50)}))[0].reason
+    assert "different variants or weights: ws/pipe" in reason
 
 
 def test_nothing_is_planned_for_what_could_not_be_seen() -> None:

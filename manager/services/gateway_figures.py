@@ -1,0 +1,116 @@
+"""Live figures per route and variant, read from the gateway's Prometheus endpoint.
+
+The gateway counts requests, errors and latencies per (route, variant) as cumulative
+Prometheus series (rollout.gateway_metrics). A rollout window is the difference between two
+readings (rollout.controller.window_delta copes with a gateway restart, whose counters start
+again from zero); this module only reads and reshapes them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from manager.errors import GatewayError
+from manager.services.context import Platform
+
+REQUESTS = "lastmile_gateway_requests"
+DURATION = "lastmile_gateway_request_duration_seconds"
+INFLIGHT = "lastmile_gateway_inflight"
+SHADOW = "lastmile_gateway_shadow_requests"
+
+
+@dataclass
+class VariantCounters:
+    """Cumulative counters of one (route, variant): JSON-ready for a rollout's window."""
+
+    requests: int = 0
+    errors: int = 0
+    codes: dict[str, int] = field(default_factory=dict)
+    # cumulative histogram buckets: [upper bound as text ("+Inf" last), count]
+    buckets: list[tuple[str, int]] = field(default_factory=list)
+    seconds: float = 0.0
+    inflight: int = 0
+    shadow: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "errors": self.errors,
+            "codes": dict(self.codes),
+            "buckets": [list(b) for b in self.buckets],
+            "seconds": self.seconds,
+            "shadow": dict(self.shadow),
+        }
+
+
+def is_error(code: str) -> bool:
+    """What counts against a variant: anything but a 2xx answer, except requests the client
+    itself got wrong before a model saw them (404 unknown, 413 too large, 415, 499 gone)."""
+    return not code.startswith("2") and code not in ("404", "413", "415", "499")
+
+
+def parse(text: str) -> dict[tuple[str, str], VariantCounters]:
+    """(route, variant) -> counters, from the gateway's exposition text."""
+    out: dict[tuple[str, str], VariantCounters] = defaultdict(VariantCounters)
+    buckets: dict[tuple[str, str], dict[str, int]] = defaultdict(dict)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = sample.labels
+            key = (labels.get("route", ""), labels.get("variant", ""))
+            if not key[1]:
+                continue  # refused before a variant was chosen
+            if sample.name == REQUESTS + "_total":
+                code = labels.get("code", "")
+                counters = out[key]
+                value = int(sample.value)
+                counters.requests += value
+                counters.codes[code] = counters.codes.get(code, 0) + value
+                if is_error(code):
+                    counters.errors += value
+            elif sample.name == DURATION + "_bucket":
+                buckets[key][labels["le"]] = int(sample.value)
+            elif sample.name == DURATION + "_sum":
+                out[key].seconds = float(sample.value)
+            elif sample.name == INFLIGHT:
+                out[key].inflight = int(sample.value)
+            elif sample.name == SHADOW + "_total":
+                outcome = labels.get("outcome", "")
+                out[key].shadow[outcome] = out[key].shadow.get(outcome, 0) + int(sample.value)
+    for key, by_bound in buckets.items():
+        out[key].buckets = sorted(by_bound.items(), key=lambda kv: float(kv[0]))
+    return dict(out)
+
+
+def read(platform: Platform, timeout_s: float = 5.0) -> dict[tuple[str, str], VariantCounters]:
+    if not platform.gateway_metrics_url:
+        raise GatewayError("no gateway is attached to this control plane")
+    try:
+        response = httpx.get(platform.gateway_metrics_url, timeout=timeout_s)
+        response.raise_for_status()
+    except httpx.HTTPError as exc:
+        raise GatewayError(f"the gateway's metrics could not be read: {exc}") from exc
+    return parse(response.text)
+
+
+def wait_drained(platform: Platform, *, route: str, variant: str, timeout_s: float) -> bool:
+    """True once the gateway has no request in flight to (route, variant); False at timeout
+    or when no gateway is attached (nothing to wait for)."""
+    if not platform.gateway_metrics_url:
+        return False
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            counters = read(platform).get((route, variant))
+        except GatewayError:
+            return False
+        if counters is None or counters.inflight <= 0:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)

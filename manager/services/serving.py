@@ -1,0 +1,198 @@
+"""What is served, and the gateway's routes to it.
+
+A pipeline is served by its live deployment's version (the *stable* variant) and, while a
+rollout is active, by the rollout's candidates too: their ensembles and the model versions they
+use stay loaded, the reconciler restores them, and the routing table gives them the rollout's
+weights. Every caller that asks "what must Triton serve" (deploy, retire, undeploy, reconcile,
+the watchdog) asks ``served_specs``.
+
+Routing tables carry a generation taken from the store (``store.next_generation``), in the
+same transaction as the change they publish: the caller commits only once the gateway has
+confirmed the table, so nothing is reported live that the gateway does not route.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from manager import store
+from manager.domain import PipelineSpec
+from manager.errors import GatewayError
+from manager.names import triton_ensemble_name, triton_model_name
+from manager.plan.routes import Endpoint, ServedPipeline, routing_table
+from manager.services.context import Platform
+from rollout.routing import RoutingTable
+
+log = logging.getLogger(__name__)
+
+PUSH_ATTEMPTS = 5
+
+
+@dataclass(frozen=True)
+class Served:
+    """One pipeline version Triton must serve (read like a ``Deployment``: ``pipeline_id``,
+    ``ensemble``, ``triton_models``)."""
+
+    pipeline_id: int
+    workspace_id: int
+    version: int
+    ensemble: str
+    triton_models: list[str]
+    role: str  # stable | candidate
+
+
+def served_specs(
+    session: Any, *, workspace_id: int | None = None, exclude_pipeline_id: int | None = None
+) -> list[tuple[Served, PipelineSpec]]:
+    """Every served pipeline version (of one workspace, or all) with its spec."""
+    out: list[tuple[Served, PipelineSpec]] = []
+    for dep in store.list_deployments(session):
+        if dep.state != "live" or dep.pipeline_id == exclude_pipeline_id:
+            continue
+        pipe = session.get(store.Pipeline, dep.pipeline_id)
+        if workspace_id is not None and pipe.workspace_id != workspace_id:
+            continue
+        pv = session.get(store.PipelineVersion, dep.pipeline_version_id)
+        out.append(
+            (
+                Served(
+                    pipeline_id=pipe.id,
+                    workspace_id=pipe.workspace_id,
+                    version=pv.version,
+                    ensemble=dep.ensemble,
+                    triton_models=list(dep.triton_models),
+                    role="stable",
+                ),
+                PipelineSpec.from_dict(pv.spec),
+            )
+        )
+        rollout = store.active_rollout(session, pipeline=pipe)
+        if rollout is None:
+            continue
+        ws = session.get(store.Workspace, pipe.workspace_id)
+        for version in rollout.candidates:
+            if version == pv.version:
+                continue
+            cpv = store.get_pipeline_version(session, pipeline=pipe, version=version)
+            spec = PipelineSpec.from_dict(cpv.spec)
+            out.append(
+                (
+                    Served(
+                        pipeline_id=pipe.id,
+                        workspace_id=pipe.workspace_id,
+                        version=version,
+                        ensemble=triton_ensemble_name(ws.name, pipe.name, version),
+                        triton_models=sorted(
+                            {triton_model_name(ws.name, s.model) for s in spec.steps}
+                        ),
+                        role="candidate",
+                    ),
+                    spec,
+                )
+            )
+    return out
+
+
+def served_pipelines(session: Any) -> list[ServedPipeline]:
+    """The routing plan's input: each live pipeline, its versions and its active rollout."""
+    by_pipeline: dict[int, dict[int, str]] = {}
+    stable: dict[int, int] = {}
+    for served, _spec in served_specs(session):
+        by_pipeline.setdefault(served.pipeline_id, {})[served.version] = served.ensemble
+        if served.role == "stable":
+            stable[served.pipeline_id] = served.version
+    out = []
+    for pipeline_id, ensembles in by_pipeline.items():
+        pipe = session.get(store.Pipeline, pipeline_id)
+        ws = session.get(store.Workspace, pipe.workspace_id)
+        rollout = store.active_rollout(session, pipeline=pipe)
+        strategy = weights = params = None
+        if rollout is not None and rollout.state in ("running", "paused"):
+            strategy = rollout.strategy
+            weights = {int(v): float(w) for v, w in rollout.weights.items()}
+            params = rollout.params
+        else:  # a pending rollout's candidates are loaded but get no traffic yet
+            ensembles = {stable[pipeline_id]: ensembles[stable[pipeline_id]]}
+        out.append(
+            ServedPipeline(
+                workspace=ws.name,
+                pipeline=pipe.name,
+                stable=stable[pipeline_id],
+                ensembles=ensembles,
+                strategy=strategy,
+                weights=weights or {},
+                params=params or {},
+            )
+        )
+    return sorted(out, key=lambda s: (s.workspace, s.pipeline))
+
+
+def endpoints(platform: Platform) -> list[Endpoint]:
+    assert platform.triton is not None
+    e = platform.triton.endpoints
+    return [Endpoint(http_url=e.http_url, grpc=e.grpc_url)]
+
+
+def build_table(platform: Platform, session: Any, generation: int = 0) -> RoutingTable:
+    """The table the store describes (generation 0 unless given: for comparisons)."""
+    return routing_table(generation, served_pipelines(session), endpoints(platform))
+
+
+def push_routes(platform: Platform, session: Any | None = None) -> int | None:
+    """Send the store's routing table to the gateway; the generation it confirmed.
+
+    With ``session`` the table includes that session's uncommitted changes and its generation
+    is taken in the same transaction: the caller commits once this returns, and rolls back
+    when it raises. Failed attempts (the gateway restarting) are retried a few times."""
+    if not platform.gateway_admin_url:
+        return None
+    if session is None:
+        with platform.session() as own:
+            generation = push_routes(platform, own)
+            own.commit()
+            return generation
+    table = build_table(platform, session, store.next_generation(session))
+    url = f"{platform.gateway_admin_url}/routes"
+    headers = platform.gateway_admin_headers()
+    last = ""
+    for attempt in range(PUSH_ATTEMPTS):
+        try:
+            response = httpx.put(url, content=table.to_json(), headers=headers, timeout=10)
+        except httpx.HTTPError as exc:
+            last = f"{type(exc).__name__}: {exc}"
+        else:
+            if response.status_code == 200:
+                return table.generation
+            if response.status_code == 409:  # the gateway holds a newer generation
+                table = _after_gateway(platform, session, table)
+                continue
+            if response.status_code < 500:
+                raise GatewayError(f"the gateway refused the routing table: {response.text}")
+            last = f"HTTP {response.status_code}: {response.text[:200]}"
+        time.sleep(min(0.1 * 2**attempt, 1.0))
+    raise GatewayError(
+        f"the gateway did not take the routing table after {PUSH_ATTEMPTS} attempts: {last}",
+        hint="lastmile status shows whether the gateway runs; lastmile reconcile pushes again",
+    )
+
+
+def _after_gateway(platform: Platform, session: Any, table: RoutingTable) -> RoutingTable:
+    """The gateway kept a table from an earlier store (its routes file): move the store's
+    counter past the gateway's generation."""
+    response = httpx.get(
+        f"{platform.gateway_admin_url}/routes", headers=platform.gateway_admin_headers(), timeout=10
+    )
+    current = response.json().get("generation") if response.status_code == 200 else None
+    if not isinstance(current, int):
+        raise GatewayError("the gateway refused the routing table as stale but shows none")
+    row = session.get(store.RoutingGeneration, 1)
+    row.generation = max(row.generation, current)
+    session.add(row)
+    session.flush()
+    log.info("routing generation moved past the gateway's %d", current)
+    return RoutingTable.build(store.next_generation(session), list(table.routes.values()))
