@@ -40,3 +40,15 @@ def triton_model_name(workspace: str, model: str) -> str:
 def triton_ensemble_name(workspace: str, pipeline: str, version: int) -> str:
     """Name of a pipeline version's ensemble on Triton."""
     return f"{workspace}.{pipeline}.v{version}"
+
+
+def copy_prefix(workspace: str, pipeline: str, version: int) -> str:
+    """Prefix of the step models private to one pipeline version (blue/green's complete
+    second copy): its ensemble's name."""
+    return triton_ensemble_name(workspace, pipeline, version)
+
+
+def step_model_name(workspace: str, model: str, prefix: str | None = None) -> str:
+    """Triton name of a pipeline step's model: the workspace's shared one, or with ``prefix``
+    (``copy_prefix``) the pipeline version's own copy ``<ws>.<pipeline>.v<N>.<model>``."""
+    return f"{prefix}.{model}" if prefix else triton_model_name(workspace, model)

@@ -29,13 +29,14 @@ __all__ = ["Action", "Published", "Seen", "Wanted", "Wants", "is_owned_name", "p
 Kind = Literal["remove", "rewrite", "load", "unload", "push_routes"]
 
 _PART = NAME_RE.pattern.strip("^$")
-_OWNED_RE = re.compile(rf"^{_PART}\.{_PART}(\.v[1-9][0-9]{{0,17}})?$")
+_OWNED_RE = re.compile(rf"^{_PART}\.{_PART}(\.v[1-9][0-9]{{0,17}}(\.{_PART})?)?$")
 CONFIG_FILENAME = "config.pbtxt"
 
 
 def is_owned_name(name: str) -> bool:
     """A repository or Triton name of the manager's scheme: ``<ws>.<model>`` (a registered
-    model) or ``<ws>.<pipeline>.v<N>`` (a pipeline version's ensemble)."""
+    model), ``<ws>.<pipeline>.v<N>`` (a pipeline version's ensemble) or
+    ``<ws>.<pipeline>.v<N>.<model>`` (a step model private to that version)."""
     return bool(_OWNED_RE.fullmatch(name))
 
 

@@ -18,7 +18,12 @@ from typing import Any, Literal
 from manager import store
 from manager.domain import PipelineSpec, ServingOptions, Signature
 from manager.errors import Conflict, LastmileError, PipelineError, TritonError
-from manager.names import check_name, triton_ensemble_name, triton_model_name
+from manager.names import (
+    check_name,
+    copy_prefix,
+    step_model_name,
+    triton_ensemble_name,
+)
 from manager.repository.config import (
     PYTHON_MODEL_FILENAME,
     effective_max_batch_size,
@@ -46,22 +51,33 @@ class _Needed:
     options: ServingOptions
     # version → sha256 of its stored file (its content address): what a published copy must be
     digests: dict[int, str] = field(default_factory=dict)
+    model: str = ""  # the registered model's name
 
 
 def collect_models(
-    session: Any, ws: store.Workspace, specs: list[PipelineSpec]
+    session: Any,
+    ws: store.Workspace,
+    specs: list[PipelineSpec],
+    prefixes: list[str | None] | None = None,
 ) -> dict[str, _Needed]:
-    """Every model version the given pipeline specs use, grouped per Triton model."""
+    """Every model version the given pipeline specs use, grouped per Triton model (keyed by
+    its Triton name). ``prefixes[i]``: spec i's steps use the private copies of its pipeline
+    version (``names.copy_prefix``); None: the workspace's shared models."""
     versions: dict[str, dict[int, store.ModelVersion]] = {}
     options: dict[str, ServingOptions] = {}
-    for spec in specs:
+    names: dict[str, str] = {}
+    for i, spec in enumerate(specs):
+        prefix = prefixes[i] if prefixes else None
         for step in spec.steps:
             model = store.get_model(session, workspace=ws, name=step.model)
             mv = store.get_model_version(session, model=model, version=step.version)
-            versions.setdefault(step.model, {})[mv.version] = mv
-            options[step.model] = ServingOptions.from_dict(model.serving)
+            triton_name = step_model_name(ws.name, step.model, prefix)
+            versions.setdefault(triton_name, {})[mv.version] = mv
+            options[triton_name] = ServingOptions.from_dict(model.serving)
+            names[triton_name] = step.model
     needed: dict[str, _Needed] = {}
-    for model_name, by_version in versions.items():
+    for triton_name, by_version in versions.items():
+        model_name = names[triton_name]
         signatures = {v: Signature.from_dict(mv.signature) for v, mv in by_version.items()}
         first_version, first = next(iter(sorted(signatures.items())))
         for v, sig in signatures.items():
@@ -73,12 +89,13 @@ def collect_models(
                     hint="deploy pipelines that use the same version, or import the new "
                     "signature under a new model name",
                 )
-        needed[model_name] = _Needed(
-            triton_name=triton_model_name(ws.name, model_name),
+        needed[triton_name] = _Needed(
+            triton_name=triton_name,
             signature=first,
             files={v: Path(mv.path) for v, mv in by_version.items()},
-            options=options[model_name],
+            options=options[triton_name],
             digests={v: mv.sha256 for v, mv in by_version.items()},
+            model=model_name,
         )
     return needed
 
@@ -202,25 +219,32 @@ def write_ensemble(
     spec: PipelineSpec,
     ensemble: str,
     needed: dict[str, _Needed],
+    prefix: str | None = None,
 ) -> None:
     writer.write_ensemble(
-        ensemble, ensemble_config_for(platform, ws, spec, ensemble, needed), repair=True
+        ensemble, ensemble_config_for(platform, ws, spec, ensemble, needed, prefix), repair=True
     )
 
 
 def ensemble_config_for(
-    platform: Platform, ws: str, spec: PipelineSpec, ensemble: str, needed: dict[str, _Needed]
+    platform: Platform,
+    ws: str,
+    spec: PipelineSpec,
+    ensemble: str,
+    needed: dict[str, _Needed],
+    prefix: str | None = None,
 ) -> Any:
-    """The config of a pipeline version's ensemble (``needed``: its workspace's models)."""
-    step_models = {s.name: triton_model_name(ws, s.model) for s in spec.steps}
+    """The config of a pipeline version's ensemble (``needed``: its workspace's models, by
+    Triton name; ``prefix``: its steps are the version's private copies)."""
+    step_models = {s.name: step_model_name(ws, s.model, prefix) for s in spec.steps}
     # Triton: an ensemble may not batch more than any of its steps. Each step's figure is the
     # one write_models put in its config (a configured 256 included, 0 when it cannot batch,
     # which makes the ensemble unbatched too), not the settings' default.
     max_batch = min(
         effective_max_batch_size(
-            needed[s.model].signature,
+            needed[step_models[s.name]].signature,
             default=platform.settings.max_batch_size,
-            options=needed[s.model].options,
+            options=needed[step_models[s.name]].options,
         )
         for s in spec.steps
     )
@@ -229,8 +253,13 @@ def ensemble_config_for(
     )
 
 
-def _uses(ws: str, spec: PipelineSpec, triton_models: set[str]) -> bool:
-    return any(triton_model_name(ws, s.model) in triton_models for s in spec.steps)
+def _uses(ws: str, spec: PipelineSpec, triton_models: set[str], prefix: str | None = None) -> bool:
+    return any(step_model_name(ws, s.model, prefix) in triton_models for s in spec.steps)
+
+
+def step_models(ws: str, spec: PipelineSpec, prefix: str | None = None) -> set[str]:
+    """Triton names of a pipeline version's step models (shared, or its private copies)."""
+    return {step_model_name(ws, s.model, prefix) for s in spec.steps}
 
 
 def _load_models_then_dependents(
@@ -277,7 +306,7 @@ def check_resources(
     from converters.onnx_limits import check_deployable
 
     settings = platform.settings
-    for model_name, item in needed.items():
+    for item in needed.values():
         if item.triton_name not in triton_models:
             continue  # already served by other live deployments
         batch = effective_max_batch_size(
@@ -288,7 +317,7 @@ def check_resources(
                 path,
                 max_batch_size=batch,
                 max_tensor_bytes=settings.max_tensor_bytes,
-                where=f"model {model_name!r} version {version}",
+                where=f"model {item.model!r} version {version}",
             )
 
 
@@ -364,7 +393,7 @@ def _deploy(
         except LastmileError as exc:
             _record_failure(session, pipe, pv, previous, str(exc), principal, action, ws.name)
             raise
-        own_models = {triton_model_name(ws.name, s.model) for s in pv_spec(pv).steps}
+        own_models = step_models(ws.name, pv_spec(pv))
         deployment = store.save_deployment(
             session,
             pipeline=pipe,
@@ -430,9 +459,7 @@ def _record_failure(
             pipeline=pipe,
             pipeline_version=pv,
             ensemble=triton_ensemble_name(workspace, pipe.name, pv.version),
-            triton_models=sorted(
-                {triton_model_name(workspace, s.model) for s in pv_spec(pv).steps}
-            ),
+            triton_models=sorted(step_models(workspace, pv_spec(pv))),
             state="failed",
             error=error,
         )
@@ -449,28 +476,40 @@ def load_beside(
     ws: store.Workspace,
     pipe: store.Pipeline,
     pv: store.PipelineVersion,
+    *,
+    isolated: bool = False,
 ) -> str:
     """Write and load ``pv``'s ensemble and models beside everything served now (nothing that
-    serves is unloaded); the ensemble's name. On failure the repository and Triton are put
-    back as they were and the error is raised. Called under ``deploy_lock``."""
+    serves is unloaded); the ensemble's name. ``isolated``: its steps get private copies of
+    their models (blue/green), so nothing that serves is even reloaded. On failure the
+    repository and Triton are put back as they were and the error is raised. Called under
+    ``deploy_lock``."""
     assert platform.triton is not None
     spec = pv_spec(pv)
     validate_pipeline(spec)
     ensemble = triton_ensemble_name(ws.name, pipe.name, pv.version)
-    own_models = {triton_model_name(ws.name, s.model) for s in spec.steps}
+    prefix = copy_prefix(ws.name, pipe.name, pv.version) if isolated else None
+    own_models = step_models(ws.name, spec, prefix)
     serving_now = [
         (served, other)
         for served, other in served_specs(session, workspace_id=ws.id)
         if served.ensemble != ensemble
     ]
-    needed = collect_models(session, ws, [spec] + [s for _, s in serving_now])
+    needed = collect_models(
+        session,
+        ws,
+        [spec] + [s for _, s in serving_now],
+        [prefix] + [d.prefix for d, _ in serving_now],
+    )
     check_resources(platform, needed, own_models)
     writer = RepositoryWriter(platform.settings.repository_dir)
-    dependents = [d.ensemble for d, other in serving_now if _uses(ws.name, other, own_models)]
+    dependents = [
+        d.ensemble for d, other in serving_now if _uses(ws.name, other, own_models, d.prefix)
+    ]
     snapshot = _snapshot(writer, needed, ensemble)
     try:
         write_models(platform, writer, needed)
-        write_ensemble(platform, writer, ws.name, spec, ensemble, needed)
+        write_ensemble(platform, writer, ws.name, spec, ensemble, needed, prefix)
         with platform.triton.client(platform.settings.triton_load_timeout_s) as client:
             _load_models_then_dependents(
                 platform, client, writer, own_models, [*dependents, ensemble]
@@ -531,7 +570,15 @@ def _retire_locked(platform: Platform, workspace: str, ensembles: list[str]) -> 
             except LastmileError as exc:
                 log.warning("could not unload %s: %s", ensemble, exc)
             writer.remove_model(ensemble)
-        needed = collect_models(session, ws, [s for _, s in live])
+        needed = collect_models(session, ws, [s for _, s in live], [d.prefix for d, _ in live])
+        retired = tuple(f"{e}." for e in ensembles if e not in served)
+        for name in writer.list_models():  # private copies of a retired version's steps
+            if retired and name.startswith(retired) and name not in needed:
+                try:
+                    client.unload_model(name)
+                except LastmileError as exc:
+                    log.warning("could not unload %s: %s", name, exc)
+                writer.remove_model(name)
         shrunk = {
             item.triton_name
             for item in needed.values()
@@ -542,7 +589,7 @@ def _retire_locked(platform: Platform, workspace: str, ensembles: list[str]) -> 
             return
         shrunk_needed = {k: v for k, v in needed.items() if v.triton_name in shrunk}
         write_models(platform, writer, shrunk_needed)
-        dependents = [d.ensemble for d, spec in live if _uses(ws.name, spec, shrunk)]
+        dependents = [d.ensemble for d, spec in live if _uses(ws.name, spec, shrunk, d.prefix)]
         try:
             _load_models_then_dependents(platform, client, writer, shrunk, dependents)
         except LastmileError as exc:

@@ -26,7 +26,6 @@ import httpx
 from manager import store
 from manager.domain import PipelineSpec
 from manager.errors import GatewayError, LastmileError
-from manager.names import triton_model_name
 from manager.plan import drift
 from manager.plan.drift import Action, Published, Seen, Wanted, Wants
 from manager.repository.writer import (
@@ -132,12 +131,14 @@ def _desired(platform: Platform, session: Any, writer: RepositoryWriter) -> _Des
         good = []
         for dep, spec, pipeline in items:
             try:
-                deployments.collect_models(session, ws, [spec])
+                deployments.collect_models(session, ws, [spec], [dep.prefix])
                 good.append((dep, spec, pipeline))
             except Exception as exc:  # one deployment's problem never stops the others
                 fail(ws.name, dep, pipeline, exc)
         try:
-            needed = deployments.collect_models(session, ws, [spec for _, spec, _ in good])
+            needed = deployments.collect_models(
+                session, ws, [spec for _, spec, _ in good], [dep.prefix for dep, _, _ in good]
+            )
         except LastmileError as exc:  # versions of one model that cannot share a config
             for dep, _spec, pipeline in good:
                 fail(ws.name, dep, pipeline, exc)
@@ -152,7 +153,7 @@ def _desired(platform: Platform, session: Any, writer: RepositoryWriter) -> _Des
                 unbuilt[item.triton_name] = exc
         for dep, spec, pipeline in good:
             label = f"{ws.name}/{pipeline}"
-            uses = tuple(sorted({triton_model_name(ws.name, s.model) for s in spec.steps}))
+            uses = tuple(sorted(deployments.step_models(ws.name, spec, dep.prefix)))
             for name in (dep.ensemble, *uses):
                 out.users[name].add(label)
             if broken := [unbuilt[name] for name in uses if name in unbuilt]:
@@ -160,7 +161,7 @@ def _desired(platform: Platform, session: Any, writer: RepositoryWriter) -> _Des
                 continue
             try:
                 config = deployments.ensemble_config_for(
-                    platform, ws.name, spec, dep.ensemble, needed
+                    platform, ws.name, spec, dep.ensemble, needed, dep.prefix
                 )
             except Exception as exc:
                 fail(ws.name, dep, pipeline, exc)

@@ -30,7 +30,7 @@ from typing import Any
 from manager import store
 from manager.domain import PipelineSpec
 from manager.errors import Conflict, GatewayError, InvalidInput, LastmileError, NotFound
-from manager.names import check_name, triton_ensemble_name, triton_model_name
+from manager.names import check_name, copy_prefix, triton_ensemble_name
 from manager.services import deployments, gateway_figures, rollout_checks, rollout_report, serving
 from manager.services.context import Platform
 from rollout import controller
@@ -127,7 +127,9 @@ def _load_candidates(platform: Platform, workspace: str, pipeline: str, rollout_
         rollout = _row(session, rollout_id)
         for version in rollout.candidates:
             pv = store.get_pipeline_version(session, pipeline=pipe, version=version)
-            ensemble = deployments.load_beside(platform, session, ws, pipe, pv)
+            ensemble = deployments.load_beside(
+                platform, session, ws, pipe, pv, isolated=rollout.strategy == "blue-green"
+            )
             deployments.warm_up(platform, ensemble, PipelineSpec.from_dict(pv.spec))
 
 
@@ -510,14 +512,18 @@ def _finish(
         winner = rollout.stable_version if winner is None else winner
         if winner != rollout.stable_version:
             pv = store.get_pipeline_version(session, pipeline=pipe, version=winner)
-            spec = PipelineSpec.from_dict(pv.spec)
+            isolated = rollout.strategy == "blue-green"  # green keeps its own copies
+            prefix = copy_prefix(ws.name, pipe.name, winner) if isolated else None
             store.save_deployment(
                 session,
                 pipeline=pipe,
                 pipeline_version=pv,
                 ensemble=triton_ensemble_name(ws.name, pipe.name, winner),
-                triton_models=sorted({triton_model_name(ws.name, s.model) for s in spec.steps}),
+                triton_models=sorted(
+                    deployments.step_models(ws.name, PipelineSpec.from_dict(pv.spec), prefix)
+                ),
                 state="live",
+                isolated=isolated,
             )
             store.add_deployment_event(
                 session, pipeline=pipe, version=winner, action=rollout.strategy[:16],

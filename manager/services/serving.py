@@ -23,7 +23,7 @@ import httpx
 from manager import store
 from manager.domain import PipelineSpec
 from manager.errors import GatewayError
-from manager.names import triton_ensemble_name, triton_model_name
+from manager.names import copy_prefix, step_model_name, triton_ensemble_name
 from manager.plan.routes import Endpoint, ServedPipeline, routing_table
 from manager.services.context import Platform
 from rollout.routing import RoutingTable
@@ -44,6 +44,8 @@ class Served:
     ensemble: str
     triton_models: list[str]
     role: str  # stable | candidate
+    # its steps' private copies' prefix (names.copy_prefix), None for the shared models
+    prefix: str | None = None
 
 
 def served_specs(
@@ -58,6 +60,7 @@ def served_specs(
         if workspace_id is not None and pipe.workspace_id != workspace_id:
             continue
         pv = session.get(store.PipelineVersion, dep.pipeline_version_id)
+        ws = session.get(store.Workspace, pipe.workspace_id)
         out.append(
             (
                 Served(
@@ -67,6 +70,7 @@ def served_specs(
                     ensemble=dep.ensemble,
                     triton_models=list(dep.triton_models),
                     role="stable",
+                    prefix=copy_prefix(ws.name, pipe.name, pv.version) if dep.isolated else None,
                 ),
                 PipelineSpec.from_dict(pv.spec),
             )
@@ -74,12 +78,16 @@ def served_specs(
         rollout = store.active_rollout(session, pipeline=pipe)
         if rollout is None:
             continue
-        ws = session.get(store.Workspace, pipe.workspace_id)
         for version in rollout.candidates:
             if version == pv.version:
                 continue
             cpv = store.get_pipeline_version(session, pipeline=pipe, version=version)
             spec = PipelineSpec.from_dict(cpv.spec)
+            prefix = (
+                copy_prefix(ws.name, pipe.name, version)
+                if rollout.strategy == "blue-green"
+                else None
+            )
             out.append(
                 (
                     Served(
@@ -88,9 +96,10 @@ def served_specs(
                         version=version,
                         ensemble=triton_ensemble_name(ws.name, pipe.name, version),
                         triton_models=sorted(
-                            {triton_model_name(ws.name, s.model) for s in spec.steps}
+                            {step_model_name(ws.name, s.model, prefix) for s in spec.steps}
                         ),
                         role="candidate",
+                        prefix=prefix,
                     ),
                     spec,
                 )

@@ -39,6 +39,7 @@ def save_deployment(
     triton_models: list[str],
     state: str,
     error: str | None = None,
+    isolated: bool = False,
 ) -> Deployment:
     deployment = get_deployment(session, pipeline=pipeline)
     if deployment is None:
@@ -49,6 +50,7 @@ def save_deployment(
             triton_models=triton_models,
             state=state,
             error=error,
+            isolated=isolated,
         )
     else:
         deployment.pipeline_version_id = pipeline_version.id  # type: ignore[assignment]
@@ -56,6 +58,7 @@ def save_deployment(
         deployment.triton_models = triton_models
         deployment.state = state
         deployment.error = error
+        deployment.isolated = isolated
         deployment.updated_at = utcnow()
     session.add(deployment)
     try:

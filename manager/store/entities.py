@@ -152,6 +152,9 @@ class Deployment(SQLModel, table=True):
     triton_models: list[str] = Field(sa_column=Column(JSON, nullable=False))
     state: str = Field(default="pending", max_length=16)  # pending | live | failed | undeployed
     error: str | None = None
+    # its steps are private copies of their models (a blue/green rollout's green), named
+    # ``<ws>.<pipeline>.v<N>.<model>``
+    isolated: bool = Field(default=False)
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
 

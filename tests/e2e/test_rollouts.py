@@ -266,6 +266,11 @@ def test_canary_of_a_healthy_candidate_is_promoted_through_every_step(
     assert httpx.get(f"{triton}/default.steady.v1/ready", timeout=10).status_code != 200
 
 
+def _triton_ready(system: RunningSystem, model: str) -> bool:
+    url = f"http://127.0.0.1:{system.settings.triton_http_port}/v2/models/{model}/ready"
+    return httpx.get(url, timeout=10).status_code == 200
+
+
 def test_sticky_ab_split_holds_its_shares_and_keys(system: RunningSystem) -> None:
     _pipeline(system, "abc", "scaler:1", "scaler:2", "nudged")
     _pipeline(system, "bystander", "scaler:1")
@@ -330,6 +335,9 @@ def test_blue_green_and_hot_swap_under_load_fail_no_request(system: RunningSyste
     with Load(system, "colors", clients=8, grpc_clients=8) as load:
         system.cli("rollout", "start", "colors", "--strategy", "blue-green", "--candidate", "2")
         load.wait_for(20)
+        # green is a complete second copy: its step has a model of its own beside blue's
+        assert _triton_ready(system, "default.colors.v2.scaler")
+        assert _triton_ready(system, "default.scaler")
         system.cli("rollout", "switch", "colors")
         load.wait_for(20)
         assert _infer(system, "colors").headers["lastmile-variant"] == "colors/2"
@@ -339,6 +347,7 @@ def test_blue_green_and_hot_swap_under_load_fail_no_request(system: RunningSyste
         system.cli("rollout", "switch", "colors")
         system.cli("rollout", "promote", "colors")
         load.wait_for(20)
+        assert _triton_ready(system, "default.colors.v2.scaler")  # green stays whole
         for version in (3, 1, 2):  # three hot-swaps in a row
             system.cli(
                 "rollout", "start", "colors", "--strategy", "hot-swap", "--candidate", str(version)
@@ -348,6 +357,7 @@ def test_blue_green_and_hot_swap_under_load_fail_no_request(system: RunningSyste
         load.wait_for(20)
     failed = {k: n for k, n in load.outcomes.items() if k[1] != 200}
     assert failed == {}, (failed, load.errors[:3])
+    assert not _triton_ready(system, "default.colors.v2.scaler")  # retired with green
     assert _infer(system, "colors").headers["lastmile-variant"] == "colors/1"
     variants = {variant for variant, _ in load.outcomes}
     assert {"colors/1", "colors/2", "colors/3"} <= variants

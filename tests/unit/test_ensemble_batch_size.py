@@ -53,7 +53,7 @@ def _deploy_files(
     """Write the step models and the chain ensemble over them, as a deploy does."""
     onnx_file = make_affine(tmp_path / "affine.onnx")
     needed = {
-        model: deployments._Needed(
+        f"ws.{model}": deployments._Needed(
             triton_name=f"ws.{model}", signature=sig, files={1: onnx_file}, options=options
         )
         for model, (sig, options) in steps.items()

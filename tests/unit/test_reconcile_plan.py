@@ -149,5 +149,7 @@ def test_nothing_is_planned_for_what_could_not_be_seen() -> None:
 def test_owned_names_follow_the_naming_scheme() -> None:
     assert is_owned_name("default.scaler")
     assert is_owned_name("default.fraud-pipe.v12")
-    for name in ("default", "Default.x", "a.b.c", "a.b.v0", ".staging", "a..b", "a.b.v1.x"):
+    assert is_owned_name("default.fraud-pipe.v12.scaler")  # a version's private copy
+    for name in ("default", "Default.x", "a.b.c", "a.b.v0", ".staging", "a..b", "a.b.v1.X",
+                 "a.b.c.d", "a.b.v1.x.y"):  # fmt: skip
         assert not is_owned_name(name), name

@@ -18,6 +18,10 @@ depends_on = None
 
 
 def upgrade() -> None:
+    with op.batch_alter_table("deployment", schema=None) as batch_op:
+        batch_op.add_column(
+            sa.Column("isolated", sa.Boolean(), nullable=False, server_default=sa.false())
+        )
     op.create_table(
         "routing_generation",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -86,6 +90,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("deployment", schema=None) as batch_op:
+        batch_op.drop_column("isolated")
     with op.batch_alter_table("rollout_event", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_rollout_event_rollout_id"))
         batch_op.drop_index(batch_op.f("ix_rollout_event_pipeline_id"))
