@@ -32,8 +32,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rollout.admin_http import SimpleRequest, SimpleResponse, write_atomically
+from rollout.admission import TableRefused, check_generation, check_upstreams
 from rollout.exchange import json_error
-from rollout.routing import RoutingTable, TableRefused, check_generation, check_upstreams
+from rollout.routing import RoutingTable
 
 if TYPE_CHECKING:
     from rollout.gateway import Gateway

@@ -39,13 +39,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from rollout.admin_api import AdminApi, read_token_file
 from rollout.admin_http import SimpleRequest, SimpleResponse, start_simple_server
+from rollout.admission import parse_address
 from rollout.exchange import Exchange, json_error
 from rollout.gateway_metrics import GatewayStats, GaugeSource, make_registry
 from rollout.grpc_gateway import GrpcFrontend
 from rollout.http_routing import CompiledRouting
 from rollout.http_shadow import ShadowMirrors
 from rollout.proxy import ClientConnection
-from rollout.routing import RoutingTable, parse_address
+from rollout.routing import RoutingTable
 from rollout.shadow_diff import DiffCollector
 from rollout.upstream import UpstreamPool, probe_ready
 

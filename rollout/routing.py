@@ -24,7 +24,6 @@ that serve it. The strategy says how a request picks a variant (rollout.strategi
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import math
 import re
@@ -32,7 +31,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal
-from urllib.parse import urlsplit
+
+from rollout.addresses import grpc_address as _grpc_address
+from rollout.addresses import parse_upstream_url as _parse_upstream_url
 
 # Workspace and pipeline names follow the registry's name rule (manager/names.py), so they are
 # safe URL segments and label values.
@@ -44,7 +45,6 @@ ROUTE_NAME_RE = NAME_RE  # kept for callers of version 1
 TRITON_MODEL_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 # Triton versions are int64; empty means Triton's version policy decides.
 VERSION_RE = re.compile(r"^(|[1-9][0-9]{0,17})$")
-HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
 # HTTP header names (lower case) and request parameter names a sticky key may come from
 HEADER_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 PARAMETER_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,62}$")
@@ -67,7 +67,6 @@ _TARGET_KEYS = frozenset({"url", "model", "version", "grpc"})
 _STICKY_KEYS = frozenset({"header", "parameter"})
 _SHADOW_KEYS = frozenset({"mirrors", "timeout_s", "max_queue", "tolerance"})
 _MIRROR_KEYS = frozenset({"variant", "sample"})
-_GRPC_ADDRESS_RE = re.compile(r"^(?:\[([0-9A-Fa-f:.]+)\]|([A-Za-z0-9.-]+)):([0-9]{1,5})$")
 
 
 def route_key(workspace: str, pipeline: str) -> str:
@@ -517,129 +516,3 @@ def _parse_variant(where: str, raw: Any) -> Variant:
         )
     except ValueError as exc:
         raise ValueError(f"{where}: {exc}") from None
-
-
-def _parse_upstream_url(url: str) -> tuple[str, int]:
-    """Accept exactly http://host:port (optional trailing '/'): no path, query, user or TLS."""
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
-        raise ValueError(f"must be http://host:port, got {url!r}") from None
-    host = parts.hostname or ""
-    if (
-        parts.scheme != "http"
-        or port is None
-        or not 0 < port < 65536
-        or parts.path not in ("", "/")
-        or parts.query
-        or parts.fragment
-        or parts.username is not None
-        or parts.password is not None
-        or not _valid_host(host)
-    ):
-        raise ValueError(f"must be http://host:port, got {url!r}")
-    return host, port
-
-
-def _grpc_address(grpc: str, http_host: str, http_port: int) -> tuple[str, int]:
-    """Parse "host:port" / "[v6]:port" (no scheme, path or user); "" derives it from the url."""
-    if not grpc:
-        if http_port >= 65535:
-            raise ValueError(
-                f"must be set: the url's port {http_port} has no default gRPC port (port + 1)"
-            )
-        return http_host, http_port + 1
-    match = _GRPC_ADDRESS_RE.fullmatch(grpc)
-    host = (match.group(1) or match.group(2)) if match else ""
-    port = int(match.group(3)) if match else 0
-    if match is None or not 0 < port < 65536 or not _valid_host(host):
-        raise ValueError(f"must be host:port (IPv6 as [addr]:port), got {grpc!r}")
-    if match.group(1) is not None and not _is_ipv6(host):
-        raise ValueError(f"must be host:port (IPv6 as [addr]:port), got {grpc!r}")
-    return host, port
-
-
-def _is_ipv6(host: str) -> bool:
-    try:
-        ipaddress.IPv6Address(host)
-    except ValueError:
-        return False
-    return True
-
-
-def _valid_host(host: str) -> bool:
-    if HOST_RE.fullmatch(host):
-        return True
-    try:
-        ipaddress.IPv6Address(host)
-    except ValueError:
-        return False
-    return True
-
-
-# -- admission: checks of a table against the gateway's own settings --------------------------
-
-
-class TableRefused(ValueError):
-    """A well-formed table the gateway will not install; `status` is the admin API's answer."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-def parse_address(text: str) -> tuple[str, int]:
-    """ "host:port" or "[v6]:port" -> (host in lower case, port); ValueError otherwise."""
-    match = _GRPC_ADDRESS_RE.fullmatch(text.strip())
-    host = (match.group(1) or match.group(2)) if match else ""
-    port = int(match.group(3)) if match else 0
-    if match is None or not 0 < port < 65536 or not _valid_host(host):
-        raise ValueError(f"must be HOST:PORT (IPv6 as [addr]:PORT), got {text!r}")
-    if match.group(1) is not None and not _is_ipv6(host):
-        raise ValueError(f"must be HOST:PORT (IPv6 as [addr]:PORT), got {text!r}")
-    return host.lower(), port
-
-
-def format_address(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def check_upstreams(table: RoutingTable, allowed: frozenset[tuple[str, int]]) -> None:
-    """TableRefused (422) naming the route and address of the first target whose HTTP or gRPC
-    address is not in `allowed` ((lower-case host, port) pairs)."""
-    for key in sorted(table.routes):
-        for variant in table.routes[key].variants:
-            for index, target in enumerate(variant.targets):
-                for field_name, host, port in (
-                    ("url", target.host, target.port),
-                    ("grpc", target.grpc_host, target.grpc_port),
-                ):
-                    if (host.lower(), port) not in allowed:
-                        shown = (
-                            ", ".join(format_address(h, p) for h, p in sorted(allowed)) or "none"
-                        )
-                        raise TableRefused(
-                            422,
-                            f"route {key!r}: variant {variant.name!r} targets[{index}]."
-                            f"{field_name} points at {format_address(host, port)}, which is not "
-                            f"an allowed upstream of this gateway (allowed: {shown})",
-                        )
-
-
-def check_generation(generation: int, *, current: int | None, now_ms: int, window_ms: int) -> None:
-    """Refuse a stale generation (409) and one too far ahead (422).
-
-    Ahead means past max(current generation, wall clock in ms) + `window_ms`: a table stamped
-    with an absurd generation (2**62) would otherwise refuse every later push as stale.
-    """
-    if current is not None and generation < current:
-        raise TableRefused(409, f"stale routing table: generation {generation} < current {current}")
-    ceiling = max(current or 0, now_ms) + window_ms
-    if generation > ceiling:
-        raise TableRefused(
-            422,
-            f"routing table generation {generation} is too far ahead: the gateway accepts at "
-            f"most {ceiling} now (max of the current generation and the clock in ms, plus "
-            f"{window_ms} ms); use the time in milliseconds or a counter",
-        )

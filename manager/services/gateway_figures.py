@@ -2,7 +2,7 @@
 
 The gateway counts requests, errors and latencies per (route, variant) as cumulative
 Prometheus series (rollout.gateway_metrics). A rollout window is the difference between two
-readings (rollout.controller.window_delta copes with a gateway restart, whose counters start
+readings (rollout.windows.window_delta copes with a gateway restart, whose counters start
 again from zero); this module only reads and reshapes them.
 """
 

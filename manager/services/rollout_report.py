@@ -16,7 +16,7 @@ from manager import store
 from manager.errors import GatewayError, NotFound
 from manager.services import gateway_figures
 from manager.services.context import Platform
-from rollout import controller
+from rollout import windows
 
 
 def rollout_info(session: Any, rollout: store.Rollout, *, events: bool = True) -> dict[str, Any]:
@@ -136,17 +136,17 @@ def _figures(
     after = _counters(now.to_dict())
     prior = _counters(before)
     assert after is not None
-    window = controller.window_delta(prior, after)
+    window = windows.window_delta(prior, after)
     buckets = (
         list(after.buckets)
-        if prior is None or controller.restarted(prior, after)
-        else controller.buckets_delta(prior.buckets, after.buckets)
+        if prior is None or windows.restarted(prior, after)
+        else windows.buckets_delta(prior.buckets, after.buckets)
     )
     shadow = {k: v - int((before or {}).get("shadow", {}).get(k, 0)) for k, v in now.shadow.items()}
 
     def ms(q: float) -> float | None:
         try:
-            value = controller.histogram_quantile(q, buckets)
+            value = windows.histogram_quantile(q, buckets)
         except ValueError:
             return None
         return None if value is None or math.isinf(value) else round(value * 1000, 3)

@@ -33,7 +33,7 @@ from manager.errors import Conflict, GatewayError, InvalidInput, LastmileError, 
 from manager.names import check_name, copy_prefix, triton_ensemble_name
 from manager.services import deployments, gateway_figures, rollout_checks, rollout_report, serving
 from manager.services.context import Platform
-from rollout import controller
+from rollout import controller, windows
 
 log = logging.getLogger(__name__)
 
@@ -213,14 +213,14 @@ def _route_of(platform: Platform, rollout: store.Rollout) -> tuple[str, str]:
         return pipe.name, f"{ws.name}/{pipe.name}"  # type: ignore[union-attr]
 
 
-def _counters(raw: dict[str, Any] | None) -> controller.VariantCounters | None:
+def _counters(raw: dict[str, Any] | None) -> windows.VariantCounters | None:
     if not raw:
         return None
     buckets = tuple(
         (math.inf if bound == "+Inf" else float(bound), float(count))
         for bound, count in raw.get("buckets", [])
     )
-    return controller.VariantCounters(int(raw["requests"]), int(raw["errors"]), buckets)
+    return windows.VariantCounters(int(raw["requests"]), int(raw["errors"]), buckets)
 
 
 def variant_figures(
@@ -230,7 +230,7 @@ def variant_figures(
         return controller.VariantFigures(0, 0, None)
     after = _counters(now.to_dict())
     assert after is not None
-    return controller.window_delta(_counters(before), after)
+    return windows.window_delta(_counters(before), after)
 
 
 def _window(

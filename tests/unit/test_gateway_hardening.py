@@ -26,11 +26,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.utils import InferenceServerException
 
+from rollout.admission import TableRefused, check_generation
 from rollout.body_guard import INLINE_INFLATE_BYTES, SHM_REFUSED, check_infer_body
 from rollout.gateway import DAY_MS, Gateway, parse_args
 from rollout.grpc_gateway import SERVICE
 from rollout.grpc_wire import infer_parameter_keys, mentions
-from rollout.routing import TableRefused, check_generation
 from rollout.upstream_errors import grpc_failure, http_failure, sanitize
 from tests.conftest import free_ports
 from tests.unit.test_gateway_harness import (
