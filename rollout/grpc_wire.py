@@ -112,27 +112,27 @@ def _varint_tail(buf: bytes, pos: int, first: int) -> tuple[int, int]:
             raise WireError("varint longer than 10 bytes")
 
 
-def length_delimited(
+def fields(
     buf: bytes, start: int = 0, end: int | None = None
-) -> list[tuple[int, int, int]]:
-    """(field number, start, stop) of each length-delimited field of the message held in
-    buf[start:end] (top level only); other wire types are skipped. WireError when malformed."""
-    fields = []
+) -> list[tuple[int, int, int, int, int]]:
+    """(field number, wire type, field start, value start, value stop) of each top-level field
+    of the message held in buf[start:end]; the value span holds the payload of a
+    length-delimited field, the encoded varint, or the fixed 8 / 4 bytes. WireError when
+    malformed (field 0, groups, a value past the end)."""
+    out = []
     pos = start
     end = len(buf) if end is None else end
     try:
         while pos < end:
+            field_start = pos
             key, pos = _varint(buf, pos)
             wire_type, number = key & 7, key >> 3
             if number == 0:
                 raise WireError("field number 0")
+            value_start = pos
             if wire_type == _WT_BYTES:
-                length, pos = _varint(buf, pos)
-                stop = pos + length
-                if stop > end:
-                    raise WireError("length-delimited field runs past the end of the message")
-                fields.append((number, pos, stop))
-                pos = stop
+                length, value_start = _varint(buf, pos)
+                pos = value_start + length
             elif wire_type == _WT_VARINT:
                 _, pos = _varint(buf, pos)
             elif wire_type == _WT_FIXED64:
@@ -141,11 +141,20 @@ def length_delimited(
                 pos += 4
             else:
                 raise WireError(f"unsupported wire type {wire_type}")
+            if pos > end:
+                raise WireError(f"field {number} runs past the end of its message")
+            out.append((number, wire_type, field_start, value_start, pos))
     except IndexError:
         raise WireError("truncated message") from None
-    if pos != end:
-        raise WireError("truncated message")
-    return fields
+    return out
+
+
+def length_delimited(
+    buf: bytes, start: int = 0, end: int | None = None
+) -> list[tuple[int, int, int]]:
+    """(field number, start, stop) of each length-delimited field of the message held in
+    buf[start:end] (top level only); other wire types are skipped. WireError when malformed."""
+    return [(n, vs, ve) for n, wt, _, vs, ve in fields(buf, start, end) if wt == _WT_BYTES]
 
 
 def _varint(buf: bytes, pos: int) -> tuple[int, int]:
@@ -229,42 +238,21 @@ def request_parameter(request: bytes, name: bytes) -> bytes | None:
 
 def _parameter_text(buf: bytes, start: int, stop: int) -> bytes | None:
     text = None
-    pos = start
-    try:
-        while pos < stop:
-            key, pos = _varint(buf, pos)
-            wire_type, number = key & 7, key >> 3
-            if wire_type == _WT_VARINT:
-                value, pos = _varint(buf, pos)
-                if number == _PARAM_BOOL:
-                    text = b"true" if value else b"false"
-                elif number == _PARAM_INT64:
-                    value = value - (1 << 64) if value >= 1 << 63 else value
-                    text = str(value).encode()
-                elif number == _PARAM_UINT64:
-                    text = str(value).encode()
-            elif wire_type == _WT_BYTES:
-                length, pos = _varint(buf, pos)
-                if pos + length > stop:
-                    raise WireError("parameter value runs past its entry")
-                if number == _PARAM_STRING:
-                    text = buf[pos : pos + length]
-                pos += length
-            elif wire_type == _WT_FIXED64:
-                if pos + 8 > stop:
-                    raise WireError("truncated message")
-                if number == _PARAM_DOUBLE:
-                    (double,) = struct.unpack_from("<d", buf, pos)
-                    text = repr(double).encode()
-                pos += 8
-            elif wire_type == _WT_FIXED32:
-                pos += 4
-            else:
-                raise WireError(f"unsupported wire type {wire_type}")
-    except IndexError:
-        raise WireError("truncated message") from None
-    if pos != stop:
-        raise WireError("truncated message")
+    for number, wire_type, _, value_start, value_stop in fields(buf, start, stop):
+        if wire_type == _WT_VARINT:
+            value, _ = _varint(buf, value_start)
+            if number == _PARAM_BOOL:
+                text = b"true" if value else b"false"
+            elif number == _PARAM_INT64:
+                value = value - (1 << 64) if value >= 1 << 63 else value
+                text = str(value).encode()
+            elif number == _PARAM_UINT64:
+                text = str(value).encode()
+        elif wire_type == _WT_BYTES and number == _PARAM_STRING:
+            text = buf[value_start:value_stop]
+        elif wire_type == _WT_FIXED64 and number == _PARAM_DOUBLE:
+            (double,) = struct.unpack_from("<d", buf, value_start)
+            text = repr(double).encode()
     return text
 
 
@@ -279,32 +267,10 @@ def drop_fields(buf: bytes, numbers: frozenset[int]) -> bytes:
     """The message without any top-level field whose number is in `numbers` (every wire type);
     WireError when malformed. Copies the message: for small messages only."""
     out = bytearray()
-    keep = pos = 0
-    end = len(buf)
-    try:
-        while pos < end:
-            field_start = pos
-            key, pos = _varint(buf, pos)
-            wire_type, number = key & 7, key >> 3
-            if number == 0:
-                raise WireError("field number 0")
-            if wire_type == _WT_BYTES:
-                length, pos = _varint(buf, pos)
-                pos += length
-            elif wire_type == _WT_VARINT:
-                _, pos = _varint(buf, pos)
-            elif wire_type == _WT_FIXED64:
-                pos += 8
-            elif wire_type == _WT_FIXED32:
-                pos += 4
-            else:
-                raise WireError(f"unsupported wire type {wire_type}")
-            if pos > end:
-                raise WireError("truncated message")
-            if number in numbers:
-                out += buf[keep:field_start]
-                keep = pos
-    except IndexError:
-        raise WireError("truncated message") from None
+    keep = 0
+    for number, _, field_start, _, value_stop in fields(buf):
+        if number in numbers:
+            out += buf[keep:field_start]
+            keep = value_stop
     out += buf[keep:]
     return bytes(out)
