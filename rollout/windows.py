@@ -51,18 +51,25 @@ def restarted(before: VariantCounters, after: VariantCounters) -> bool:
     return any(a < b for (_, b), (_, a) in zip(before.buckets, after.buckets, strict=True))
 
 
+def window_buckets(
+    before: VariantCounters | None, after: VariantCounters
+) -> list[tuple[float, float]]:
+    """The latency histogram of a window (non-cumulative in time, cumulative in bounds), with
+    the same restart rule as ``window_delta``."""
+    if before is None or restarted(before, after):
+        return list(after.buckets)
+    return buckets_delta(before.buckets, after.buckets)
+
+
 def window_delta(before: VariantCounters | None, after: VariantCounters) -> VariantFigures:
     """A variant's window figures from two scrapes (``before``: at the window's start, None
     when there is none). One process's series restart together: when any of them went down
     (or the bucket bounds changed), all restarted and ``after`` is the window as is. A restart
     followed by more traffic than before cannot be seen (as with Prometheus' ``increase``)."""
+    p99 = p99_from_histogram(window_buckets(before, after))
     if before is None or restarted(before, after):
-        return VariantFigures(after.requests, after.errors, p99_from_histogram(after.buckets))
-    return VariantFigures(
-        after.requests - before.requests,
-        after.errors - before.errors,
-        p99_from_histogram(buckets_delta(before.buckets, after.buckets)),
-    )
+        return VariantFigures(after.requests, after.errors, p99)
+    return VariantFigures(after.requests - before.requests, after.errors - before.errors, p99)
 
 
 def histogram_quantile(q: float, buckets: Buckets) -> float | None:

@@ -8,6 +8,7 @@ again from zero); this module only reads and reshapes them.
 
 from __future__ import annotations
 
+import math
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from manager.errors import GatewayError
 from manager.services.context import Platform
+from rollout import windows
 
 REQUESTS = "lastmile_gateway_requests"
 DURATION = "lastmile_gateway_request_duration_seconds"
@@ -47,6 +49,27 @@ class VariantCounters:
             "seconds": self.seconds,
             "shadow": dict(self.shadow),
         }
+
+    def counters(self) -> windows.VariantCounters:
+        """What rollout.windows needs of them."""
+        return windows.VariantCounters(
+            self.requests,
+            self.errors,
+            tuple((_bound(le), float(count)) for le, count in self.buckets),
+        )
+
+
+def from_json(raw: dict[str, Any] | None) -> windows.VariantCounters | None:
+    """Counters stored as ``VariantCounters.to_dict()`` (a rollout's window start); None for
+    none."""
+    if not raw:
+        return None
+    buckets = tuple((_bound(str(le)), float(count)) for le, count in raw.get("buckets", []))
+    return windows.VariantCounters(int(raw["requests"]), int(raw["errors"]), buckets)
+
+
+def _bound(le: str) -> float:
+    return math.inf if le == "+Inf" else float(le)
 
 
 def is_error(code: str) -> bool:

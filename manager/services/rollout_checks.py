@@ -61,9 +61,7 @@ def check(
         )
     if strategy == "canary":
         try:
-            plan = controller.Plan.from_dict(
-                {"gates": {}, **params} if "gates" not in params else params
-            )
+            plan = controller.Plan.from_dict(params)
         except (ValueError, TypeError) as exc:
             raise InvalidInput(f"canary parameters: {exc}") from None
         return {"plan": plan.to_dict()}

@@ -131,17 +131,10 @@ def _figures(
     if now is None:
         return {"requests": 0, "errors": 0, "error_rate": None, "p50_ms": None,
                 "p95_ms": None, "p99_ms": None, "shadow": {}}  # fmt: skip
-    from manager.services.rollouts import _counters
-
-    after = _counters(now.to_dict())
-    prior = _counters(before)
-    assert after is not None
+    after = now.counters()
+    prior = gateway_figures.from_json(before)
     window = windows.window_delta(prior, after)
-    buckets = (
-        list(after.buckets)
-        if prior is None or windows.restarted(prior, after)
-        else windows.buckets_delta(prior.buckets, after.buckets)
-    )
+    buckets = windows.window_buckets(prior, after)
     shadow = {k: v - int((before or {}).get("shadow", {}).get(k, 0)) for k, v in now.shadow.items()}
 
     def ms(q: float) -> float | None:

@@ -22,7 +22,6 @@ figures; with the deployment events it is the pipeline's timeline (``history``).
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from typing import Any
@@ -58,12 +57,15 @@ def start(
         try:
             _load_candidates(platform, workspace, pipeline, rollout_id)
         except LastmileError as exc:
-            _end(platform, workspace, pipeline, rollout_id, "aborted", None,
-                 f"a candidate could not be loaded: {exc.message}", principal)  # fmt: skip
+            try:  # nothing was routed to the candidates: end the rollout, unload them
+                _finish(platform, workspace, pipeline, rollout_id, "aborted", None,
+                        f"a candidate could not be loaded: {exc.message}", principal)  # fmt: skip
+            except LastmileError as again:
+                log.error("could not end rollout %s cleanly: %s", rollout_id, again)
             raise
         with platform.deploy_lock, platform.session() as session:
             rollout = _row(session, rollout_id)
-            _begin(platform, session, rollout, principal)
+            _begin(platform, session, rollout, workspace, pipeline, principal)
         if strategy == "hot-swap":
             _finish(
                 platform, workspace, pipeline, rollout_id, "promoted", candidates[0],
@@ -133,7 +135,14 @@ def _load_candidates(platform: Platform, workspace: str, pipeline: str, rollout_
             deployments.warm_up(platform, ensemble, PipelineSpec.from_dict(pv.spec))
 
 
-def _begin(platform: Platform, session: Any, rollout: store.Rollout, principal: str) -> None:
+def _begin(
+    platform: Platform,
+    session: Any,
+    rollout: store.Rollout,
+    workspace: str,
+    pipeline: str,
+    principal: str,
+) -> None:
     """pending -> running with the strategy's first weights, pushed before the commit."""
     now = time.time()
     stable, candidates = rollout.stable_version, rollout.candidates
@@ -143,8 +152,6 @@ def _begin(platform: Platform, session: Any, rollout: store.Rollout, principal: 
         decision = controller.start(plan, now)
         _apply(rollout, decision)
         reason = decision.reason
-        rollout.window = {"step": _snapshot(platform, rollout), "start": None}
-        rollout.window["start"] = rollout.window["step"]
     elif rollout.strategy == "ab":
         rollout.weights = dict(rollout.params["weights"])
         rollout.state = "running"
@@ -154,8 +161,11 @@ def _begin(platform: Platform, session: Any, rollout: store.Rollout, principal: 
     else:  # shadow and blue-green: the stable version keeps all traffic at first
         rollout.weights = {str(stable): 100.0, **{str(v): 0.0 for v in candidates}}
         rollout.state = "running"
-    if rollout.strategy != "canary":
-        rollout.window = {"start": _snapshot(platform, rollout)}
+    start = _snapshot(rollout, workspace, pipeline, _read_figures(platform))
+    # a canary's first step window opens with the rollout
+    rollout.window = (
+        {"start": start, "step": start} if rollout.strategy == "canary" else {"start": start}
+    )
     rollout.step_started_at = now
     store.save_rollout(session, rollout)
     store.add_rollout_event(session, rollout=rollout, action="start", reason=reason,
@@ -189,38 +199,30 @@ def _canary_state(rollout: store.Rollout) -> controller.CanaryState:
 
 
 # -- figures ----------------------------------------------------------------------------------
-def _snapshot(platform: Platform, rollout: store.Rollout) -> dict[str, Any]:
-    """The gateway's cumulative counters of every variant of the rollout's route (empty when
-    they cannot be read: the window then counts from the gateway's start)."""
-    pipe_name, route = _route_of(platform, rollout)
+Figures = dict[tuple[str, str], gateway_figures.VariantCounters]
+
+
+def _read_figures(platform: Platform) -> Figures:
+    """The gateway's figures now; none when they cannot be read (a window that starts then
+    counts from the gateway's start)."""
     try:
-        figures = gateway_figures.read(platform)
+        return gateway_figures.read(platform)
     except GatewayError as exc:
-        log.warning("rollout %s: no gateway figures for the window start: %s", rollout.id, exc)
+        log.warning("no gateway figures for a rollout window's start: %s", exc)
         return {}
+
+
+def _snapshot(
+    rollout: store.Rollout, workspace: str, pipeline: str, figures: Figures
+) -> dict[str, Any]:
+    """The cumulative counters of every variant of the rollout's route in ``figures``."""
+    route = f"{workspace}/{pipeline}"
     out = {}
     for version in [rollout.stable_version, *rollout.candidates]:
-        counters = figures.get((route, f"{pipe_name}/{version}"))
+        counters = figures.get((route, f"{pipeline}/{version}"))
         if counters is not None:
             out[str(version)] = counters.to_dict()
     return out
-
-
-def _route_of(platform: Platform, rollout: store.Rollout) -> tuple[str, str]:
-    with platform.session() as session:
-        pipe = session.get(store.Pipeline, rollout.pipeline_id)
-        ws = session.get(store.Workspace, pipe.workspace_id)  # type: ignore[union-attr]
-        return pipe.name, f"{ws.name}/{pipe.name}"  # type: ignore[union-attr]
-
-
-def _counters(raw: dict[str, Any] | None) -> windows.VariantCounters | None:
-    if not raw:
-        return None
-    buckets = tuple(
-        (math.inf if bound == "+Inf" else float(bound), float(count))
-        for bound, count in raw.get("buckets", [])
-    )
-    return windows.VariantCounters(int(raw["requests"]), int(raw["errors"]), buckets)
 
 
 def variant_figures(
@@ -228,23 +230,19 @@ def variant_figures(
 ) -> controller.VariantFigures:
     if now is None:
         return controller.VariantFigures(0, 0, None)
-    after = _counters(now.to_dict())
-    assert after is not None
-    return windows.window_delta(_counters(before), after)
+    return windows.window_delta(gateway_figures.from_json(before), now.counters())
 
 
 def _window(
-    platform: Platform, rollout: store.Rollout, figures: dict[tuple[str, str], Any] | None = None
+    rollout: store.Rollout, workspace: str, pipeline: str, figures: Figures
 ) -> controller.WindowFigures:
-    pipe_name, route = _route_of(platform, rollout)
-    if figures is None:
-        figures = gateway_figures.read(platform)
+    route = f"{workspace}/{pipeline}"
     step = (rollout.window or {}).get("step") or {}
     stable, candidate = str(rollout.stable_version), str(rollout.candidates[0])
     return controller.WindowFigures(
-        stable=variant_figures(step.get(stable), figures.get((route, f"{pipe_name}/{stable}"))),
+        stable=variant_figures(step.get(stable), figures.get((route, f"{pipeline}/{stable}"))),
         candidate=variant_figures(
-            step.get(candidate), figures.get((route, f"{pipe_name}/{candidate}"))
+            step.get(candidate), figures.get((route, f"{pipeline}/{candidate}"))
         ),
     )
 
@@ -291,7 +289,7 @@ def _evaluate(
     workspace: str,
     pipeline: str,
     rollout_id: int,
-    figures: dict[tuple[str, str], Any],
+    figures: Figures,
     now: float | None,
 ) -> dict[str, Any] | None:
     now = time.time() if now is None else now
@@ -300,14 +298,18 @@ def _evaluate(
         if rollout.state != "running":
             return None
         plan = controller.Plan.from_dict(rollout.params["plan"])
-        window = _window(platform, rollout, figures)
+        window = _window(rollout, workspace, pipeline, figures)
         decision = controller.evaluate(plan, _canary_state(rollout), window, now)
         if decision.action == "hold":
             return None
         facts = {"gates": [g.to_dict() for g in decision.gates], "window": window.to_dict()}
         if decision.action == "advance":
             _apply(rollout, decision)
-            rollout.window = {**rollout.window, "step": _snapshot(platform, rollout)}
+            # the next window starts from the reading this one was judged on
+            rollout.window = {
+                **rollout.window,
+                "step": _snapshot(rollout, workspace, pipeline, figures),
+            }
             store.save_rollout(session, rollout)
             store.add_rollout_event(session, rollout=rollout, action="advance",
                                     reason=decision.reason, figures=facts)  # fmt: skip
@@ -318,7 +320,7 @@ def _evaluate(
     winner = rollout.candidates[0] if decision.action == "promote" else rollout.stable_version
     state = "promoted" if decision.action == "promote" else "rolled_back"
     _finish(platform, workspace, pipeline, rollout_id, state, winner, decision.reason, "",
-            figures=facts, locked=True)  # fmt: skip
+            figures=facts)  # fmt: skip
     log.info("rollout %s of %s: %s", rollout_id, pipeline, decision.reason)
     return decision.to_dict()
 
@@ -381,7 +383,10 @@ def act(
         assert rollout_id is not None
         by = f" by {principal}" if principal else ""
         if action in ("pause", "resume"):
-            _pause_resume(platform, rollout_id, action, principal, reason or f"{action}d{by}")
+            _pause_resume(
+                platform, workspace, pipeline, rollout_id, action, principal,
+                reason or f"{action}d{by}",
+            )  # fmt: skip
         elif action == "switch":
             if strategy != "blue-green":
                 raise InvalidInput(f"switch is for blue-green rollouts; this one is {strategy}")
@@ -389,7 +394,7 @@ def act(
         elif action == "promote":
             winner = _winner(strategy, stable, candidates, weights, version)
             _finish(platform, workspace, pipeline, rollout_id, "promoted", winner,
-                    reason or f"version {winner} promoted{by}", principal, locked=True)  # fmt: skip
+                    reason or f"version {winner} promoted{by}", principal)  # fmt: skip
         elif action in ("rollback", "abort"):
             if version is not None and version != stable:
                 raise InvalidInput(
@@ -400,7 +405,7 @@ def act(
             if current == "pending" and action == "rollback":
                 state = "aborted"
             _finish(platform, workspace, pipeline, rollout_id, state, stable,
-                    reason or f"{action}{by}", principal, locked=True)  # fmt: skip
+                    reason or f"{action}{by}", principal)  # fmt: skip
         else:
             raise InvalidInput(
                 f"unknown rollout action {action!r}",
@@ -436,7 +441,13 @@ def _winner(
 
 
 def _pause_resume(
-    platform: Platform, rollout_id: int, action: str, principal: str, reason: str
+    platform: Platform,
+    workspace: str,
+    pipeline: str,
+    rollout_id: int,
+    action: str,
+    principal: str,
+    reason: str,
 ) -> None:
     now = time.time()
     with platform.deploy_lock, platform.session() as session:
@@ -454,7 +465,8 @@ def _pause_resume(
                 raise Conflict(str(exc)) from None
             _apply(rollout, decision)
             if action == "resume":  # figures gathered while paused do not count
-                rollout.window = {**rollout.window, "step": _snapshot(platform, rollout)}
+                step = _snapshot(rollout, workspace, pipeline, _read_figures(platform))
+                rollout.window = {**rollout.window, "step": step}
         else:
             wanted = {"pause": ("running", "paused"), "resume": ("paused", "running")}[action]
             if rollout.state != wanted[0]:
@@ -496,11 +508,10 @@ def _finish(
     principal: str,
     *,
     figures: dict[str, Any] | None = None,
-    locked: bool = True,
 ) -> dict[str, Any]:
-    """End a rollout: ``winner`` becomes (or stays) the live version and takes all traffic,
-    pushed before the commit; then the others are drained and unloaded."""
-    del locked  # callers hold the pipeline's lock
+    """End a rollout (the caller holds the pipeline's lock): ``winner`` becomes (or stays) the
+    live version and takes all traffic, pushed before the commit; then the others are drained
+    and unloaded."""
     losers: list[tuple[int, str]] = []
     with platform.deploy_lock, platform.session() as session:
         ws = store.get_workspace(session, name=workspace)
@@ -547,23 +558,6 @@ def _finish(
         deployments.drain(platform, workspace=workspace, pipeline=pipeline, version=version)
     deployments.retire(platform, workspace=workspace, ensembles=[e for _, e in losers])
     return {"state": state, "winner": winner}
-
-
-def _end(
-    platform: Platform,
-    workspace: str,
-    pipeline: str,
-    rollout_id: int,
-    state: str,
-    winner: int | None,
-    reason: str,
-    principal: str,
-) -> None:
-    """End a rollout whose start failed: nothing was routed to its candidates."""
-    try:
-        _finish(platform, workspace, pipeline, rollout_id, state, winner, reason, principal)
-    except LastmileError as exc:
-        log.error("could not end rollout %s cleanly: %s", rollout_id, exc)
 
 
 def _row(session: Any, rollout_id: int) -> store.Rollout:
