@@ -57,6 +57,7 @@ bench: install
 loadtest: bench
 	$(PY) loadtests/fault_recovery.py
 	$(PY) loadtests/bench_swaps.py
+	$(PY) loadtests/bench_shadow.py
 
 clean:
 	rm -rf $(VENV) .lastmile .mypy_cache .ruff_cache .pytest_cache

@@ -13,6 +13,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -228,7 +229,11 @@ def test_canary_of_a_failing_candidate_rolls_back_on_its_own(system: RunningSyst
         info = _wait_state(system, "risky", {"rolled_back", "promoted"}, timeout=10)
         load.wait_for(50)  # after the rollback every answer comes from the stable version
     assert info["state"] == "rolled_back", info
-    verdict = info["events"][-1]
+    started, verdict = info["events"][1], info["events"][-1]
+    assert started["action"] == "start"
+    # within 2 gate intervals (2 s each) of the canary's start
+    took = datetime.fromisoformat(verdict["ts"]) - datetime.fromisoformat(started["ts"])
+    assert took.total_seconds() <= 4.0, took
     assert verdict["action"] == "rollback" and "error_rate" in verdict["reason"]
     gate = next(g for g in verdict["figures"]["gates"] if g["name"] == "error_rate")
     assert gate["passed"] is False and gate["value"] > 0.05
@@ -305,10 +310,21 @@ def test_sticky_ab_split_holds_its_shares_and_keys(system: RunningSystem) -> Non
 
 
 def test_shadow_reports_output_differences_and_never_hurts_the_client(
-    system: RunningSystem,
+    system: RunningSystem, tmp_path: Path
 ) -> None:
-    _pipeline(system, "mirror", "scaler:1", "nudged", "flaky")
+    twin = make_affine(tmp_path / "twin.onnx", 4, 1.0, 0.0)  # computes what scaler:1 does
+    system.cli("model", "import", str(twin), "--name", "twin")
+    _pipeline(system, "mirror", "scaler:1", "nudged", "flaky", "twin")
     system.cli("deploy", "mirror", "--version", "1")
+    # a candidate equal to the primary agrees everywhere
+    system.cli("rollout", "start", "mirror", "--strategy", "shadow", "--candidate", "4")
+    with Load(system, "mirror") as load:
+        load.wait_for(100)
+    report = json.loads(system.cli("rollout", "report", "mirror", "--json").stdout)
+    same = report["shadow"]["mirror/4"]["outputs"]["y"]
+    assert same["compared"] > 0 and same["agreement"] == 1.0 and same["max_abs_diff"] == 0.0
+    system.cli("rollout", "abort", "mirror")
+    # a perturbed one: the right difference
     system.cli("rollout", "start", "mirror", "--strategy", "shadow", "--candidate", "2")
     with Load(system, "mirror") as load:
         load.wait_for(100)
