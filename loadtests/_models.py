@@ -291,3 +291,45 @@ def start_system(home: Path, **settings: str) -> tuple[dict[str, str], dict[str,
     env |= {f"LASTMILE_{n}": str(port) for n, port in zip(names, free_ports(8), strict=True)}
     env |= {f"LASTMILE_{k.upper()}": v for k, v in settings.items()}
     return env, dict(json.loads(lastmile_cli(env, "up", "--detach", "--json")))
+
+
+def _process_table() -> tuple[dict[int, list[str]], dict[int, list[int]]]:
+    """/proc/PID/stat fields after the command name, and the children of each pid."""
+    children: dict[int, list[int]] = {}
+    stats: dict[int, list[str]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        stats[int(entry.name)] = fields
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
+    return stats, children
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of `pid` and every live descendant (Triton's Python-backend
+    stubs are its children), from /proc; 0 for processes that are gone."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    stats, children = _process_table()
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        fields = stats.get(current)
+        if fields is not None:
+            total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+        todo.extend(children.get(current, []))
+    return total
+
+
+def wait_children(pid: int, count: int, timeout_s: float = 60.0) -> None:
+    """Until `pid` has exactly `count` child processes: Triton starts one Python-backend stub
+    per model instance and stops it when the model is unloaded, which Triton finishes after the
+    unload call returned."""
+    deadline = time.monotonic() + timeout_s
+    while len(_process_table()[1].get(pid, [])) != count:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"process {pid} did not settle at {count} children")
+        time.sleep(0.1)

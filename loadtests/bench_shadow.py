@@ -1,14 +1,22 @@
 """What a shadow costs the clients: the primary's latency and success with and without one.
 
-    python loadtests/bench_shadow.py [--rounds 3] [--clients 8] [--seconds 8] [--json]
+    python loadtests/bench_shadow.py [--rounds 3] [--clients 8] [--seconds 8] [--load 0.3]
+                                     [--closed] [--json]
 
-One run starts a real system (`lastmile up --detach`), deploys a one-step pipeline and keeps
-`--clients` HTTP and as many gRPC clients sending requests through the gateway. Each round
-measures three interleaved windows of `--seconds`: no shadow; a shadow candidate that computes
-the same answer (all traffic mirrored); a shadow candidate that fails every request. It prints
-per window the requests, failures, p50/p99, and per round the p99 ratio of each shadow window
-to the no-shadow one, with the median and spread. On a 2-core machine the mirrored copies
-compete with the primary for the same CPU: the ratio shows that cost.
+One run starts a real system (`lastmile up --detach`), deploys a one-step pipeline and sends
+requests through the gateway from `--clients` HTTP and as many gRPC clients. Each round measures
+four interleaved windows of `--seconds`: no shadow; a shadow candidate that computes the same
+answer (all traffic mirrored); one that fails every request; one that answers after up to a
+second (Triton's batcher holds each request for a batch of 256 that never fills). It prints per
+window the requests, failures, p50/p99, and per round the p99 ratio of each shadow window to the
+no-shadow one, with the median and spread.
+
+The load is open by default, as production traffic is: first the clients measure how many
+requests/s the pipeline answers with nothing mirrored, then send `--load` times that at a fixed
+schedule (latency counted from the scheduled time). A 100 % shadow doubles the inference work,
+so the primary keeps its latency only where the machine has room for the copies; `--closed`
+keeps every client busy instead and shows what the copies cost when there is none (on two
+shared cores, about 1.2-1.7x the p99).
 """
 
 from __future__ import annotations
@@ -26,11 +34,11 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(REPO_ROOT))
 
+from loadtests._models import cpu_seconds, start_system, wait_children  # noqa: E402
 from loadtests._models import lastmile_cli as _cli  # noqa: E402
-from loadtests._models import start_system  # noqa: E402
 from loadtests.bench_swaps import Clients  # noqa: E402
 
-PHASES = ("none", "equal", "failing")
+PHASES = ("none", "equal", "failing", "slow")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--clients", type=int, default=8)
     p.add_argument("--seconds", type=float, default=8.0)
+    p.add_argument("--load", type=float, default=0.3, help="share of the measured capacity")
+    p.add_argument("--closed", action="store_true", help="closed loop: clients never idle")
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
 
@@ -52,28 +62,50 @@ def main(argv: list[str] | None = None) -> int:
             "twin": make_affine(work / "t.onnx", 4, 2.0, 0.0, output_name="y"),
             # the clients' first feature is 1: outside [-1, 1), so every request fails
             "broken": make_partly_failing(work / "b.onnx", 4, 2.0, limit=1),
+            "lazy": make_affine(work / "l.onnx", 4, 2.0, 0.0),
         }
         for name, path in models.items():
             _cli(env, "model", "import", str(path), "--name", name)
             _cli(env, "pipeline", "create", "shadowed", "--step", name)
+        _cli(env, "model", "configure", "lazy", "--max-batch-size", "256",
+             "--preferred-batch", "256", "--queue-delay-us", "1000000")  # fmt: skip
         _cli(env, "deploy", "shadowed", "--version", "1")
-        clients = Clients(
+        where = (
             f"{state['gateway']['http']}/v2/models/shadowed/infer",
             state["gateway"]["grpc"],
             "shadowed",
             a.clients,
         )
+        rate: float | None = None
+        if not a.closed:
+            probe = Clients(*where)
+            probe.start()
+            time.sleep(2.0)  # connections warm, then a window that counts
+            t0 = time.monotonic()
+            time.sleep(a.seconds)
+            capacity = probe.window(t0, time.monotonic())["requests"] / (time.monotonic() - t0)
+            probe.close()
+            rate = a.load * capacity
+            print(f"capacity {capacity:.0f} req/s; open load at {rate:.0f} req/s", file=sys.stderr)
+        pids = {"gateway": state["gateway"]["pid"], "triton": state["triton"][0]["pid"]}
+        clients = Clients(*where, rate=rate)
         clients.start()
         time.sleep(2.0)  # warm connections before the first window is measured
         for round_ in range(a.rounds):
             windows: dict[str, dict[str, Any]] = {}
-            for phase, candidate in zip(PHASES, (None, "2", "3"), strict=True):
+            for phase, candidate in zip(PHASES, (None, "2", "3", "4"), strict=True):
                 if candidate:
                     _cli(env, "rollout", "start", "shadowed", "--strategy", "shadow",
                          "--candidate", candidate)  # fmt: skip
+                # one stub per loaded model: the primary's, and the candidate's while shadowed
+                wait_children(pids["triton"], 2 if candidate else 1)
+                cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
                 t0 = time.monotonic()
                 time.sleep(a.seconds)  # the measured window
-                windows[phase] = clients.window(t0, time.monotonic())
+                windows[phase] = window = clients.window(t0, time.monotonic())
+                for name, pid in pids.items():  # CPU per client request, copies included
+                    spent = cpu_seconds(pid) - cpu0[name]
+                    window[f"{name}_cpu_us"] = round(1e6 * spent / max(1, window["requests"]))
                 if candidate:
                     _cli(env, "rollout", "abort", "shadowed")
             base = windows["none"]["p99_ms"]
@@ -86,7 +118,11 @@ def main(argv: list[str] | None = None) -> int:
         clients.close()
     finally:
         _cli(env, "down")
-    summary: dict[str, Any] = {"clients_per_protocol": a.clients, "rounds": rounds}
+    summary: dict[str, Any] = {
+        "clients_per_protocol": a.clients,
+        "load": "closed" if rate is None else {"share": a.load, "requests_per_s": round(rate)},
+        "rounds": rounds,
+    }
     for phase in PHASES[1:]:
         values = [r["p99_ratio"][phase] for r in rounds if r["p99_ratio"][phase] is not None]
         summary[f"p99_ratio_{phase}"] = {
@@ -100,9 +136,9 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(summary, indent=2))
     else:
         print(
-            f"primary p99 with a shadow / without: equal candidate "
-            f"{summary['p99_ratio_equal']}, failing candidate {summary['p99_ratio_failing']}; "
-            f"client failures {summary['failed']}"
+            f"primary p99 with a shadow / without ({summary['load']} load): equal candidate "
+            f"{summary['p99_ratio_equal']}, failing {summary['p99_ratio_failing']}, slow "
+            f"{summary['p99_ratio_slow']}; client failures {summary['failed']}"
         )
     return 0
 

@@ -20,6 +20,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,41 +38,65 @@ BODY = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1
 
 
 class Clients:
-    """HTTP and gRPC clients; every answer kept as (sent, seconds, ok, protocol)."""
+    """HTTP and gRPC clients; every answer kept as (sent, seconds, ok, protocol).
 
-    def __init__(self, http_url: str, grpc_address: str, pipeline: str, n: int) -> None:
+    Closed loop by default (each client sends its next request when the last one answered).
+    With ``rate`` (requests/s over all clients) the load is open: each client sends on a fixed
+    schedule and latency counts from the scheduled time, so a stall is not hidden by the
+    clients slowing down with it (no coordinated omission)."""
+
+    def __init__(
+        self, http_url: str, grpc_address: str, pipeline: str, n: int, rate: float | None = None
+    ) -> None:
         self.http_url = http_url
         self.grpc_address = grpc_address
         self.pipeline = pipeline
         self.answers: list[tuple[float, float, bool, str]] = []
         self.lock = threading.Lock()
         self.stop = threading.Event()
-        self.threads = [threading.Thread(target=self._http, daemon=True) for _ in range(n)]
-        self.threads += [threading.Thread(target=self._grpc, daemon=True) for _ in range(n)]
+        self.period = 2 * n / rate if rate else 0.0  # seconds between one client's requests
+        self.threads = [
+            threading.Thread(target=self._http, args=(i,), daemon=True) for i in range(n)
+        ]
+        self.threads += [
+            threading.Thread(target=self._grpc, args=(n + i,), daemon=True) for i in range(n)
+        ]
+
+    def _schedule(self, index: int) -> Iterator[float]:
+        """When to send: now, as fast as answers come (closed), or on this client's slots."""
+        if not self.period:
+            while not self.stop.is_set():
+                yield time.monotonic()
+            return
+        slot = time.monotonic() + self.period * index / len(self.threads)
+        while not self.stop.is_set():
+            delay = slot - time.monotonic()
+            if delay > 0 and self.stop.wait(delay):
+                return
+            yield slot
+            slot += self.period
 
     def _record(self, sent: float, ok: bool, protocol: str) -> None:
         with self.lock:
             self.answers.append((sent, time.monotonic() - sent, ok, protocol))
 
-    def _http(self) -> None:
+    def _http(self, index: int) -> None:
         with httpx.Client(timeout=30) as http:
-            while not self.stop.is_set():
-                sent = time.monotonic()
+            for sent in self._schedule(index):
                 try:
                     ok = http.post(self.http_url, json=BODY).status_code == 200
                 except httpx.HTTPError:
                     ok = False
                 self._record(sent, ok, "http")
 
-    def _grpc(self) -> None:
+    def _grpc(self, index: int) -> None:
         import tritonclient.grpc as grpcclient
         from tritonclient.utils import InferenceServerException
 
         client = grpcclient.InferenceServerClient(self.grpc_address)
         tensor = grpcclient.InferInput("x", [1, 4], "FP32")
         tensor.set_data_from_numpy(np.asarray([[1, 2, 3, 4]], np.float32))
-        while not self.stop.is_set():
-            sent = time.monotonic()
+        for sent in self._schedule(index):
             try:
                 client.infer(self.pipeline, [tensor], client_timeout=30)
                 ok = True

@@ -51,6 +51,14 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSystem]:
         running.cli(
             "model", "import", str(make_affine(models / "p.onnx", 4, 1.0, 0.25)), "--name", "nudged"
         )
+        # computes what scaler:1 does, but Triton's batcher holds each request up to 1 s
+        running.cli(
+            "model", "import", str(make_affine(models / "l.onnx", 4, 1.0, 0.0)), "--name", "lazy"
+        )
+        running.cli(
+            "model", "configure", "lazy", "--max-batch-size", "256",
+            "--preferred-batch", "256", "--queue-delay-us", "1000000",
+        )  # fmt: skip
         yield running
     finally:
         supervisor.stop(settings)
@@ -173,6 +181,10 @@ def _wait_state(
         if info["state"] in states or time.monotonic() > deadline:
             return info
         time.sleep(0.2)
+
+
+def _report(system: RunningSystem, pipeline: str) -> dict[str, Any]:
+    return dict(json.loads(system.cli("rollout", "report", pipeline, "--json").stdout))
 
 
 def _infer(system: RunningSystem, pipeline: str, **headers: str) -> httpx.Response:
@@ -314,7 +326,7 @@ def test_shadow_reports_output_differences_and_never_hurts_the_client(
 ) -> None:
     twin = make_affine(tmp_path / "twin.onnx", 4, 1.0, 0.0)  # computes what scaler:1 does
     system.cli("model", "import", str(twin), "--name", "twin")
-    _pipeline(system, "mirror", "scaler:1", "nudged", "flaky", "twin")
+    _pipeline(system, "mirror", "scaler:1", "nudged", "flaky", "twin", "lazy")
     system.cli("deploy", "mirror", "--version", "1")
     # a candidate equal to the primary agrees everywhere
     system.cli("rollout", "start", "mirror", "--strategy", "shadow", "--candidate", "4")
@@ -342,6 +354,20 @@ def test_shadow_reports_output_differences_and_never_hurts_the_client(
     report = json.loads(system.cli("rollout", "report", "mirror", "--json").stdout)
     shadowed = next(v for v in report["variants"] if v["variant"] == "mirror/3")
     assert shadowed["shadow"].get("error", 0) > 0
+    system.cli("rollout", "abort", "mirror")
+    # a shadow candidate that answers after up to a second: the clients do not wait for it
+    system.cli("rollout", "start", "mirror", "--strategy", "shadow", "--candidate", "5")
+    with Load(system, "mirror") as load:
+        load.wait_for(100)
+    assert set(load.outcomes) == {("mirror/1", 200)}, load.errors[:3]
+    seconds = sorted(s for _, s in load.latencies)
+    assert seconds[int(0.99 * len(seconds))] < 0.5  # had they waited, their p99 would be ~1 s
+    deadline = time.monotonic() + 30  # the copies answer up to a second after the primaries
+    while "mirror/5" not in (report := _report(system, "mirror"))["shadow"]:
+        assert time.monotonic() < deadline, report
+        time.sleep(0.2)
+    latency = report["shadow"]["mirror/5"]["latency"]
+    assert latency["candidate_p99_ms"] > 500 > 10 * latency["primary_p99_ms"], latency
     system.cli("rollout", "abort", "mirror")
 
 
