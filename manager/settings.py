@@ -67,12 +67,26 @@ class Settings(BaseSettings):
     api_port: int = Field(default=8080, description="Management API port.")
     triton_url: str | None = Field(
         default=None,
-        description="Use an external Triton (e.g. an NGC container) at this HTTP URL instead of "
-        "starting the embedded tritonserver. Example: http://10.0.0.5:8000",
+        description="Use external Triton servers (e.g. NGC containers) at these HTTP URLs, "
+        "comma-separated, instead of starting embedded tritonservers: one pool, every model "
+        "loaded on each. Example: http://10.0.0.5:8000,http://10.0.0.6:8000",
+    )
+    triton_replicas: int = Field(
+        default=1,
+        ge=1,
+        le=16,
+        description="How many embedded tritonservers to run as one pool (`lastmile up "
+        "--replicas N`): every model is loaded on each and the gateway balances between them. "
+        "Replica i (from 0) listens on the TRITON_*_PORT settings plus i x "
+        "TRITON_PORT_STRIDE.",
+    )
+    triton_port_stride: int = Field(
+        default=10, ge=3, description="Port offset between embedded Triton replicas."
     )
     triton_metrics_url: str | None = Field(
         default=None,
-        description="Metrics URL of the external Triton; default: its host on port 8002.",
+        description="Metrics URL of the external Triton (one server only); default: each "
+        "server's host on its HTTP port + 2.",
     )
     triton_control_header: SecretStr | None = Field(
         default=None,

@@ -31,6 +31,7 @@ from manager.services import reconcile, rollouts
 from manager.services.context import Platform
 from manager.settings import Settings
 from manager.triton.client import TritonClient
+from manager.triton.fleet import TritonFleet
 from manager.triton.runtime import EmbeddedTriton, ExternalTriton, TritonRuntime
 from manager.watchdog import Watchdog
 
@@ -50,7 +51,9 @@ def read_state(settings: Settings) -> dict[str, Any] | None:
         return None
 
 
-def make_runtime(settings: Settings) -> TritonRuntime:
+def make_runtime(settings: Settings) -> TritonFleet:
+    """The Triton servers of this system: the external ones listed in LASTMILE_TRITON_URL, or
+    LASTMILE_TRITON_REPLICAS embedded ones."""
     if settings.triton_url:
         header = settings.triton_control_header
         control: dict[str, str] = {}
@@ -62,23 +65,47 @@ def make_runtime(settings: Settings) -> TritonRuntime:
                     hint="the header and value given to tritonserver --http-restricted-api",
                 )
             control = {name.strip(): value.strip()}
-        return ExternalTriton(
-            settings.triton_url,
-            metrics_url=settings.triton_metrics_url,
-            start_timeout_s=settings.triton_start_timeout_s,
-            control_headers=control,
+        urls = [u.strip() for u in settings.triton_url.split(",") if u.strip()]
+        if len(set(urls)) != len(urls):
+            raise RuntimeSetupError(
+                f"LASTMILE_TRITON_URL lists a server twice: {settings.triton_url!r}",
+                hint="give each Triton server's HTTP URL once, comma-separated",
+            )
+        if len(urls) > 1 and settings.triton_metrics_url:
+            raise RuntimeSetupError(
+                "LASTMILE_TRITON_METRICS_URL names one server, LASTMILE_TRITON_URL several",
+                hint="unset LASTMILE_TRITON_METRICS_URL: each server's metrics are read on its "
+                "HTTP port + 2",
+            )
+        return TritonFleet(
+            [
+                ExternalTriton(
+                    url,
+                    metrics_url=settings.triton_metrics_url,
+                    start_timeout_s=settings.triton_start_timeout_s,
+                    control_headers=control,
+                )
+                for url in urls
+            ]
         )
-    return EmbeddedTriton(
-        repository=settings.repository_dir,
-        work_dir=settings.run_dir / "triton",
-        http_port=settings.triton_http_port,
-        grpc_port=settings.triton_grpc_port,
-        metrics_port=settings.triton_metrics_port,
-        log_path=settings.logs_dir / "tritonserver.log",
-        start_timeout_s=settings.triton_start_timeout_s,
-        response_cache_bytes=settings.triton_response_cache_bytes,
-        stub_memory_bytes=settings.triton_stub_memory_bytes,
-    )
+    replicas = []
+    for i in range(settings.triton_replicas):
+        offset = i * settings.triton_port_stride
+        suffix = "" if i == 0 else f"-{i}"
+        replicas.append(
+            EmbeddedTriton(
+                repository=settings.repository_dir,
+                work_dir=settings.run_dir / f"triton{suffix}",
+                http_port=settings.triton_http_port + offset,
+                grpc_port=settings.triton_grpc_port + offset,
+                metrics_port=settings.triton_metrics_port + offset,
+                log_path=settings.logs_dir / f"tritonserver{suffix}.log",
+                start_timeout_s=settings.triton_start_timeout_s,
+                response_cache_bytes=settings.triton_response_cache_bytes,
+                stub_memory_bytes=settings.triton_stub_memory_bytes,
+            )
+        )
+    return TritonFleet(replicas)
 
 
 class GatewayProcess:
@@ -224,7 +251,9 @@ class System:
 
     @property
     def owns_triton(self) -> bool:
-        return isinstance(self.platform.triton, EmbeddedTriton)
+        """The Triton servers are ours to restart (embedded), not someone else's (external)."""
+        fleet = self.platform.triton
+        return fleet is not None and isinstance(fleet.replicas[0], EmbeddedTriton)
 
     def start(self) -> None:
         if not self.with_runtime:
@@ -233,13 +262,18 @@ class System:
         reap_orphans(self.settings.run_dir)
         self.platform.triton = make_runtime(self.settings)
         try:
-            self.start_triton()
-            triton = self.platform.triton
+            fleet = self.platform.triton
+            for index in range(len(fleet.replicas)):
+                self.start_triton(index)
             self.gateway = GatewayProcess(
                 self.settings,
                 upstreams=[
-                    triton.endpoints.http_url.removeprefix("http://"),
-                    triton.endpoints.grpc_url,
+                    address
+                    for replica in fleet.replicas
+                    for address in (
+                        replica.endpoints.http_url.removeprefix("http://"),
+                        replica.endpoints.grpc_url,
+                    )
                 ],
                 on_spawn=lambda pid: self.children.add("gateway", pid),
             )
@@ -265,12 +299,14 @@ class System:
         """Tell other commands where things run (pids change when a child is restarted)."""
         write_private(state_path(self.settings), json.dumps(self.status(), indent=2).encode())
 
-    def start_triton(self) -> None:
-        triton = self.platform.triton
-        assert triton is not None
-        if isinstance(triton, EmbeddedTriton):
-            triton.on_spawn = lambda pid: self.children.add("triton", pid)
-        triton.start()
+    def start_triton(self, index: int = 0) -> None:
+        """Start (or restart) one replica of the Triton pool."""
+        assert self.platform.triton is not None
+        replica = self.platform.triton.replicas[index]
+        if isinstance(replica, EmbeddedTriton):
+            name = "triton" if index == 0 else f"triton-{index}"
+            replica.on_spawn = lambda pid: self.children.add(name, pid)
+        replica.start()
 
     def start_gateway(self) -> None:
         assert self.gateway is not None
@@ -286,8 +322,10 @@ class System:
         return reconcile.reconcile(self.platform)
 
     def _scrape_targets(self) -> dict[str, TritonClient]:
-        triton = self.platform.triton
-        return {triton.endpoints.http_url: triton.client(5.0)} if triton else {}
+        fleet = self.platform.triton
+        if fleet is None:
+            return {}
+        return {r.endpoints.http_url: r.client(5.0) for r in fleet.replicas}
 
     def stop(self) -> None:
         if self.rollout_loop:
@@ -309,6 +347,7 @@ class System:
         triton = self.platform.triton
         host = s.gateway_host
         health = self.watchdog.status() if self.watchdog else {}
+        serving = self.watchdog.replica_serving() if self.watchdog else []
         return {
             "home": str(s.home.resolve()),
             "pid": os.getpid(),
@@ -322,15 +361,20 @@ class System:
             },
             "triton": [
                 {
-                    **triton.endpoints.to_dict(),
-                    "embedded": isinstance(triton, EmbeddedTriton),
-                    "pid": getattr(triton, "pid", None),
-                    "ready": _ready(triton),
-                    **health.get("triton", {"state": "up"}),
+                    **replica.endpoints.to_dict(),
+                    "replica": index,
+                    "embedded": isinstance(replica, EmbeddedTriton),
+                    "pid": getattr(replica, "pid", None),
+                    "ready": _ready(replica),
+                    **(
+                        health["triton"][index]
+                        if index < len(health.get("triton", []))
+                        else {"state": "up"}
+                    ),
+                    **(serving[index] if index < len(serving) else {}),
                 }
-            ]
-            if triton
-            else [],
+                for index, replica in enumerate(triton.replicas if triton else [])
+            ],
             "database": _redact(s.db_url),
             "profile": s.profile,
         }

@@ -61,8 +61,11 @@ class Watchdog:
         self.system = system
         self.settings = system.settings
         self.reconcile = reconcile
-        triton = system.platform.triton
-        self.triton = Component("triton", triton.endpoints.http_url if triton else "")
+        fleet = system.platform.triton
+        self.replicas = [
+            Component("triton" if i == 0 else f"triton-{i}", replica.endpoints.http_url)
+            for i, replica in enumerate(fleet.replicas if fleet else [])
+        ]
         self.gateway = Component(
             "gateway", system.gateway.admin_url if system.gateway else "", state="up"
         )
@@ -96,19 +99,33 @@ class Watchdog:
         interval = self.settings.reconcile_interval_s
         if interval > 0 and time.monotonic() >= self._next_reconcile:
             self._next_reconcile = time.monotonic() + interval
-            if self.triton.state == "up" and self.gateway.state == "up":
+            if self.triton_up() and self.gateway.state == "up":
                 self._reconcile("timer")
 
+    @property
+    def triton(self) -> Component:
+        """The first replica (a single-server system's Triton)."""
+        return self.replicas[0]
+
+    def triton_up(self) -> bool:
+        """At least one replica of the pool is up (the gateway serves from those)."""
+        return any(c.state == "up" for c in self.replicas)
+
     def _check_triton(self) -> None:
-        triton = self.system.platform.triton
-        if triton is None:
+        fleet = self.system.platform.triton
+        if fleet is None:
             return
-        comp = self.triton
-        code = triton.exit_code()
+        for index, (replica, comp) in enumerate(zip(fleet.replicas, self.replicas, strict=True)):
+            if self._stop.is_set():
+                return
+            self._check_replica(index, replica, comp)
+
+    def _check_replica(self, index: int, replica: Any, comp: Component) -> None:
+        code = replica.exit_code()
         if code is not None:
             self._failed(comp, _exit_reason("tritonserver", code), dead=True)
         else:
-            with triton.client(2.0) as client:
+            with replica.client(2.0) as client:
                 healthy = client.is_live()
             if healthy:
                 was = comp.state
@@ -121,7 +138,7 @@ class Watchdog:
         if not self.system.owns_triton:
             comp.state = "external-down"
             return
-        self._maybe_restart(comp, self._restart_triton)
+        self._maybe_restart(comp, lambda: self._restart_triton(index))
 
     def _check_gateway(self) -> None:
         gateway = self.system.gateway
@@ -198,13 +215,13 @@ class Watchdog:
         )
         self._reconcile(f"{comp.name} restarted")
 
-    def _restart_triton(self) -> None:
+    def _restart_triton(self, index: int) -> None:
         system = self.system
-        triton = system.platform.triton
-        assert triton is not None
+        fleet = system.platform.triton
+        assert fleet is not None
         # The whole group, without a grace period (it is dead or wedged): its stubs go too.
-        triton.stop(timeout_s=0.0)
-        system.start_triton()
+        fleet.replicas[index].stop(timeout_s=0.0)
+        system.start_triton(index)
 
     def _restart_gateway(self) -> None:
         gateway = self.system.gateway
@@ -231,25 +248,59 @@ class Watchdog:
 
     def unserved(self) -> dict[str, str]:
         """Which live deployments are not served right now, and why (asked when someone
-        looks: one store query and one repository index)."""
-        platform = self.system.platform
-        with platform.session() as session:
-            live = [d.ensemble for d in store.list_deployments(session) if d.state == "live"]
+        looks: one store query and one repository index per replica)."""
+        live = self._live_ensembles()
         if not live:
             return {}
-        if self.triton.state != "up":
-            return dict.fromkeys(live, f"Triton is {self.triton.state}: {self.triton.last_error}")
+        if not self.triton_up():
+            comp = self.triton
+            return dict.fromkeys(live, f"Triton is {comp.state}: {comp.last_error}")
         if self.gateway.state != "up":
             reason = f"the gateway is {self.gateway.state}: {self.gateway.last_error}"
             return dict.fromkeys(live, reason)
-        assert platform.triton is not None
-        try:
-            with platform.triton.client(2.0) as client:
-                index = client.repository_index()
-        except LastmileError as exc:
-            return dict.fromkeys(live, f"Triton did not answer: {exc}")
-        ready = {m.get("name") for m in index if m.get("state") == "READY"}
-        return {e: "not loaded on Triton" for e in live if e not in ready}
+        per_replica = self._ready_per_replica()
+        answered = [ready for ready in per_replica if not isinstance(ready, str)]
+        if not answered:
+            errors = [r for r in per_replica if isinstance(r, str)]
+            return dict.fromkeys(live, f"Triton did not answer: {errors[0] if errors else ''}")
+        served = set().union(*answered)  # READY on at least one replica that is up
+        return {e: "not loaded on Triton" for e in live if e not in served}
+
+    def replica_serving(self) -> list[dict[str, Any]]:
+        """Per replica: how many of the live deployments' ensembles it serves, and which it
+        lacks (a replica that restarted catches up at the next reconciliation)."""
+        live = self._live_ensembles()
+        out: list[dict[str, Any]] = []
+        for ready in self._ready_per_replica():
+            if isinstance(ready, str):
+                out.append({"serving": None, "of": len(live), "error": ready})
+            else:
+                missing = sorted(e for e in live if e not in ready)
+                out.append(
+                    {"serving": len(live) - len(missing), "of": len(live), "missing": missing}
+                )
+        return out
+
+    def _live_ensembles(self) -> list[str]:
+        with self.system.platform.session() as session:
+            return [d.ensemble for d in store.list_deployments(session) if d.state == "live"]
+
+    def _ready_per_replica(self) -> list[set[str] | str]:
+        """Each replica's READY models, or why it could not tell (down, no answer)."""
+        fleet = self.system.platform.triton
+        out: list[set[str] | str] = []
+        for replica, comp in zip(fleet.replicas if fleet else [], self.replicas, strict=True):
+            if comp.state != "up":
+                out.append(f"Triton is {comp.state}: {comp.last_error}")
+                continue
+            try:
+                with replica.client(2.0) as client:
+                    index = client.repository_index()
+            except LastmileError as exc:
+                out.append(str(exc))
+                continue
+            out.append({str(m.get("name")) for m in index if m.get("state") == "READY"})
+        return out
 
     # -- events -------------------------------------------------------------------------------
     def event(
@@ -267,7 +318,8 @@ class Watchdog:
             log.exception("could not record a system event")
 
     def status(self) -> dict[str, Any]:
-        return {"triton": self.triton.public(), "gateway": self.gateway.public()}
+        """Per Triton replica (in pool order) and for the gateway."""
+        return {"triton": [c.public() for c in self.replicas], "gateway": self.gateway.public()}
 
 
 def _exit_reason(what: str, code: int) -> str:

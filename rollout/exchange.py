@@ -5,8 +5,13 @@ response also gets the public name, the pipeline version and ``parameters.lastmi
 its JSON (rollout.stamp). A binary-tensor response is held only until its JSON header has
 arrived (Inference-Header-Content-Length), stamped, and the tensors stream through; a JSON
 response is held whole (its data is inside the JSON) and its members walked, never decoded.
-Only the rare paths (model metadata, Triton errors) decode JSON: metadata to show the public
-name and the route's versions, errors to map and sanitize them (rollout.upstream_errors).
+Only the rare paths (model metadata and config, Triton errors) decode JSON: metadata to show
+the public name and the route's versions, a config to keep only its public interface
+(rollout.public_config), errors to map and sanitize them (rollout.upstream_errors).
+
+A client's HEAD goes upstream as a GET (Triton answers HEAD with a 405 and a body); the answer
+is held whole like metadata and only its head is written: the status and headers a GET gets,
+Content-Length included (RFC 9110 §9.3.2), and no body, so a keep-alive client stays in step.
 
 Also the request bytes (status lines, per-target paths and Host lines come from
 rollout.http_routing, computed once per routing table) so that a request costs
@@ -20,9 +25,10 @@ import re
 from http import HTTPStatus
 from typing import TYPE_CHECKING
 
+from rollout.public_config import public_http_config
 from rollout.stamp import stamp_infer, stamp_metadata
 from rollout.upstream import UpstreamConnection
-from rollout.upstream_errors import BATCH_HINT, http_failure, public_error
+from rollout.upstream_errors import BATCH_HINT, http_failure, model_not_loaded, public_error
 
 __all__ = ["BATCH_HINT", "public_error"]  # kept importable from here
 
@@ -31,7 +37,7 @@ if TYPE_CHECKING:
     from rollout.http_shadow import ShadowGroup
     from rollout.proxy import ClientConnection
 
-INFER, READY, META = 1, 2, 3
+INFER, READY, META, CONFIG = 1, 2, 3, 4
 VERSION_RE = re.compile(rb"[1-9][0-9]{0,17}")
 # Client headers Triton needs; the rest (Host, auth, Accept-Encoding, anything restricted-API
 # related) stays here. Accept-Encoding is dropped so responses arrive uncompressed and the
@@ -69,8 +75,11 @@ def json_error(message: str) -> bytes:
     return json.dumps({"error": message}).encode()
 
 
-def simple_response(status: int, body: bytes, conn_header: bytes, extra: bytes = b"") -> bytes:
-    """A whole response; `extra` holds additional header lines (each ending in CRLF)."""
+def simple_response(
+    status: int, body: bytes, conn_header: bytes, extra: bytes = b"", head_only: bool = False
+) -> bytes:
+    """A whole response; `extra` holds additional header lines (each ending in CRLF).
+    `head_only` (the answer to a HEAD) leaves the body out but keeps its Content-Length."""
     return b"".join(
         (
             status_line(status),
@@ -79,7 +88,7 @@ def simple_response(status: int, body: bytes, conn_header: bytes, extra: bytes =
             extra,
             conn_header,
             b"\r\n",
-            body,
+            b"" if head_only else body,
         )
     )
 
@@ -108,12 +117,14 @@ class Exchange:
         "conn",
         "done",
         "group",
+        "head_only",
         "head_written",
         "headers",
         "hlen",
         "kind",
         "mode",
         "payload",
+        "rerouted",
         "retried",
         "route",
         "size",
@@ -133,6 +144,7 @@ class Exchange:
         payload: list[bytes],
         start: float,
         group: ShadowGroup | None = None,
+        head_only: bool = False,
     ) -> None:
         self.client = client
         self.kind = kind
@@ -144,7 +156,8 @@ class Exchange:
         self.group = group
         # the response as Triton sent it, kept (by reference) only for a mirrored request
         self.capture: list[bytes] | None = [] if group is not None else None
-        self.retried = False
+        self.retried = False  # sent again on a fresh connection (rollout.upstream)
+        self.rerouted = False  # sent to another replica after a refused connect
         self.done = False
         self.conn: UpstreamConnection | None = None
         self.status = 0
@@ -154,6 +167,7 @@ class Exchange:
         self.size = 0
         self.hlen = -1  # Inference-Header-Content-Length of the response, -1 when absent
         self.head_written = False
+        self.head_only = head_only  # a HEAD: the GET's status and headers, no body
 
     def alive(self) -> bool:
         return not self.done and not self.client.closed
@@ -162,8 +176,8 @@ class Exchange:
     def on_response_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         self.status = status
         self.headers = headers
-        if not 200 <= status < 300 or self.kind == META:
-            return
+        if not 200 <= status < 300 or self.kind >= META or self.head_only:
+            return  # held whole (BUFFER): errors, metadata and config (kind >= META), a HEAD
         framed = False
         for name, value in headers:
             lname = name.lower()
@@ -200,11 +214,13 @@ class Exchange:
     def on_response_complete(self) -> None:
         if self.done:
             return
+        if self.status == 404 and not self.head_written and self._try_elsewhere():
+            return
         status = self.status
         if not self.head_written:
             if self.mode == BUFFER:
                 status, parts = self._buffered_response()
-                self.client.write_parts(parts)
+                self.client.write_parts(parts[:1] if self.head_only else parts)
             else:  # an empty ready answer, or a body shorter than its own JSON header
                 chunks, self.chunks = self.chunks, []
                 self.head_written = True
@@ -213,6 +229,35 @@ class Exchange:
 
     def on_upstream_failure(self) -> None:
         self._fail(503, f"no upstream available for {self.route.public!r}")
+
+    def _try_elsewhere(self) -> bool:
+        """Triton answered that the model is not loaded on this replica (it restarted and the
+        reconciler has not loaded it yet): no model ran the request, so another replica of
+        the variant takes it, and this target is skipped for a moment."""
+        chunks = self.chunks
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        if self.rerouted or not model_not_loaded(self.status, body):
+            return False
+        other = self.variant.pick_other(self.target)
+        if other is None:
+            return False
+        self.target.readiness.mark_unready()
+        self.rerouted = True
+        self.target = other
+        self.status, self.headers, self.chunks = 0, [], []
+        other.pool.submit(self)
+        return True
+
+    def on_connect_failure(self) -> None:
+        """No connection to the target's Triton: the request reached no model, so another
+        replica of the variant takes it (once), else the client gets the 503."""
+        other = None if self.rerouted else self.variant.pick_other(self.target)
+        if other is None or not self.alive():
+            self.on_upstream_failure()
+            return
+        self.rerouted = True
+        self.target = other
+        other.pool.submit(self)
 
     def on_timeout(self) -> None:
         conn, self.conn = self.conn, None
@@ -236,7 +281,11 @@ class Exchange:
             self.head_written = True
             client.write(
                 simple_response(
-                    status, json_error(message), client.conn_header(), self.variant.header_line
+                    status,
+                    json_error(message),
+                    client.conn_header(),
+                    self.variant.header_line,
+                    self.head_only,
                 )
             )
         self._finish(status)
@@ -295,7 +344,7 @@ class Exchange:
         return b"".join(out)
 
     def _buffered_response(self) -> tuple[int, Parts]:
-        """(status the client gets, the whole response in parts)."""
+        """(status the client gets, the whole response in parts: the head first, alone)."""
         chunks = self.chunks
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         self.chunks = []
@@ -314,6 +363,13 @@ class Exchange:
                 status = 502
                 meta = json_error(f"invalid metadata from upstream for {route.public!r}")
             pieces = [meta]
+            headers = [(b"Content-Type", b"application/json")]
+        elif self.kind == CONFIG:
+            config = public_http_config(body, route.public)
+            if config is None:
+                status = 502
+                config = json_error(f"invalid model config from upstream for {route.public!r}")
+            pieces = [config]
             headers = [(b"Content-Type", b"application/json")]
         else:  # 2xx without Content-Length (chunked), or a JSON inference response
             headers = [(n, v) for n, v in self.headers if n.lower() in FORWARD_RESPONSE_HEADERS]

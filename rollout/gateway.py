@@ -5,7 +5,8 @@ rollout.routing) mapping each workspace's pipeline to its variants (pipeline ver
 with its Triton targets) and a strategy (weighted, sticky, shadow), which is how canaries, A/B
 splits, shadows and blue/green switches happen without touching clients. Four listeners:
 
-- data port: /v2/health/*, /v2, and per model infer / ready / metadata (rollout.proxy);
+- data port: /v2/health/*, /v2, and per model infer / ready / metadata / config
+  (rollout.proxy; HEAD on the GET endpoints);
   nothing else of Triton's API (repository, shared memory, logging, trace, statistics) is
   reachable through the gateway (DESIGN §5);
 - gRPC port: the same surface as KServe v2 `inference.GRPCInferenceService`, passed through as
@@ -40,12 +41,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from rollout.admin_api import AdminApi, read_token_file
 from rollout.admin_http import SimpleRequest, SimpleResponse, start_simple_server
 from rollout.admission import parse_address
+from rollout.balance import Replica
 from rollout.exchange import Exchange, json_error
 from rollout.gateway_metrics import GatewayStats, GaugeSource, make_registry
 from rollout.grpc_gateway import GrpcFrontend
 from rollout.http_routing import CompiledRouting
 from rollout.http_shadow import ShadowMirrors
 from rollout.proxy import ClientConnection
+from rollout.public_config import EXTENSIONS
 from rollout.routing import RoutingTable
 from rollout.shadow_diff import DiffCollector
 from rollout.upstream import UpstreamPool, probe_ready
@@ -118,6 +121,9 @@ class Gateway:
         self.orphans: set[Exchange] = set()
         self.pools: dict[tuple[str, int], UpstreamPool] = {}
         self.last_ready: dict[tuple[str, int], float] = {}
+        # each Triton server (by HTTP address), shared by the HTTP and gRPC sides: ejected and
+        # admitted again by connects and readiness probes (rollout.balance)
+        self.replicas: dict[tuple[str, int], Replica] = {}
         self.shutting_down = False
         self.routing = CompiledRouting(None, self._pool_for)
         self.shadow_diff = DiffCollector()
@@ -126,7 +132,7 @@ class Gateway:
             {
                 "name": "lastmile-gateway",
                 "version": _version(),
-                "extensions": ["binary_tensor_data"],
+                "extensions": list(EXTENSIONS),
             }
         ).encode()
         self.registry = make_registry(
@@ -150,6 +156,7 @@ class Gateway:
                 diffs=self.shadow_diff,
                 shadow_inflight=self.mirrors.inflight,
             )
+            self.grpc.replica_for = self.replica_for
         self._servers: list[asyncio.Server] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._health_wake = asyncio.Event()
@@ -258,6 +265,8 @@ class Gateway:
         for key in [k for k in self.pools if k not in wanted]:
             self.pools.pop(key).retire()
             self.last_ready.pop(key, None)
+        for key in [k for k in self.replicas if k not in wanted]:
+            del self.replicas[key]
         self._health_wake.set()
 
     def _pool_for(self, host: str, port: int) -> UpstreamPool:
@@ -268,8 +277,16 @@ class Gateway:
                 port,
                 max_connections=self.config.max_upstream_connections,
                 connect_timeout=self.config.connect_timeout,
+                replica=self.replica_for(host, port),
             )
         return pool
+
+    def replica_for(self, host: str, port: int) -> Replica:
+        """The Triton server at this HTTP address (made on first use, kept across tables)."""
+        replica = self.replicas.get((host, port))
+        if replica is None:
+            replica = self.replicas[(host, port)] = Replica(host, port)
+        return replica
 
     def _upstreams(self) -> set[tuple[str, int]]:
         return self.table.upstreams() if self.table is not None else set()
@@ -314,12 +331,16 @@ class Gateway:
             )
             now = self.loop.time()
             for key, ok in zip(upstreams, results, strict=True):
+                replica = self.replica_for(*key)
                 if ok:
                     if key not in self.last_ready or not self._fresh(key):
                         logger.info("upstream %s:%d is ready", *key)
                     self.last_ready[key] = now
-                elif self._fresh(key):
-                    logger.warning("upstream %s:%d failed its readiness check", *key)
+                    replica.admit()
+                else:
+                    if self._fresh(key):
+                        logger.warning("upstream %s:%d failed its readiness check", *key)
+                    replica.eject("failed its readiness check")
             self._health_wake.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._health_wake.wait(), interval)

@@ -26,9 +26,10 @@ bounded steps: a gzip bomb gets RESOURCE_EXHAUSTED without growing the gateway's
 
 Served: ServerLive/ServerReady/ServerMetadata (answered here, like the HTTP side), ModelReady,
 ModelMetadata and ModelInfer (forwarded over one persistent grpc.aio channel per Triton; shadow
-routes also mirror ModelInfer, rollout.grpc_shadow). Refused, never proxied (DESIGN §5):
-repository, shared memory, trace, logging, statistics and ModelConfig (PERMISSION_DENIED);
-ModelStreamInfer (UNIMPLEMENTED, for now).
+routes also mirror ModelInfer, rollout.grpc_shadow), and ModelStreamInfer, each message of the
+stream handled as one ModelInfer (rollout.grpc_stream). Refused, never proxied (DESIGN §5):
+repository, shared memory, trace, logging and statistics (PERMISSION_DENIED). ModelConfig is
+answered with the variant's config cut down to its public interface (rollout.public_config).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
 
+from rollout.balance import Replica
 from rollout.body_guard import SHM_MARKER, SHM_REFUSED
 from rollout.gateway_metrics import UNKNOWN_ROUTE, GatewayStats, grpc_code_to_http
 from rollout.grpc_routing import (
@@ -53,6 +55,7 @@ from rollout.grpc_routing import (
     GrpcVariant,
 )
 from rollout.grpc_shadow import GrpcShadow, settle
+from rollout.grpc_stream import InferFailed, serve_stream
 from rollout.grpc_wire import (
     WireError,
     bool_field,
@@ -63,9 +66,10 @@ from rollout.grpc_wire import (
     scan_name_version,
     string_field,
 )
+from rollout.public_config import EXTENSIONS, public_grpc_config
 from rollout.routing import DEFAULT_WORKSPACE, WORKSPACE_HEADER, Mirror, RoutingTable
 from rollout.strategies import RequestContext
-from rollout.upstream_errors import grpc_failure
+from rollout.upstream_errors import grpc_failure, model_not_loaded_message
 
 if TYPE_CHECKING:
     from rollout.shadow_diff import DiffCollector
@@ -74,7 +78,6 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["SERVICE", "GrpcFrontend", "GrpcRouting"]
 REFUSED_METHODS = (
-    "ModelConfig",
     "ModelStatistics",
     "RepositoryIndex",
     "RepositoryModelLoad",
@@ -127,12 +130,14 @@ class GrpcFrontend:
         self.upstream_timeout = upstream_timeout
         self.max_message_bytes = max_message_bytes
         self.upstreams: dict[tuple[str, int], GrpcUpstream] = {}
+        # the Triton server behind a target, shared with the HTTP side (set by the gateway)
+        self.replica_for: Callable[[str, int], Replica] = Replica
         self.routing = GrpcRouting(None, self._upstream_for)
         self.shadow = GrpcShadow(stats, diffs, shadow_inflight)
         self.server_metadata = (
             string_field(1, server_name.encode())
             + string_field(2, server_version.encode())
-            + string_field(3, b"binary_tensor_data")
+            + b"".join(string_field(3, extension.encode()) for extension in EXTENSIONS)
         )
         self.server: Any = None
         self.port = 0  # bound by start()
@@ -177,7 +182,7 @@ class GrpcFrontend:
 
     def set_table(self, table: RoutingTable | None) -> None:
         """Swap routing in one assignment; channels no longer used close once idle."""
-        self.routing = GrpcRouting(table, self._upstream_for)
+        self.routing = GrpcRouting(table, self._upstream_for, self.replica_for)
         wanted = table.grpc_upstreams() if table is not None else set()
         for key in [k for k in self.upstreams if k not in wanted]:
             task = self.loop.create_task(
@@ -200,6 +205,7 @@ class GrpcFrontend:
             "ServerMetadata": unary(self._server_metadata),
             "ModelReady": unary(self._model_ready),
             "ModelMetadata": unary(self._model_metadata),
+            "ModelConfig": unary(self._model_config),
             "ModelInfer": unary(self._model_infer),
             "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(self._stream_infer),
         }
@@ -217,57 +223,74 @@ class GrpcFrontend:
     async def _server_metadata(self, request: bytes, context: Any) -> bytes:
         return self.server_metadata
 
-    async def _stream_infer(self, requests: Any, context: Any) -> None:
-        await abort(
-            context,
-            StatusCode.UNIMPLEMENTED,
-            "ModelStreamInfer is not supported by the gateway yet; use ModelInfer",
-        )
-
     # -- forwarded --------------------------------------------------------------------------
     async def _model_infer(self, request: bytes, context: Any) -> bytes:
+        metadata: Metadata = context.invocation_metadata() or ()
+        try:
+            response, variant = await self.infer_message(request, metadata, context, announce=True)
+        except InferFailed as exc:
+            await abort(context, exc.code, exc.details)
+        return response + variant.response_suffix
+
+    async def _stream_infer(self, requests: Any, context: Any) -> None:
+        await serve_stream(self, requests, context)
+
+    async def infer_message(
+        self, request: bytes, metadata: Metadata, context: Any, *, announce: bool = False
+    ) -> tuple[bytes, GrpcVariant]:
+        """One ModelInfer (a unary call or a stream's message) routed, forwarded and counted:
+        Triton's answer, not yet stamped, and its variant; InferFailed (counted) for an error.
+        `announce`: send the variant as initial metadata (one per call, not per message)."""
         start = self.loop.time()
         stats = self.stats
-        name, version = await _route_fields(request, context)
-        metadata: Metadata = context.invocation_metadata() or ()
+        name, version = _name_version(request)
         route = self.routing.lookup(_workspace(metadata), name)
         if route is None:
             stats.count(UNKNOWN_ROUTE, "", PROTOCOL, 404)
-            await abort(context, StatusCode.NOT_FOUND, _unknown(name))
+            raise InferFailed(StatusCode.NOT_FOUND, _unknown(name))
         if mentions(request, SHM_MARKER):
-            await self._refuse_shared_memory(route.key, request, context)
+            self._refuse_shared_memory(route.key, request)
         mirrors: tuple[Mirror, ...] = ()
         if version:
-            variant = await _versioned(route, version, context, stats)
+            variant = _version_of(route, version, stats)
         else:
             try:
                 ctx = _context(route, metadata, request) if route.strategy.needs_key else NO_KEY
             except WireError as exc:
                 stats.count(route.key, "", PROTOCOL, 400)
-                await abort(context, StatusCode.INVALID_ARGUMENT, f"malformed request: {exc}")
+                raise _malformed(exc) from None
             decision = route.strategy.pick(ctx)
             variant = route.variants[decision.primary.name]
             mirrors = decision.mirrors
-        target = variant.targets.next()
+        target = variant.targets.pick()
         forwarded = _forwarded_metadata(metadata)
         pair = None
         key, label = route.key, variant.name
         stats.enter(key, label)
+        upstream = target.upstream
+        upstream.inflight += 1  # the balancer's figure: calls outstanding per replica
         try:
-            await context.send_initial_metadata(variant.initial_metadata)
-            call = target.upstream.infer(
+            if announce:
+                await context.send_initial_metadata(variant.initial_metadata)
+            call = upstream.infer(
                 request + target.request_suffix,
                 timeout=self._timeout(context),
                 metadata=forwarded,
             )
             if mirrors:  # after the primary: a copy never goes out ahead of the client's call
                 pair = self.shadow.mirror(route, mirrors, request, forwarded)
-            response: bytes = await call
+            try:
+                response: bytes = await call
+            except grpc.aio.AioRpcError as exc:
+                other = _elsewhere(variant, target, exc)
+                if other is None:
+                    raise
+                response = await self._once_more(other, request, context, forwarded)
         except grpc.aio.AioRpcError as exc:
             settle(pair)
             code, details = _public_error(target, exc)
             stats.observe(key, label, PROTOCOL, grpc_code_to_http(code.name), self._since(start))
-            await abort(context, code, details)
+            raise InferFailed(code, details) from None
         except asyncio.CancelledError:  # client gone or its deadline passed: upstream cancelled
             settle(pair)
             remaining = context.time_remaining()
@@ -277,23 +300,40 @@ class GrpcFrontend:
             stats.observe(key, label, PROTOCOL, grpc_code_to_http(code_name), self._since(start))
             raise
         finally:
+            upstream.inflight -= 1
             stats.leave(key, label)
         elapsed = self._since(start)
         stats.observe(key, label, PROTOCOL, 200, elapsed)
         settle(pair, response, elapsed)
-        return response + variant.response_suffix
+        return response, variant
 
-    async def _refuse_shared_memory(self, route: str, request: bytes, context: Any) -> None:
-        """Abort INVALID_ARGUMENT when a parameter really names shared memory (the marker may
-        just be tensor data)."""
+    async def _once_more(
+        self, target: GrpcTarget, request: bytes, context: Any, forwarded: Any
+    ) -> bytes:
+        """The call again on another replica (the first attempt reached no model)."""
+        upstream = target.upstream
+        upstream.inflight += 1
+        try:
+            response: bytes = await upstream.infer(
+                request + target.request_suffix,
+                timeout=self._timeout(context),
+                metadata=forwarded,
+            )
+        finally:
+            upstream.inflight -= 1
+        return response
+
+    def _refuse_shared_memory(self, route: str, request: bytes) -> None:
+        """InferFailed (INVALID_ARGUMENT) when a parameter really names shared memory (the
+        marker may just be tensor data)."""
         try:
             keys = infer_parameter_keys(request)
         except WireError as exc:
             self.stats.count(route, "", PROTOCOL, 400)
-            await abort(context, StatusCode.INVALID_ARGUMENT, f"malformed request: {exc}")
+            raise _malformed(exc) from None
         if any(key.startswith(SHM_MARKER) for key in keys):
             self.stats.count(route, "", PROTOCOL, 400)
-            await abort(context, StatusCode.INVALID_ARGUMENT, SHM_REFUSED)
+            raise InferFailed(StatusCode.INVALID_ARGUMENT, SHM_REFUSED)
 
     async def _model_ready(self, request: bytes, context: Any) -> bytes:
         name, version = await _route_fields(request, context)
@@ -308,10 +348,14 @@ class GrpcFrontend:
         else:
             variant = _picked(route, metadata)
         await context.send_initial_metadata(variant.initial_metadata)
-        target = variant.targets.next()
+        target = variant.targets.pick()
         return await self._call(target, target.upstream.ready, request, context, metadata)
 
-    async def _model_metadata(self, request: bytes, context: Any) -> bytes:
+    async def _described(
+        self, request: bytes, context: Any
+    ) -> tuple[GrpcRoute, GrpcTarget, Metadata]:
+        """For a metadata or config call: the route, the replica that answers for the chosen
+        variant, the call's metadata (the variant already announced); an abort otherwise."""
         name, version = await _route_fields(request, context)
         metadata: Metadata = context.invocation_metadata() or ()
         route = self.routing.lookup(_workspace(metadata), name)
@@ -322,7 +366,10 @@ class GrpcFrontend:
         else:
             variant = _picked(route, metadata)
         await context.send_initial_metadata(variant.initial_metadata)
-        target = variant.targets.next()
+        return route, variant.targets.pick(), metadata
+
+    async def _model_metadata(self, request: bytes, context: Any) -> bytes:
+        route, target, metadata = await self._described(request, context)
         response = await self._call(target, target.upstream.metadata, request, context, metadata)
         try:
             # Triton's name and versions are internal: the public name and the route's
@@ -330,6 +377,19 @@ class GrpcFrontend:
             return drop_fields(response, _METADATA_NAME_VERSIONS) + route.metadata_suffix
         except WireError:
             await abort(context, StatusCode.INTERNAL, f"malformed metadata for {route.public!r}")
+
+    async def _model_config(self, request: bytes, context: Any) -> bytes:
+        """The variant's target's config (an ensemble's), cut down to the public interface."""
+        route, target, metadata = await self._described(request, context)
+        # A stub per call (a few µs): clients ask for a config once, before they infer.
+        stub = target.upstream.channel.unary_unary(f"/{SERVICE}/ModelConfig")
+        response = await self._call(target, stub, request, context, metadata)
+        try:
+            return public_grpc_config(response, route.public)
+        except WireError:
+            await abort(
+                context, StatusCode.INTERNAL, f"malformed model config for {route.public!r}"
+            )
 
     async def _call(
         self, target: GrpcTarget, stub: Any, request: bytes, context: Any, metadata: Metadata
@@ -366,12 +426,19 @@ async def abort(context: Any, code: grpc.StatusCode, details: str) -> NoReturn:
 async def _route_fields(request: bytes, context: Any) -> tuple[bytes, bytes]:
     """Model name and version of a request; aborts INVALID_ARGUMENT when malformed."""
     try:
+        return _name_version(request)
+    except InferFailed as exc:
+        await abort(context, exc.code, exc.details)
+
+
+def _name_version(request: bytes) -> tuple[bytes, bytes]:
+    try:
         name, version = scan_name_version(request)
     except WireError as exc:
-        await abort(context, StatusCode.INVALID_ARGUMENT, f"malformed request: {exc}")
+        raise _malformed(exc) from None
     if version and not VERSION_RE.fullmatch(version):
-        await abort(
-            context, StatusCode.INVALID_ARGUMENT, "invalid model version: use a positive integer"
+        raise InferFailed(
+            StatusCode.INVALID_ARGUMENT, "invalid model version: use a positive integer"
         )
     return name, version
 
@@ -380,12 +447,22 @@ async def _versioned(
     route: GrpcRoute, version: bytes, context: Any, stats: GatewayStats | None
 ) -> GrpcVariant:
     """The variant an explicit version names (weight 0 included); NOT_FOUND when not served."""
+    try:
+        return _version_of(route, version, stats)
+    except InferFailed as exc:
+        await abort(context, exc.code, exc.details)
+
+
+def _malformed(exc: WireError) -> InferFailed:
+    return InferFailed(StatusCode.INVALID_ARGUMENT, f"malformed request: {exc}")
+
+
+def _version_of(route: GrpcRoute, version: bytes, stats: GatewayStats | None) -> GrpcVariant:
     variant = route.by_version.get(version)
     if variant is None:
         if stats is not None:
             stats.count(route.key, "", PROTOCOL, 404)
-        await abort(
-            context,
+        raise InferFailed(
             StatusCode.NOT_FOUND,
             f"model {route.public!r} has no version {version.decode()} being served",
         )
@@ -440,6 +517,20 @@ def _forwarded_metadata(metadata: Metadata) -> tuple[tuple[str, str], ...] | Non
     return forwarded or None
 
 
+def _elsewhere(variant: GrpcVariant, target: GrpcTarget, exc: Any) -> GrpcTarget | None:
+    """Another replica for a call that reached no model: the channel could not connect
+    (the replica is ejected) or Triton there does not have the model loaded yet (the target is
+    skipped for a moment). None for any other failure: a model may have run the call."""
+    code, details = exc.code(), exc.details() or ""
+    if code == StatusCode.UNAVAILABLE and "failed to connect" in details.lower():
+        target.readiness.replica.eject(f"gRPC connect failed: {details[:120]}")
+    elif code == StatusCode.NOT_FOUND and model_not_loaded_message(details):
+        target.readiness.mark_unready()
+    else:
+        return None
+    return variant.targets.pick_other(target)
+
+
 def _public_error(target: GrpcTarget, exc: Any) -> tuple[grpc.StatusCode, str]:
     """Client mistakes become INVALID_ARGUMENT, server faults keep a server code; the message
     is sanitized and hides the internal model name and anything about our network."""
@@ -461,7 +552,7 @@ def _public_error(target: GrpcTarget, exc: Any) -> tuple[grpc.StatusCode, str]:
 def _refuse(method: str) -> Callable[[bytes, Any], Any]:
     message = (
         f"{method} is not available through the gateway: repository, shared-memory, trace, "
-        "logging, statistics and model-config APIs are reserved to the control plane"
+        "logging and statistics APIs are reserved to the control plane"
     )
 
     async def refuse(request: bytes, context: Any) -> bytes:

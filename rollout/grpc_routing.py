@@ -13,10 +13,11 @@ version as bytes), so a call decodes nothing.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import TypeVar
 
 import grpc
 
+from rollout.balance import Balancer, Readiness, Replica
 from rollout.grpc_wire import string_field, string_parameter
 from rollout.routing import (
     VARIANT_HEADER,
@@ -36,10 +37,11 @@ T = TypeVar("T")
 class GrpcUpstream:
     """One persistent HTTP/2 channel to a Triton gRPC endpoint and its bytes-level stubs."""
 
-    __slots__ = ("address", "channel", "infer", "metadata", "ready")
+    __slots__ = ("address", "channel", "infer", "inflight", "metadata", "ready")
 
     def __init__(self, host: str, port: int) -> None:
         self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.inflight = 0  # calls sent on this channel and not answered (for the balancer)
         self.channel = grpc.aio.insecure_channel(
             self.address,
             options=[
@@ -59,39 +61,29 @@ class GrpcUpstream:
         self.metadata = self.channel.unary_unary(f"/{SERVICE}/ModelMetadata")
 
 
-class RoundRobin(Generic[T]):
-    """The replicas of a variant in turn. Deliberately tiny: health-aware fleets (ejecting a
-    failing replica) replace this class, not the call sites."""
-
-    __slots__ = ("_next", "items")
-
-    def __init__(self, items: tuple[T, ...]) -> None:
-        self.items = items
-        self._next = 0
-
-    def next(self) -> T:
-        items = self.items
-        if len(items) == 1:
-            return items[0]
-        index = self._next
-        self._next = (index + 1) % len(items)
-        return items[index]
-
-
 class GrpcTarget:
     """One replica: its channel and the suffix that renames a request for its Triton model."""
 
-    __slots__ = ("internal", "public", "request_suffix", "upstream")
+    __slots__ = ("internal", "public", "readiness", "request_suffix", "upstream")
 
-    def __init__(self, public: str, target: Target, upstream: GrpcUpstream) -> None:
+    def __init__(
+        self, public: str, target: Target, upstream: GrpcUpstream, replica: Replica
+    ) -> None:
         self.public = public
         self.internal = target.model
         self.upstream = upstream
+        self.readiness = Readiness(replica)  # the Triton server is shared with the HTTP side
         # Field 2 is always appended: empty lets Triton's version policy choose, and it
         # overrides whatever version the client sent (that one named a pipeline version).
         self.request_suffix = string_field(1, target.model.encode()) + string_field(
             2, target.version.encode()
         )
+
+    def available(self) -> bool:
+        return self.readiness.available()
+
+    def outstanding(self) -> int:
+        return self.upstream.inflight
 
 
 class GrpcVariant:
@@ -102,7 +94,7 @@ class GrpcVariant:
     def __init__(self, public: str, variant: Variant, targets: tuple[GrpcTarget, ...]) -> None:
         self.variant = variant
         self.name = variant.name
-        self.targets = RoundRobin(targets)
+        self.targets = Balancer(targets)
         self.initial_metadata = ((VARIANT_HEADER, variant.name),)
         # ModelInferResponse: model_name = 1, model_version = 2, parameters = 4 (a map entry
         # appended overrides one of the same key that Triton might have written).
@@ -129,7 +121,12 @@ class GrpcRoute:
         "variants",
     )
 
-    def __init__(self, route: Route, upstream_for: Callable[[str, int], GrpcUpstream]) -> None:
+    def __init__(
+        self,
+        route: Route,
+        upstream_for: Callable[[str, int], GrpcUpstream],
+        replica_for: Callable[[str, int], Replica],
+    ) -> None:
         self.route = route
         self.key = route.key
         self.public = route.pipeline
@@ -139,7 +136,12 @@ class GrpcRoute:
         self.by_version: dict[bytes, GrpcVariant] = {}
         for variant in route.variants:
             targets = tuple(
-                GrpcTarget(route.pipeline, t, upstream_for(t.grpc_host, t.grpc_port))
+                GrpcTarget(
+                    route.pipeline,
+                    t,
+                    upstream_for(t.grpc_host, t.grpc_port),
+                    replica_for(t.host, t.port),
+                )
                 for t in variant.targets
             )
             compiled = GrpcVariant(route.pipeline, variant, targets)
@@ -164,14 +166,17 @@ class GrpcRouting:
     __slots__ = ("routes", "table")
 
     def __init__(
-        self, table: RoutingTable | None, upstream_for: Callable[[str, int], GrpcUpstream]
+        self,
+        table: RoutingTable | None,
+        upstream_for: Callable[[str, int], GrpcUpstream],
+        replica_for: Callable[[str, int], Replica] = Replica,
     ) -> None:
         self.table = table
         self.routes: dict[str, dict[bytes, GrpcRoute]] = {}
         if table is not None:
             for route in table.routes.values():
                 by_name = self.routes.setdefault(route.workspace, {})
-                by_name[route.pipeline.encode()] = GrpcRoute(route, upstream_for)
+                by_name[route.pipeline.encode()] = GrpcRoute(route, upstream_for, replica_for)
 
     def lookup(self, workspace: str, name: bytes) -> GrpcRoute | None:
         by_name = self.routes.get(workspace)

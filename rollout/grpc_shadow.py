@@ -130,7 +130,7 @@ class GrpcShadow:
         timeout: float,
         pair: ShadowPair | None,
     ) -> None:
-        target = variant.targets.next()
+        target = variant.targets.pick()
         start = self.loop.time()
         try:
             response: bytes = await target.upstream.infer(

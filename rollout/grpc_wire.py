@@ -274,3 +274,21 @@ def drop_fields(buf: bytes, numbers: frozenset[int]) -> bytes:
             keep = value_stop
     out += buf[keep:]
     return bytes(out)
+
+
+def bool_parameter(number: int, key: bytes, value: bool) -> bytes:
+    """One entry of the map<string, InferParameter> field `number`: key -> bool_param value
+    (proto3 omits false: False gives an entry whose parameter has no value set)."""
+    parameter = bool_field(_PARAM_BOOL, value)
+    return string_field(number, string_field(1, key) + string_field(2, parameter))
+
+
+def last_string(buf: bytes, number: int) -> bytes:
+    """Last value of the top-level length-delimited field `number` (b"" when absent), e.g. a
+    ModelInferRequest's id (field 3). WireError when malformed. Walks every field: for the
+    error path, not for routing (scan_name_version is the fast one)."""
+    value = b""
+    for field, start, stop in length_delimited(buf):
+        if field == number:
+            value = buf[start:stop]
+    return value

@@ -6,6 +6,10 @@ server metadata) or the ``lastmile-workspace`` header, else ``default``; a prefi
 that disagree are a 400. ``/versions/N`` selects the variant serving pipeline version N; without
 it the route's strategy picks (rollout.strategies), with a sticky key from the route's header or
 request parameter. Shadow copies go out after the primary (rollout.http_shadow).
+
+Per model: infer (POST), ready, metadata and config (GET, or HEAD: the GET's status and headers
+without a body, rollout.exchange). A config is the variant's target's (an ensemble), cut down to
+its public interface (rollout.public_config).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from rollout.body_guard import (
     unsupported_coding,
 )
 from rollout.exchange import (
+    CONFIG,
     INFER,
     INFERENCE_HEADER_LENGTH,
     META,
@@ -64,8 +69,8 @@ def dispatch(client: ClientConnection, req: Request) -> None:
     gw = client.gw
     if path not in (b"/v2/health/live", b"/v2/health/ready", b"/v2", b"/v2/"):
         client.error(404, "not found: the gateway serves inference, model metadata and health")
-    elif req.method != b"GET":
-        client.error(405, "method not allowed")
+    elif req.method != b"GET" and req.method != b"HEAD":
+        client.error(405, "method not allowed: use GET or HEAD")
     elif path == b"/v2/health/live":
         client.respond(200)
     elif path == b"/v2/health/ready":
@@ -92,11 +97,17 @@ def _handle_model(
         kind, method, suffix = INFER, b"POST", b"/infer"
     elif len(rest) == 1 and rest[0] == b"ready":
         kind, method, suffix = READY, b"GET", b"/ready"
+    elif len(rest) == 1 and rest[0] == b"config":
+        kind, method, suffix = CONFIG, b"GET", b"/config"
     else:
-        client.error(404, "not found: the gateway serves infer, ready and metadata per model")
+        client.error(
+            404, "not found: the gateway serves infer, ready, metadata and config per model"
+        )
         return
-    if req.method != method:
-        client.error(405, "method not allowed")
+    head_only = req.method == b"HEAD" and method == b"GET"
+    if req.method != method and not head_only:
+        allowed = "POST" if method == b"POST" else "GET or HEAD"
+        client.error(405, f"method not allowed: use {allowed}")
         return
     for hname, hvalue in req.captured:
         if hname == WORKSPACE_HEADER_BYTES and hvalue:  # an empty header is no header
@@ -126,7 +137,7 @@ def _handle_model(
             variant = route.variants[route.decide(key).primary.name]
         target = variant.pick()
         line = b"GET " + target.path + suffix + b" HTTP/1.1\r\n" + target.host_line + b"\r\n"
-        _submit(client, kind, route, variant, target, [line])
+        _submit(client, kind, route, variant, target, [line], head_only)
     elif req.coding:
         coding = content_coding(req.coding)
         if coding is None:
@@ -180,9 +191,12 @@ def _submit(
     variant: CompiledVariant,
     target: CompiledTarget,
     payload: list[bytes],
+    head_only: bool = False,
 ) -> Exchange:
     gw = client.gw
-    ex = client.ex = Exchange(client, kind, route, variant, target, payload, gw.loop.time())
+    start = gw.loop.time()
+    ex = Exchange(client, kind, route, variant, target, payload, start, head_only=head_only)
+    client.ex = ex
     if kind == INFER:
         gw.stats.enter(route.key, variant.name)
     target.pool.submit(ex)

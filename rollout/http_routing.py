@@ -4,8 +4,8 @@ and concatenations, never formatting or validation.
 
 A route is found by ``<workspace>/<pipeline>`` as bytes straight from the URL (and the
 ``lastmile-workspace`` header or ``/w/<workspace>`` prefix, rollout.proxy); its strategy picks a
-variant (rollout.strategies); the variant picks one of its targets round-robin (`RoundRobin`,
-the seam where health-based ejection will go).
+variant (rollout.strategies); the variant picks one of its replicas (rollout.balance: least
+outstanding requests over the replicas not ejected).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
+from rollout.balance import Balancer, Readiness
 from rollout.routing import (
     DEFAULT_WORKSPACE,
     VARIANT_HEADER,
@@ -34,11 +35,12 @@ NO_KEY = RequestContext()
 class CompiledTarget:
     """One Triton model behind one upstream: its pool and the request line bytes."""
 
-    __slots__ = ("host_line", "internal", "path", "pool", "triton_prefix", "upstream")
+    __slots__ = ("host_line", "internal", "path", "pool", "readiness", "triton_prefix", "upstream")
 
     def __init__(self, target: Target, pool: UpstreamPool) -> None:
         self.internal = target.model
         self.pool = pool
+        self.readiness = Readiness(pool.replica)
         self.upstream = (target.host, target.port)
         # The client's version (if any) chose the variant; Triton's versions of an ensemble are
         # internal, so the upstream path carries only the target's pinned version, if any.
@@ -48,28 +50,16 @@ class CompiledTarget:
         self.host_line = f"Host: {host}:{target.port}\r\n".encode()
         self.triton_prefix = triton_prefix(target.model)
 
+    def available(self) -> bool:
+        return self.readiness.available()
 
-class RoundRobin:
-    """Takes a variant's targets in turn. Small on purpose: fleets with health-based ejection
-    (a later issue) replace this class, nothing else."""
-
-    __slots__ = ("_next", "targets")
-
-    def __init__(self, targets: tuple[CompiledTarget, ...]) -> None:
-        self.targets = targets
-        self._next = 0
-
-    def pick(self) -> CompiledTarget:
-        targets = self.targets
-        if len(targets) == 1:
-            return targets[0]
-        index = self._next
-        self._next = (index + 1) % len(targets)
-        return targets[index]
+    def outstanding(self) -> int:
+        return self.pool.outstanding()
 
 
 class CompiledVariant:
-    """A variant with what its responses are stamped with (rollout.stamp)."""
+    """A variant with what its responses are stamped with (rollout.stamp), balanced over its
+    replicas (rollout.balance)."""
 
     __slots__ = ("header_line", "name", "stamp", "targets", "variant")
 
@@ -78,12 +68,15 @@ class CompiledVariant:
     ) -> None:
         self.variant = variant
         self.name = variant.name
-        self.targets = RoundRobin(targets)
+        self.targets = Balancer(targets)
         self.header_line = f"{VARIANT_HEADER}: {variant.name}\r\n".encode()
         self.stamp = VariantStamp(pipeline, variant.name, variant.version)
 
     def pick(self) -> CompiledTarget:
         return self.targets.pick()
+
+    def pick_other(self, tried: CompiledTarget) -> CompiledTarget | None:
+        return self.targets.pick_other(tried)
 
 
 class CompiledRoute:

@@ -163,6 +163,9 @@ class MirrorExchange:
     def on_upstream_failure(self) -> None:
         self._end("error")
 
+    def on_connect_failure(self) -> None:
+        self._end("error")  # a copy is never retried elsewhere: it would only add load
+
     def on_timeout(self) -> None:
         conn, self.conn = self.conn, None
         if conn is not None:

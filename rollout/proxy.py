@@ -280,7 +280,10 @@ class ClientConnection(asyncio.Protocol):
         return b"Connection: keep-alive\r\n" if req.http10 else b""
 
     def respond(self, status: int, body: bytes = b"") -> None:
-        self.write(simple_response(status, body, self.conn_header()))
+        """A local answer; to a HEAD only its head (the GET's Content-Length, no body)."""
+        req = self.cur
+        head_only = req is not None and req.method == b"HEAD"
+        self.write(simple_response(status, body, self.conn_header(), head_only=head_only))
         self.exchange_done()
 
     def error(self, status: int, message: str) -> None:

@@ -17,7 +17,12 @@ from typing import Any, Protocol
 
 import httptools
 
+from rollout.balance import Replica
+
 logger = logging.getLogger(__name__)
+
+# Errors that mean the server's kernel refused bytes we wrote: none reached the server.
+_REFUSED_WRITE = (ConnectionResetError, BrokenPipeError)
 
 
 class Exchange(Protocol):
@@ -33,6 +38,7 @@ class Exchange(Protocol):
     def on_response_body(self, body: bytes) -> None: ...
     def on_response_complete(self) -> None: ...
     def on_upstream_failure(self) -> None: ...
+    def on_connect_failure(self) -> None: ...
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -46,7 +52,6 @@ class UpstreamConnection(asyncio.Protocol):
         "parser",
         "pool",
         "reading_paused",
-        "reused",
         "transport",
     )
 
@@ -56,7 +61,6 @@ class UpstreamConnection(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.ex: Exchange | None = None
         self.got_bytes = False
-        self.reused = False
         self.closed = False
         self.reading_paused = False
         self.headers: list[tuple[bytes, bytes]] = []
@@ -83,11 +87,14 @@ class UpstreamConnection(asyncio.Protocol):
         if ex is None:
             return
         ex.conn = None
-        if self.reused and not self.got_bytes and not ex.retried:
-            # The pooled connection was closed by Triton (idle timeout, restart) before it read
-            # our request: nothing was processed, so sending it again is safe.
+        if not self.got_bytes and not ex.retried and isinstance(exc, _REFUSED_WRITE):
+            # A reset before any answer: the server's socket was closed with our request
+            # unread in it (a closed keep-alive connection, a killed server: a kernel answers
+            # unread data with RST), so no model saw it and sending it again is safe. A clean
+            # close after the request was read (the server died while a model ran) is not
+            # retried: that request may have been executed.
             ex.retried = True
-            self.pool.connect(ex)
+            self.pool.reconnect(ex)
         else:
             ex.on_upstream_failure()
 
@@ -107,7 +114,6 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         ex, self.ex = self.ex, None
-        self.reused = True
         if self.parser.should_keep_alive():
             self.pool.release(self)
         else:
@@ -156,11 +162,19 @@ class UpstreamPool:
     """Idle keep-alive connections to one host:port, with a cap and a FIFO of waiting requests."""
 
     def __init__(
-        self, host: str, port: int, *, max_connections: int, connect_timeout: float
+        self,
+        host: str,
+        port: int,
+        *,
+        max_connections: int,
+        connect_timeout: float,
+        replica: Replica | None = None,
     ) -> None:
         self.host = host
         self.port = port
         self.name = f"{host}:{port}"
+        # the Triton server behind this address: ejected when a connect fails (rollout.balance)
+        self.replica = replica if replica is not None else Replica(host, port)
         self.max_connections = max_connections
         self.connect_timeout = connect_timeout
         self.idle: list[UpstreamConnection] = []
@@ -181,6 +195,18 @@ class UpstreamPool:
             self.connect(ex)
         else:
             self.waiters.append(ex)
+
+    def outstanding(self) -> int:
+        """Requests sent here and not answered yet, and those waiting for a connection."""
+        return self.total - len(self.idle) + len(self.waiters)
+
+    def reconnect(self, ex: Exchange) -> None:
+        """Send `ex` again (it never reached a model): here on a fresh connection, or on
+        another replica when this one is ejected meanwhile."""
+        if not self.replica.up:
+            ex.on_connect_failure()
+        else:
+            self.connect(ex)
 
     def has_room(self) -> bool:
         """Whether a request submitted now would go out without waiting for a connection."""
@@ -203,7 +229,8 @@ class UpstreamPool:
         except (OSError, asyncio.TimeoutError) as exc:
             self.total -= 1
             logger.debug("connect to %s failed: %s", self.name, exc)
-            ex.on_upstream_failure()
+            self.replica.eject(f"connect failed: {exc or 'timed out'}")
+            ex.on_connect_failure()  # nothing reached a model: another replica may take it
             self._wake_waiter()
             return
         if ex.alive():

@@ -133,6 +133,19 @@ def _not_loaded(message: str) -> bool:
     return "unknown model" in message and " version " not in message
 
 
+def model_not_loaded_message(details: str) -> bool:
+    """A gRPC NOT_FOUND's details say the routed model is not loaded on that server."""
+    return _not_loaded(details)
+
+
+def model_not_loaded(status: int, body: bytes) -> bool:
+    """Triton's answer says the routed model is not loaded there: no model ran the request."""
+    if status != 404:
+        return False
+    message = _triton_message(body)
+    return message is not None and _not_loaded(message)
+
+
 def _unavailable(public: str) -> str:
     return f"{public!r} is not available right now (its model is being loaded); retry shortly"
 

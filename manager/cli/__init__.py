@@ -79,11 +79,21 @@ def _main(
 @app.command(context_settings=CONTEXT)
 def up(
     detach: bool = typer.Option(False, "--detach", "-d", help="Run in the background."),
+    replicas: int | None = typer.Option(
+        None,
+        "--replicas",
+        min=1,
+        max=16,
+        help="Embedded tritonservers to run as one pool (LASTMILE_TRITON_REPLICAS): each "
+        "serves every model, the gateway balances between them.",
+    ),
     as_json: JsonOpt = False,
 ) -> None:
-    """Start the embedded tritonserver, the gateway, the scraper and the management API."""
+    """Start the embedded tritonserver(s), the gateway, the scraper and the management API."""
     from manager import supervisor
 
+    if replicas is not None:  # the detached child reads it from the environment too
+        os.environ["LASTMILE_TRITON_REPLICAS"] = str(replicas)
     s = settings()
     # Everything the system writes under LASTMILE_HOME (store, models, logs, keys) is this
     # user's only: files 0600, folders 0700.
@@ -146,7 +156,15 @@ def status(as_json: JsonOpt = False) -> None:
     if "home" in info:
         rows.insert(0, ("home", info["home"]))
     rows += [
-        (f"triton {'(embedded)' if t['embedded'] else ''}", f"{t['http']} {_health(t)}")
+        (
+            f"triton {t.get('replica', 0)}{' (embedded)' if t['embedded'] else ''}",
+            f"{t['http']} {_health(t)}"
+            + (
+                f" serving {t['serving']}/{t['of']} pipelines"
+                if t.get("serving") is not None
+                else ""
+            ),
+        )
         for t in info["triton"]
     ]
     if "database" in info:

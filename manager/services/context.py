@@ -14,7 +14,7 @@ from sqlmodel import Session
 from manager.errors import Conflict
 from manager.repository.digests import DigestCache
 from manager.settings import Settings
-from manager.triton.runtime import TritonRuntime
+from manager.triton.fleet import TritonFleet
 
 
 @dataclass
@@ -23,7 +23,7 @@ class Platform:
 
     settings: Settings
     engine: Engine
-    triton: TritonRuntime | None = None
+    triton: TritonFleet | None = None  # the pool of Triton servers (one or more replicas)
     gateway_admin_url: str | None = None
     # The gateway's Prometheus endpoint: live per-variant figures for rollout gates.
     gateway_metrics_url: str | None = None

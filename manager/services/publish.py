@@ -26,7 +26,7 @@ from manager.repository.config import (
 from manager.repository.python_model import python_model_source
 from manager.repository.writer import RepositoryWriter
 from manager.services.context import Platform
-from manager.triton.client import TritonClient
+from manager.triton.fleet import FleetClient
 
 log = logging.getLogger(__name__)
 
@@ -254,7 +254,7 @@ def step_models(ws: str, spec: PipelineSpec, prefix: str | None = None) -> set[s
 
 def _load_models_then_dependents(
     platform: Platform,
-    client: TritonClient,
+    client: FleetClient,
     writer: RepositoryWriter,
     models: set[str],
     dependents: list[str],
@@ -267,7 +267,7 @@ def _load_models_then_dependents(
         _load(platform, client, writer, name)
 
 
-def _load(platform: Platform, client: TritonClient, writer: RepositoryWriter, name: str) -> None:
+def _load(platform: Platform, client: FleetClient, writer: RepositoryWriter, name: str) -> None:
     """Load one model; push config and files when Triton does not share our disk."""
     assert platform.triton is not None
     if platform.triton.shares_repository:

@@ -36,7 +36,7 @@ from manager.repository.writer import (
 )
 from manager.services import deployments, serving
 from manager.services.context import Platform
-from manager.triton.client import TritonClient
+from manager.triton.fleet import FleetClient
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +210,7 @@ def _inspect(writer: RepositoryWriter, name: str, digests: DigestCache) -> Publi
 
 
 @contextmanager
-def _client(platform: Platform, timeout_s: float) -> Iterator[TritonClient]:
+def _client(platform: Platform, timeout_s: float) -> Iterator[FleetClient]:
     assert platform.triton is not None
     with platform.triton.client(timeout_s) as client:
         yield client
@@ -242,7 +242,7 @@ def _observe(platform: Platform, writer: RepositoryWriter, desired: _Desired, ru
     return Seen(repository=repository, leftovers=writer.leftovers(), ready=ready, routes=routes)
 
 
-def _ready_versions(client: TritonClient, wants: Wants) -> dict[str, frozenset[int]]:
+def _ready_versions(client: FleetClient, wants: Wants) -> dict[str, frozenset[int]]:
     """Ready versions per model, from Triton's repository index; a wanted model the index does
     not list (pushed to a Triton without our disk) is asked about version by version."""
     ready: dict[str, set[int]] = defaultdict(set)
@@ -357,7 +357,7 @@ def _carry_out(
     cleaned: set[str] = set()
     if any(a.kind == "remove" and a.target.startswith(".") for a in actions):
         cleaned = set(writer.remove_leftovers())
-    client: TritonClient | None = None
+    client: FleetClient | None = None
     if platform.triton is not None and seen.ready is not None:
         client = platform.triton.client(platform.settings.triton_load_timeout_s)
     try:
@@ -375,7 +375,10 @@ def _carry_out(
                 elif action.kind == "load":
                     _check_loadable(desired.wants.models[name], failed)
                     assert client is not None
-                    deployments._load(platform, client, writer, name)
+                    # restores what a replica lacks (it restarted, or a load failed there):
+                    # the replicas that serve every wanted version keep serving, unreloaded
+                    versions = desired.wants.models[name].versions
+                    deployments._load(platform, client.only_where_missing(versions), writer, name)
                 elif action.kind == "remove" and version is not None:
                     if name in failed or name in removed_versions:
                         continue

@@ -142,9 +142,12 @@ def served_pipelines(session: Any) -> list[ServedPipeline]:
 
 
 def endpoints(platform: Platform) -> list[Endpoint]:
+    """Every replica of the Triton pool: each variant's targets, balanced by the gateway."""
     assert platform.triton is not None
-    e = platform.triton.endpoints
-    return [Endpoint(http_url=e.http_url, grpc=e.grpc_url)]
+    return [
+        Endpoint(http_url=r.endpoints.http_url, grpc=r.endpoints.grpc_url)
+        for r in platform.triton.replicas
+    ]
 
 
 def build_table(platform: Platform, session: Any, generation: int = 0) -> RoutingTable:

@@ -58,6 +58,8 @@ class RunningSystem:
             "triton_stub_memory_bytes",
             "health_failures_before_restart",
             "rollout_tick_s",
+            "triton_replicas",
+            "triton_port_stride",
         ):
             env[f"LASTMILE_{field.upper()}"] = str(getattr(s, field))
         return env

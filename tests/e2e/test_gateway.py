@@ -182,7 +182,6 @@ def test_unknown_models_and_triton_admin_apis_are_refused(gateway: GatewayProc) 
         client.get_model_repository_index,
         lambda: client.load_model(V1),
         lambda: client.unload_model(V1),
-        lambda: client.get_model_config("diamond"),
         lambda: client.get_inference_statistics("diamond"),
         client.get_system_shared_memory_status,
         lambda: client.unregister_system_shared_memory(),

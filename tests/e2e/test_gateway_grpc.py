@@ -426,7 +426,6 @@ def test_repository_and_other_restricted_calls_are_refused(
         client.get_model_repository_index,
         lambda: client.unload_model(V1),
         lambda: client.load_model("diamond"),
-        lambda: client.get_model_config("diamond"),
         lambda: client.get_inference_statistics("diamond"),
         client.get_system_shared_memory_status,
         client.get_log_settings,

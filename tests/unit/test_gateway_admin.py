@@ -11,6 +11,7 @@ import uvloop
 from prometheus_client.parser import text_string_to_metric_families
 
 from rollout.gateway import Gateway, GatewayConfig, serve
+from rollout.public_config import EXTENSIONS
 from tests.unit.test_gateway_harness import (
     FakeTriton,
     Message,
@@ -39,7 +40,7 @@ def test_live_is_local_and_ready_needs_a_table_and_ready_upstreams() -> None:
             assert (await http(port, "GET", "/v2/health/ready")).status == 503
             meta = (await http(port, "GET", "/v2")).json()
             assert meta["name"] == "lastmile-gateway"
-            assert meta["extensions"] == ["binary_tensor_data"]
+            assert meta["extensions"] == list(EXTENSIONS)
             await put_routes(gw, routes(d=[{"url": fake.url, "model": "m"}]))
             await wait_ready(gw)
             assert (await http(port, "GET", "/v2/health/ready")).status == 200

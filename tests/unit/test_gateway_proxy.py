@@ -248,7 +248,6 @@ def test_unknown_model_and_triton_admin_endpoints_are_never_proxied() -> None:
             ("GET", "/v2/trace/setting"),
             ("GET", "/v2/models/stats"),
             ("GET", "/v2/models/diamond/stats"),
-            ("GET", "/v2/models/diamond/config"),
             ("POST", "/v2/models/diamond/generate"),
             ("GET", "/v2/models/default.diamond.v1"),
             ("GET", "/v2/models/diamond/../../repository/index"),

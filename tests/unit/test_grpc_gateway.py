@@ -19,11 +19,10 @@ import numpy as np
 import pytest
 import tritonclient.grpc.aio as aioclient
 import uvloop
-from tritonclient.grpc import service_pb2 as pb
-from tritonclient.grpc import service_pb2_grpc as pb_grpc
 from tritonclient.utils import InferenceServerException
 
 from rollout.gateway import GatewayConfig
+from rollout.public_config import EXTENSIONS
 from rollout.routing import Route
 from tests.conftest import free_ports
 from tests.unit.grpc_harness import (
@@ -181,7 +180,7 @@ def test_ready_per_version_and_server_calls() -> None:
                 assert await client.is_server_live() and await client.is_server_ready()
                 server = await client.get_server_metadata()
                 assert server.name == "lastmile-gateway"
-                assert list(server.extensions) == ["binary_tensor_data"]
+                assert list(server.extensions) == list(EXTENSIONS)
 
     uvloop.run(main())
 
@@ -269,7 +268,6 @@ def test_restricted_apis_are_refused_and_never_proxied() -> None:
                 client.get_model_repository_index(),
                 client.load_model("default.d.v3"),
                 client.unload_model("d"),
-                client.get_model_config("d"),
                 client.get_inference_statistics("d"),
                 client.get_system_shared_memory_status(),
                 client.unregister_cuda_shared_memory(),
@@ -281,12 +279,6 @@ def test_restricted_apis_are_refused_and_never_proxied() -> None:
                 assert info.value.status() == "StatusCode.PERMISSION_DENIED"
                 assert "not available through the gateway" in info.value.message()
             async with grpc.aio.insecure_channel(f"127.0.0.1:{gw.port}") as channel:
-                stub = pb_grpc.GRPCInferenceServiceStub(channel)
-                call = stub.ModelStreamInfer(iter([pb.ModelInferRequest(model_name="d")]))
-                with pytest.raises(grpc.aio.AioRpcError) as err:
-                    async for _ in call:
-                        pass
-                assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
                 other = channel.unary_unary("/grpc.reflection.v1.ServerReflection/Info")
                 with pytest.raises(grpc.aio.AioRpcError) as err:
                     await other(b"")

@@ -14,6 +14,7 @@ from manager import store
 from manager.errors import RuntimeSetupError
 from manager.services.context import Platform
 from manager.settings import Settings
+from manager.triton.fleet import TritonFleet
 from manager.triton.runtime import TritonEndpoints
 from manager.watchdog import Watchdog
 
@@ -65,14 +66,14 @@ class StandInSystem:
         engine = store.make_engine(settings.db_url)
         store.init_db(engine)
         self.platform = Platform(settings=settings, engine=engine)
-        self.platform.triton = triton  # type: ignore[assignment]
+        self.platform.triton = TritonFleet([triton])  # type: ignore[list-item]
         self.gateway = None
         self.owns_triton = True
         self.states = 0
 
-    def start_triton(self) -> None:
+    def start_triton(self, index: int = 0) -> None:
         assert self.platform.triton is not None
-        self.platform.triton.start()
+        self.platform.triton.replicas[index].start()
 
     def write_state(self) -> None:
         self.states += 1
@@ -110,7 +111,7 @@ def test_failed_restarts_back_off_then_recover(tmp_path: Path) -> None:
     assert kinds == ["failed", "failed", "failed", "restart"]
     restart = _events(system)[-1][1]
     assert restart == "triton restarted after: tritonserver was killed by SIGKILL"
-    assert dog.status()["triton"]["state"] == "up"
+    assert dog.status()["triton"][0]["state"] == "up"
 
 
 def test_an_external_triton_is_reported_not_restarted(tmp_path: Path) -> None:

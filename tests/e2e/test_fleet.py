@@ -1,0 +1,219 @@
+"""A pool of Triton replicas (`lastmile up --replicas 2`): a deploy reaches every replica, the
+gateway spreads the load over them, and a replica killed under load costs only the requests it
+was running, then comes back and takes load again.
+
+Real processes throughout: two embedded tritonservers, the gateway, the API. Per-replica
+figures come from each Triton's own metrics (`nv_inference_request_success` of the ensemble).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from manager import supervisor
+from tests.conftest import make_settings
+from tests.e2e.conftest import RunningSystem
+from tests.onnx_models import make_affine
+
+pytestmark = pytest.mark.e2e
+
+BODY = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
+STRIDE = 3
+
+
+def _port_block(size: int) -> int:
+    """A first port such that `size` consecutive ports from it are free now."""
+    for _ in range(200):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            base = int(probe.getsockname()[1])
+        if base + size >= 65535:
+            continue
+        taken = False
+        for port in range(base, base + size):
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    taken = True
+                    break
+        if not taken:
+            return base
+    raise RuntimeError("no block of free ports")
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSystem]:
+    base = _port_block(2 * STRIDE)
+    settings = make_settings(
+        tmp_path_factory.mktemp("fleet") / "home",
+        triton_replicas=2,
+        triton_port_stride=STRIDE,
+        triton_http_port=base,
+        triton_grpc_port=base + 1,
+        triton_metrics_port=base + 2,
+        supervise_interval_s=0.5,
+        reconcile_interval_s=0,
+    )
+    running = RunningSystem(settings=settings, state={})
+    running.state = json.loads(running.cli("up", "--detach", "--json").stdout)
+    try:
+        models = tmp_path_factory.mktemp("models")
+        running.cli("model", "import", str(make_affine(models / "a.onnx", 4, 2.0, 0.0)),
+                    "--name", "pooled")  # fmt: skip
+        running.cli("pipeline", "create", "pooled", "--step", "pooled")
+        running.cli("deploy", "pooled", "--version", "1")
+        yield running
+    finally:
+        supervisor.stop(settings)
+
+
+def _status(system: RunningSystem) -> dict[str, Any]:
+    return dict(json.loads(system.cli("status", "--json").stdout))
+
+
+def _served(system: RunningSystem, metrics_url: str) -> float:
+    """Successful inferences of the pipeline's ensemble on one replica, from its metrics."""
+    text = httpx.get(f"{metrics_url}/metrics", timeout=5).text
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("nv_inference_request_success{") and re.search(
+            r'model="default\.pooled\.v1"', line
+        ):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+class Load:
+    """HTTP clients sending to the pipeline through the gateway; every status counted."""
+
+    def __init__(self, system: RunningSystem, clients: int, grpc_clients: int = 0) -> None:
+        self.url = f"http://{system.gateway}/v2/models/pooled/infer"
+        self.grpc_address = system.state["gateway"]["grpc"]
+        self.codes: Counter[int | str] = Counter()
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._run) for _ in range(clients)]
+        self.threads += [threading.Thread(target=self._run_grpc) for _ in range(grpc_clients)]
+
+    def _run_grpc(self) -> None:
+        import numpy as np
+        import tritonclient.grpc as grpcclient
+        from tritonclient.utils import InferenceServerException
+
+        client = grpcclient.InferenceServerClient(self.grpc_address)
+        tensor = grpcclient.InferInput("x", [1, 4], "FP32")
+        tensor.set_data_from_numpy(np.asarray([[1, 2, 3, 4]], np.float32))
+        deadline = time.monotonic() + 240
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            try:
+                client.infer("pooled", [tensor], client_timeout=30)
+                code: int | str = 200
+            except InferenceServerException as exc:
+                code = f"grpc {exc.status()}"
+            with self.lock:
+                self.codes[code] += 1
+        client.close()
+
+    def _run(self) -> None:
+        deadline = time.monotonic() + 240  # bounded even if the test body fails
+        with httpx.Client(timeout=30) as http:
+            while not self.stop.is_set() and time.monotonic() < deadline:
+                try:
+                    code: int | str = http.post(self.url, json=BODY).status_code
+                except httpx.HTTPError as exc:
+                    code = type(exc).__name__
+                with self.lock:
+                    self.codes[code] += 1
+
+    def total(self) -> int:
+        with self.lock:
+            return sum(self.codes.values())
+
+    def __enter__(self) -> Load:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=60)
+
+
+def _wait(what: str, check: Any, timeout_s: float = 90.0) -> float:
+    start = time.monotonic()
+    while time.monotonic() - start < timeout_s:
+        if check():
+            return time.monotonic() - start
+        time.sleep(0.1)
+    raise AssertionError(f"{what}: not within {timeout_s:.0f} s")
+
+
+def test_a_deploy_reaches_every_replica_and_the_gateway_spreads_the_load(
+    fleet: RunningSystem,
+) -> None:
+    replicas = _status(fleet)["triton"]
+    assert [r["replica"] for r in replicas] == [0, 1]
+    assert all(r["state"] == "up" and (r["serving"], r["of"]) == (1, 1) for r in replicas)
+    before = [_served(fleet, r["metrics"]) for r in replicas]
+    sent = 400
+    with httpx.Client(timeout=30) as http:
+        url = f"http://{fleet.gateway}/v2/models/pooled/infer"
+        barrier = threading.Barrier(4)
+        codes: Counter[int] = Counter()
+        lock = threading.Lock()
+
+        def client() -> None:
+            barrier.wait()
+            for _ in range(sent // 4):
+                code = http.post(url, json=BODY).status_code
+                with lock:
+                    codes[code] += 1
+
+        threads = [threading.Thread(target=client) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert codes == {200: sent}
+    shares = [_served(fleet, r["metrics"]) - b for r, b in zip(replicas, before, strict=True)]
+    assert sum(shares) == sent
+    assert min(shares) >= 0.25 * sent, shares  # least outstanding spreads concurrent clients
+
+
+def test_a_replica_killed_under_load_costs_only_its_running_requests_and_comes_back(
+    fleet: RunningSystem,
+) -> None:
+    clients, grpc_clients = 4, 2
+    victim = _status(fleet)["triton"][1]
+    with Load(fleet, clients, grpc_clients) as load:
+        _wait("load under way", lambda: load.total() >= 50)
+        os.kill(victim["pid"], signal.SIGKILL)
+        took = _wait(
+            "the killed replica restarted and serving again",
+            lambda: (
+                (r := _status(fleet)["triton"][1])["restarts"] == victim["restarts"] + 1
+                and r["state"] == "up"
+                and r.get("serving") == 1
+            ),
+        )
+        back = _served(fleet, victim["metrics"])
+        _wait("the restarted replica takes load", lambda: _served(fleet, victim["metrics"]) > back)
+    failed = {code: n for code, n in load.codes.items() if code != 200}
+    print(f"\nreplica SIGKILL under load: back in {took:.1f} s; answers {dict(load.codes)}")
+    # at most what was in flight on the killed replica: one request per client
+    assert sum(failed.values()) <= clients + grpc_clients, failed
+    assert load.codes[200] > 0

@@ -1,0 +1,90 @@
+"""How a Triton pool answers the control plane (manager.triton.fleet): calls fan out to the
+live replicas, a model is ready only where every live replica has it, a restore loads only
+where it is missing. The replicas are stand-ins (the fan-out is the subject; the real servers
+are in tests/e2e/test_fleet.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from manager.errors import TritonUnavailable
+from manager.triton.fleet import FleetClient
+
+
+class StandIn:
+    def __init__(self, url: str, ready: dict[str, str], live: bool = True) -> None:
+        self.url = url
+        self.ready = ready  # name -> state
+        self.live = live
+        self.loads: list[str] = []
+
+    def is_live(self) -> bool:
+        return self.live
+
+    def is_model_ready(self, name: str, version: str = "") -> bool:
+        return self.ready.get(name) == "READY"
+
+    def repository_index(self) -> list[dict[str, Any]]:
+        return [{"name": n, "version": "1", "state": s} for n, s in self.ready.items()]
+
+    def load_model(self, name: str, **_: Any) -> None:
+        self.loads.append(name)
+        self.ready[name] = "READY"
+
+    def close(self) -> None:
+        return None
+
+
+def _fleet(*replicas: StandIn) -> FleetClient:
+    return FleetClient(list(replicas))  # type: ignore[arg-type]
+
+
+def test_ready_only_where_every_live_replica_serves_it() -> None:
+    a = StandIn("a", {"m": "READY", "e": "READY"})
+    b = StandIn("b", {"m": "READY", "e": "LOADING"})
+    c = StandIn("c", {}, live=False)  # down: not asked
+    fleet = _fleet(a, b, c)
+    index = {e["name"]: e["state"] for e in fleet.repository_index()}
+    assert index == {"m": "READY", "e": "LOADING"}
+    assert fleet.is_model_ready("m") and not fleet.is_model_ready("e")
+    b.ready.pop("m")
+    assert {e["name"]: e["state"] for e in fleet.repository_index()}["m"] == "UNAVAILABLE"
+
+
+def test_a_load_goes_to_every_live_replica_and_a_restore_only_where_missing() -> None:
+    a, b = StandIn("a", {"m": "READY"}), StandIn("b", {})
+    fleet = _fleet(a, b)
+    fleet.only_where_missing([1]).load_model("m")
+    assert (a.loads, b.loads) == ([], ["m"])
+    fleet.load_model("m")  # a deploy: every replica, changed or not
+    assert (a.loads, b.loads) == (["m"], ["m", "m"])
+
+
+def test_no_live_replica_is_unavailable() -> None:
+    fleet = _fleet(StandIn("a", {}, live=False), StandIn("b", {}, live=False))
+    with pytest.raises(TritonUnavailable, match="no Triton server answers"):
+        fleet.load_model("m")
+    assert not fleet.is_model_ready("m")
+
+
+def test_the_pool_is_made_from_the_settings(tmp_path: Any) -> None:
+    from manager.errors import RuntimeSetupError
+    from manager.settings import Settings
+    from manager.system import make_runtime
+
+    s = Settings(home=tmp_path, triton_replicas=3, triton_http_port=9100, triton_port_stride=10)
+    ports = [r.endpoints.http_url for r in make_runtime(s).replicas]
+    assert ports == ["http://127.0.0.1:9100", "http://127.0.0.1:9110", "http://127.0.0.1:9120"]
+    external = Settings(home=tmp_path, triton_url="http://10.0.0.5:8000, http://10.0.0.6:8000")
+    grpc = [r.endpoints.grpc_url for r in make_runtime(external).replicas]
+    assert grpc == ["10.0.0.5:8001", "10.0.0.6:8001"]
+    twice = Settings(home=tmp_path, triton_url="http://a:8000,http://a:8000")
+    with pytest.raises(RuntimeSetupError, match="lists a server twice"):
+        make_runtime(twice)
+    metrics = Settings(
+        home=tmp_path, triton_url="http://a:8000,http://b:8000", triton_metrics_url="http://a:8002"
+    )
+    with pytest.raises(RuntimeSetupError, match="names one server"):
+        make_runtime(metrics)
