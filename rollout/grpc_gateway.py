@@ -37,7 +37,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -46,6 +45,21 @@ import grpc
 from rollout.balance import Replica
 from rollout.body_guard import SHM_MARKER, SHM_REFUSED
 from rollout.gateway_metrics import UNKNOWN_ROUTE, GatewayStats, grpc_code_to_http
+from rollout.grpc_requests import (
+    NO_KEY,
+    PROTOCOL,
+    Metadata,
+    elsewhere,
+    forwarded_metadata,
+    malformed,
+    name_version,
+    picked,
+    public_error,
+    sticky_context,
+    unknown_model,
+    version_of,
+    workspace_of,
+)
 from rollout.grpc_routing import (
     SERVICE,
     GrpcRoute,
@@ -62,14 +76,10 @@ from rollout.grpc_wire import (
     drop_fields,
     infer_parameter_keys,
     mentions,
-    request_parameter,
-    scan_name_version,
     string_field,
 )
 from rollout.public_config import EXTENSIONS, public_grpc_config
-from rollout.routing import DEFAULT_WORKSPACE, WORKSPACE_HEADER, Mirror, RoutingTable
-from rollout.strategies import RequestContext
-from rollout.upstream_errors import grpc_failure, model_not_loaded_message
+from rollout.routing import Mirror, RoutingTable
 
 if TYPE_CHECKING:
     from rollout.shadow_diff import DiffCollector
@@ -92,15 +102,10 @@ REFUSED_METHODS = (
     "LogSettings",
 )
 # Client metadata worth passing to Triton (tracing, request ids); the rest stays here.
-FORWARD_METADATA = frozenset({"traceparent", "tracestate", "x-request-id"})
 StatusCode = grpc.StatusCode
 
 
 # The version a client may name: the pipeline version, a positive integer.
-VERSION_RE = re.compile(rb"[1-9][0-9]{0,17}")
-PROTOCOL = "grpc"
-NO_KEY = RequestContext()
-Metadata = tuple[tuple[str, Any], ...]
 
 
 class GrpcFrontend:
@@ -243,27 +248,29 @@ class GrpcFrontend:
         `announce`: send the variant as initial metadata (one per call, not per message)."""
         start = self.loop.time()
         stats = self.stats
-        name, version = _name_version(request)
-        route = self.routing.lookup(_workspace(metadata), name)
+        name, version = name_version(request)
+        route = self.routing.lookup(workspace_of(metadata), name)
         if route is None:
             stats.count(UNKNOWN_ROUTE, "", PROTOCOL, 404)
-            raise InferFailed(StatusCode.NOT_FOUND, _unknown(name))
+            raise InferFailed(StatusCode.NOT_FOUND, unknown_model(name))
         if mentions(request, SHM_MARKER):
             self._refuse_shared_memory(route.key, request)
         mirrors: tuple[Mirror, ...] = ()
         if version:
-            variant = _version_of(route, version, stats)
+            variant = version_of(route, version, stats)
         else:
             try:
-                ctx = _context(route, metadata, request) if route.strategy.needs_key else NO_KEY
+                ctx = (
+                    sticky_context(route, metadata, request) if route.strategy.needs_key else NO_KEY
+                )
             except WireError as exc:
                 stats.count(route.key, "", PROTOCOL, 400)
-                raise _malformed(exc) from None
+                raise malformed(exc) from None
             decision = route.strategy.pick(ctx)
             variant = route.variants[decision.primary.name]
             mirrors = decision.mirrors
         target = variant.targets.pick()
-        forwarded = _forwarded_metadata(metadata)
+        forwarded = forwarded_metadata(metadata)
         pair = None
         key, label = route.key, variant.name
         stats.enter(key, label)
@@ -282,13 +289,13 @@ class GrpcFrontend:
             try:
                 response: bytes = await call
             except grpc.aio.AioRpcError as exc:
-                other = _elsewhere(variant, target, exc)
+                other = elsewhere(variant, target, exc)
                 if other is None:
                     raise
                 response = await self._once_more(other, request, context, forwarded)
         except grpc.aio.AioRpcError as exc:
             settle(pair)
-            code, details = _public_error(target, exc)
+            code, details = public_error(target, exc)
             stats.observe(key, label, PROTOCOL, grpc_code_to_http(code.name), self._since(start))
             raise InferFailed(code, details) from None
         except asyncio.CancelledError:  # client gone or its deadline passed: upstream cancelled
@@ -330,7 +337,7 @@ class GrpcFrontend:
             keys = infer_parameter_keys(request)
         except WireError as exc:
             self.stats.count(route, "", PROTOCOL, 400)
-            raise _malformed(exc) from None
+            raise malformed(exc) from None
         if any(key.startswith(SHM_MARKER) for key in keys):
             self.stats.count(route, "", PROTOCOL, 400)
             raise InferFailed(StatusCode.INVALID_ARGUMENT, SHM_REFUSED)
@@ -338,7 +345,7 @@ class GrpcFrontend:
     async def _model_ready(self, request: bytes, context: Any) -> bytes:
         name, version = await _route_fields(request, context)
         metadata: Metadata = context.invocation_metadata() or ()
-        route = self.routing.lookup(_workspace(metadata), name)
+        route = self.routing.lookup(workspace_of(metadata), name)
         if route is None:  # as Triton does: an unknown model (or version) is simply not ready
             return bool_field(1, False)
         if version:
@@ -346,7 +353,7 @@ class GrpcFrontend:
             if variant is None:
                 return bool_field(1, False)
         else:
-            variant = _picked(route, metadata)
+            variant = picked(route, metadata)
         await context.send_initial_metadata(variant.initial_metadata)
         target = variant.targets.pick()
         return await self._call(target, target.upstream.ready, request, context, metadata)
@@ -358,13 +365,13 @@ class GrpcFrontend:
         variant, the call's metadata (the variant already announced); an abort otherwise."""
         name, version = await _route_fields(request, context)
         metadata: Metadata = context.invocation_metadata() or ()
-        route = self.routing.lookup(_workspace(metadata), name)
+        route = self.routing.lookup(workspace_of(metadata), name)
         if route is None:
-            await abort(context, StatusCode.NOT_FOUND, _unknown(name))
+            await abort(context, StatusCode.NOT_FOUND, unknown_model(name))
         if version:
             variant = await _versioned(route, version, context, None)
         else:
-            variant = _picked(route, metadata)
+            variant = picked(route, metadata)
         await context.send_initial_metadata(variant.initial_metadata)
         return route, variant.targets.pick(), metadata
 
@@ -398,10 +405,10 @@ class GrpcFrontend:
             response: bytes = await stub(
                 request + target.request_suffix,
                 timeout=self._timeout(context),
-                metadata=_forwarded_metadata(metadata),
+                metadata=forwarded_metadata(metadata),
             )
         except grpc.aio.AioRpcError as exc:
-            await abort(context, *_public_error(target, exc))
+            await abort(context, *public_error(target, exc))
         return response
 
     def _timeout(self, context: Any) -> float:
@@ -426,21 +433,9 @@ async def abort(context: Any, code: grpc.StatusCode, details: str) -> NoReturn:
 async def _route_fields(request: bytes, context: Any) -> tuple[bytes, bytes]:
     """Model name and version of a request; aborts INVALID_ARGUMENT when malformed."""
     try:
-        return _name_version(request)
+        return name_version(request)
     except InferFailed as exc:
         await abort(context, exc.code, exc.details)
-
-
-def _name_version(request: bytes) -> tuple[bytes, bytes]:
-    try:
-        name, version = scan_name_version(request)
-    except WireError as exc:
-        raise _malformed(exc) from None
-    if version and not VERSION_RE.fullmatch(version):
-        raise InferFailed(
-            StatusCode.INVALID_ARGUMENT, "invalid model version: use a positive integer"
-        )
-    return name, version
 
 
 async def _versioned(
@@ -448,105 +443,9 @@ async def _versioned(
 ) -> GrpcVariant:
     """The variant an explicit version names (weight 0 included); NOT_FOUND when not served."""
     try:
-        return _version_of(route, version, stats)
+        return version_of(route, version, stats)
     except InferFailed as exc:
         await abort(context, exc.code, exc.details)
-
-
-def _malformed(exc: WireError) -> InferFailed:
-    return InferFailed(StatusCode.INVALID_ARGUMENT, f"malformed request: {exc}")
-
-
-def _version_of(route: GrpcRoute, version: bytes, stats: GatewayStats | None) -> GrpcVariant:
-    variant = route.by_version.get(version)
-    if variant is None:
-        if stats is not None:
-            stats.count(route.key, "", PROTOCOL, 404)
-        raise InferFailed(
-            StatusCode.NOT_FOUND,
-            f"model {route.public!r} has no version {version.decode()} being served",
-        )
-    return variant
-
-
-def _workspace(metadata: Metadata) -> str:
-    for key, value in metadata:
-        if key == WORKSPACE_HEADER:
-            return str(value)
-    return DEFAULT_WORKSPACE
-
-
-def _header_key(route: GrpcRoute, metadata: Metadata) -> bytes | None:
-    header = route.sticky_header
-    for key, value in metadata:
-        if key == header:
-            return value.encode() if isinstance(value, str) else bytes(value)
-    return None
-
-
-def _context(route: GrpcRoute, metadata: Metadata, request: bytes) -> RequestContext:
-    """The sticky key: the route's metadata header, else its request parameter (the request
-    is scanned only then). WireError when the parameters are malformed."""
-    key = _header_key(route, metadata)
-    if key is None and route.sticky_parameter is not None:
-        key = request_parameter(request, route.sticky_parameter)
-    return NO_KEY if key is None else RequestContext(key)
-
-
-def _picked(route: GrpcRoute, metadata: Metadata) -> GrpcVariant:
-    """The variant a metadata/ready call without a version is about: the strategy's pick, keyed
-    by the sticky header when there is one (these requests carry no parameters)."""
-    ctx = NO_KEY
-    if route.strategy.needs_key:
-        key = _header_key(route, metadata)
-        ctx = NO_KEY if key is None else RequestContext(key)
-    return route.variants[route.strategy.pick(ctx).primary.name]
-
-
-def _unknown(name: bytes) -> str:
-    """Names no other route: which pipelines exist (here or in other workspaces) is not the
-    caller's business."""
-    shown = name[:64].decode("utf-8", "replace")
-    return f"unknown model {shown!r}"
-
-
-def _forwarded_metadata(metadata: Metadata) -> tuple[tuple[str, str], ...] | None:
-    if not metadata:
-        return None
-    forwarded = tuple((k, v) for k, v in metadata if k in FORWARD_METADATA)
-    return forwarded or None
-
-
-def _elsewhere(variant: GrpcVariant, target: GrpcTarget, exc: Any) -> GrpcTarget | None:
-    """Another replica for a call that reached no model: the channel could not connect
-    (the replica is ejected) or Triton there does not have the model loaded yet (the target is
-    skipped for a moment). None for any other failure: a model may have run the call."""
-    code, details = exc.code(), exc.details() or ""
-    if code == StatusCode.UNAVAILABLE and "failed to connect" in details.lower():
-        target.readiness.replica.eject(f"gRPC connect failed: {details[:120]}")
-    elif code == StatusCode.NOT_FOUND and model_not_loaded_message(details):
-        target.readiness.mark_unready()
-    else:
-        return None
-    return variant.targets.pick_other(target)
-
-
-def _public_error(target: GrpcTarget, exc: Any) -> tuple[grpc.StatusCode, str]:
-    """Client mistakes become INVALID_ARGUMENT, server faults keep a server code; the message
-    is sanitized and hides the internal model name and anything about our network."""
-    code = exc.code()
-    details = exc.details() or ""
-    public = target.public
-    if target.internal not in details:
-        if code == StatusCode.UNAVAILABLE:  # from the channel (refused, reset), not Triton
-            return code, f"no upstream available for {public!r}"
-        if code == StatusCode.DEADLINE_EXCEEDED:
-            return code, f"upstream timed out for {public!r}"
-        if code == StatusCode.CANCELLED:
-            return code, f"request for {public!r} was cancelled"
-    details = details.replace(target.upstream.address, "upstream")
-    name, message = grpc_failure(code.name, details, internal=target.internal, public=public)
-    return StatusCode[name], message
 
 
 def _refuse(method: str) -> Callable[[bytes, Any], Any]:

@@ -68,9 +68,11 @@ def dispatch(client: ClientConnection, req: Request) -> None:
         return
     gw = client.gw
     if path not in (b"/v2/health/live", b"/v2/health/ready", b"/v2", b"/v2/"):
-        client.error(404, "not found: the gateway serves inference, model metadata and health")
+        client.error(
+            404, "not found: the gateway serves inference, model metadata and config, and health"
+        )
     elif req.method != b"GET" and req.method != b"HEAD":
-        client.error(405, "method not allowed: use GET or HEAD")
+        client.not_allowed(b"GET, HEAD")
     elif path == b"/v2/health/live":
         client.respond(200)
     elif path == b"/v2/health/ready":
@@ -106,8 +108,7 @@ def _handle_model(
         return
     head_only = req.method == b"HEAD" and method == b"GET"
     if req.method != method and not head_only:
-        allowed = "POST" if method == b"POST" else "GET or HEAD"
-        client.error(405, f"method not allowed: use {allowed}")
+        client.not_allowed(b"POST" if method == b"POST" else b"GET, HEAD")
         return
     for hname, hvalue in req.captured:
         if hname == WORKSPACE_HEADER_BYTES and hvalue:  # an empty header is no header

@@ -279,15 +279,23 @@ class ClientConnection(asyncio.Protocol):
             return CLOSE_HEADER
         return b"Connection: keep-alive\r\n" if req.http10 else b""
 
-    def respond(self, status: int, body: bytes = b"") -> None:
-        """A local answer; to a HEAD only its head (the GET's Content-Length, no body)."""
+    def respond(self, status: int, body: bytes = b"", extra: bytes = b"") -> None:
+        """A local answer (`extra`: more header lines, each ending in CRLF); to a HEAD only
+        its head (the GET's Content-Length, no body)."""
         req = self.cur
         head_only = req is not None and req.method == b"HEAD"
-        self.write(simple_response(status, body, self.conn_header(), head_only=head_only))
+        self.write(simple_response(status, body, self.conn_header(), extra, head_only=head_only))
         self.exchange_done()
 
     def error(self, status: int, message: str) -> None:
         self.respond(status, json_error(message))
+
+    def not_allowed(self, allowed: bytes) -> None:
+        """405 with the Allow header RFC 9110 asks for (`allowed`: e.g. b"GET, HEAD")."""
+        text = allowed.decode().replace(", ", " or ")
+        self.respond(
+            405, json_error(f"method not allowed: use {text}"), b"Allow: " + allowed + b"\r\n"
+        )
 
     def exchange_done(self) -> None:
         self.busy = False

@@ -16,6 +16,7 @@ from manager.services import serving
 from manager.services.context import Platform
 from manager.settings import Settings
 from manager.system import GatewayProcess
+from manager.triton.fleet import TritonFleet
 from manager.triton.runtime import ExternalTriton
 from tests.conftest import make_settings
 
@@ -47,7 +48,7 @@ def test_push_routes_needs_the_token_and_steps_over_a_newer_generation(
     engine = store.make_engine(settings.db_url)
     store.init_db(engine)
     platform = Platform(settings=settings, engine=engine)
-    platform.triton = ExternalTriton(f"http://127.0.0.1:{settings.triton_http_port}")
+    platform.triton = TritonFleet([ExternalTriton(f"http://127.0.0.1:{settings.triton_http_port}")])
     platform.gateway_admin_url = process.admin_url
     try:
         platform.gateway_admin_token = "not-the-token"

@@ -259,8 +259,11 @@ def test_unknown_model_and_triton_admin_endpoints_are_never_proxied() -> None:
             assert resp.status == 404, (method, path)
             assert "error" in resp.json()
         assert [r for r in fake.requests if r.path != "/v2/health/ready"] == []
-        assert (await client.request("GET", "/v2/models/diamond/infer")).status == 405
-        assert (await client.request("POST", "/v2/models/diamond", b"{}")).status == 405
+        wrong = await client.request("GET", "/v2/models/diamond/infer")
+        assert (wrong.status, wrong.headers["allow"]) == (405, "POST")
+        wrong = await client.request("POST", "/v2/models/diamond", b"{}")
+        assert (wrong.status, wrong.headers["allow"]) == (405, "GET, HEAD")
+        assert wrong.json() == {"error": "method not allowed: use GET or HEAD"}
         resp = await client.request("GET", "/v2/models/diamond/versions/01")
         assert resp.status == 400
         await client.close()
