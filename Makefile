@@ -53,11 +53,13 @@ bench: install
 	$(PY) loadtests/bench_repository.py
 	$(PY) loadtests/bench_converters.py
 
-# Faults under load (SIGKILL Triton / the gateway, a gzip bomb): recovery times and answers.
+# Faults under load (SIGKILL Triton / the gateway, a gzip bomb): recovery times and answers;
+# rollouts and a replica kill under locust load (loadtests/scenarios.py, one line each).
 loadtest: bench
 	$(PY) loadtests/fault_recovery.py
 	$(PY) loadtests/bench_swaps.py
 	$(PY) loadtests/bench_shadow.py
+	$(PY) loadtests/scenarios.py
 
 clean:
 	rm -rf $(VENV) .lastmile .mypy_cache .ruff_cache .pytest_cache

@@ -186,3 +186,19 @@ class TritonPythonModel:
 def python_model_source() -> str:
     """The text of ``model.py``; the same for every model (it reads its config at load)."""
     return MODEL_PY
+
+
+# Triton's Python-backend stub runs an isolated interpreter (``sys.flags.isolated``: it ignores
+# PYTHONDONTWRITEBYTECODE and every other PYTHON* variable), so its first import of ``model.py``
+# writes ``__pycache__/model.cpython-3X.pyc`` into the version folder while the model loads.
+# Triton keeps the newest modification time of a model's folder tree from when it loaded it;
+# the next load of anything that uses the model (the ensemble loaded right after it) finds the
+# folder newer, and Triton loads the model a second time (a second stub start-up, measured in
+# every deploy). An empty *file* of that name keeps the folder as it was published: CPython
+# cannot create the cache folder and silently does not write bytecode.
+BYTECODE_CACHE_BLOCKER = "__pycache__"
+
+
+def bytecode_cache_blocker() -> dict[str, bytes]:
+    """The file to publish beside ``model.py`` so that loading never changes its folder."""
+    return {BYTECODE_CACHE_BLOCKER: b""}

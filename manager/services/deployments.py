@@ -292,9 +292,11 @@ def _retire_locked(platform: Platform, workspace: str, ensembles: list[str]) -> 
         live = served_specs(session, workspace_id=ws.id)
         served = {d.ensemble for d, _ in live}
         writer = RepositoryWriter(platform.settings.repository_dir)
+        composing: set[str] = set()  # the models the retired ensembles chained
         for ensemble in ensembles:
             if ensemble in served:
                 continue  # went live again meanwhile: a late retire never undoes it
+            composing |= _composing_models(writer, ensemble)
             try:
                 client.unload_model(ensemble)
             except LastmileError as exc:
@@ -302,8 +304,12 @@ def _retire_locked(platform: Platform, workspace: str, ensembles: list[str]) -> 
             writer.remove_model(ensemble)
         needed = collect_models(session, ws, [s for _, s in live], [d.prefix for d, _ in live])
         retired = tuple(f"{e}." for e in ensembles if e not in served)
-        for name in writer.list_models():  # private copies of a retired version's steps
-            if retired and name.startswith(retired) and name not in needed:
+        for name in writer.list_models():
+            # private copies of a retired version's steps, and shared models that only the
+            # retired versions used (blue/green promoted a green copy over them): unloaded once
+            # drained, not left loaded until the next reconciliation
+            mine = bool(retired) and name.startswith(retired)
+            if (mine or name in composing) and name not in needed:
                 try:
                     client.unload_model(name)
                 except LastmileError as exc:
@@ -327,6 +333,15 @@ def _retire_locked(platform: Platform, workspace: str, ensembles: list[str]) -> 
             return
         for item in shrunk_needed.values():
             writer.remove_versions(item.triton_name, set(item.files))
+
+
+def _composing_models(writer: RepositoryWriter, ensemble: str) -> set[str]:
+    """The models an ensemble in the repository chains (none if it is not there)."""
+    try:
+        config = writer.read_config(ensemble)
+    except LastmileError:
+        return set()
+    return {step.model_name for step in config.ensemble_scheduling.step}
 
 
 def deployment_info(session: Any, deployment: store.Deployment) -> dict[str, Any]:

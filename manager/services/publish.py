@@ -23,7 +23,7 @@ from manager.repository.config import (
     ensemble_config,
     model_config,
 )
-from manager.repository.python_model import python_model_source
+from manager.repository.python_model import bytecode_cache_blocker, python_model_source
 from manager.repository.writer import RepositoryWriter
 from manager.services.context import Platform
 from manager.triton.fleet import FleetClient
@@ -99,6 +99,17 @@ def version_extras(config: Any, versions: set[int]) -> dict[int, dict[str, bytes
     return {v: {PYTHON_MODEL_FILENAME: model_py} for v in versions}
 
 
+def published_extras(config: Any, versions: set[int]) -> dict[int, dict[str, bytes]] | None:
+    """``version_extras`` and, beside a Python-backend ``model.py``, the file that stops the
+    stub from writing bytecode into the version folder (which would make Triton load the model
+    a second time: ``python_model.BYTECODE_CACHE_BLOCKER``). Not part of ``version_extras``:
+    a version's content (its digests, what reconcile compares) leaves bytecode caches out."""
+    extras = version_extras(config, versions)
+    if extras is None:
+        return None
+    return {v: {**files, **bytecode_cache_blocker()} for v, files in extras.items()}
+
+
 def _write_model(writer: RepositoryWriter, item: _Needed, config: Any, versions: set[int]) -> None:
     # The store is the source of truth: a published version whose files were damaged (deleted,
     # truncated) is replaced by the stored file, once that file is checked against its content
@@ -107,7 +118,7 @@ def _write_model(writer: RepositoryWriter, item: _Needed, config: Any, versions:
         item.triton_name,
         config,
         {v: item.files[v] for v in versions},
-        extra_files=version_extras(config, versions),
+        extra_files=published_extras(config, versions),
         repair=True,
         expected_sha256={v: item.digests[v] for v in versions if v in item.digests},
     )

@@ -36,6 +36,7 @@ from manager.repository.writer import (
 )
 from manager.services import deployments, serving
 from manager.services.context import Platform
+from manager.services.publish import published_extras
 from manager.triton.fleet import FleetClient
 
 log = logging.getLogger(__name__)
@@ -422,7 +423,7 @@ def _rewrite(writer: RepositoryWriter, desired: _Desired, seen: Seen, name: str)
         name,
         config,
         dict(item.files),
-        extra_files=deployments.version_extras(config, versions),
+        extra_files=published_extras(config, versions),  # with the bytecode blocker
         repair=True,
         expected_sha256=item.digests,
     )

@@ -47,6 +47,7 @@ class TritonClient:
         metrics_url: str | None = None,
         timeout_s: float = 30.0,
         control_headers: dict[str, str] | None = None,
+        grpc_url: str | None = None,
     ):
         self.url = url if "://" in url else f"http://{url}"
         self.metrics_url = metrics_url
@@ -60,9 +61,28 @@ class TritonClient:
             network_timeout=timeout_s,
             concurrency=1,
         )
+        # Loads go over gRPC when the server's gRPC address is known (and its restricted
+        # protocols take the same header, as ``--grpc-restricted-protocol`` names it): Triton's
+        # HTTP frontend runs a load on the worker thread that received it, and every other HTTP
+        # connection that thread serves (the gateway's keep-alive connections included) waits
+        # for the whole load (measured: HTTP inference max = the load's 1.5-1.8 s); its gRPC
+        # frontend runs a load on a thread of its own and inference on both protocols goes on
+        # (max as in steady state). loadtests/bench_swaps.py shows it through the gateway.
+        self.grpc_url = grpc_url
+        self._grpc: Any = None
 
     def close(self) -> None:
         self._client.close()
+        if self._grpc is not None:
+            self._grpc.close()
+            self._grpc = None
+
+    def _grpc_client(self) -> Any:
+        if self._grpc is None:
+            import tritonclient.grpc as triton_grpc
+
+            self._grpc = triton_grpc.InferenceServerClient(_host_port(str(self.grpc_url)))
+        return self._grpc
 
     def __enter__(self) -> TritonClient:
         return self
@@ -112,6 +132,9 @@ class TritonClient:
 
             config_json = json_format.MessageToJson(config, preserving_proto_field_name=True)
         override = {f"file:{path}": data for path, data in (files or {}).items()} or None
+        if self.grpc_url:
+            self._load_over_grpc(name, config_json, override)
+            return
         try:
             self._client.load_model(
                 name, headers=self.control_headers, config=config_json, files=override
@@ -123,6 +146,31 @@ class TritonClient:
             ) from exc
         except Exception as exc:
             raise TritonUnavailable(f"Triton at {self.url} is unreachable: {exc}") from exc
+
+    def _load_over_grpc(
+        self, name: str, config_json: str | None, files: dict[str, bytes] | None
+    ) -> None:
+        # gRPC metadata carries a restricted protocol's header under this prefix
+        headers = {f"triton-grpc-protocol-{k}": v for k, v in self.control_headers.items()}
+        try:
+            self._grpc_client().load_model(
+                name,
+                headers=headers,
+                config=config_json,
+                files=files,
+                client_timeout=self.timeout_s,
+            )
+        except InferenceServerException as exc:
+            status = str(exc.status() or "")
+            refused = "restricted" in (exc.message() or "")
+            if not refused and status in ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED"):
+                raise TritonUnavailable(
+                    f"Triton at {self.grpc_url} is unreachable: {exc.message()}"
+                ) from exc
+            raise TritonError(
+                f"Triton could not load model {name!r}: {exc.message()}",
+                hint="the Triton log has the details",
+            ) from exc
 
     def unload_model(self, name: str, *, unload_dependents: bool = False) -> None:
         try:
