@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test check lint format unit e2e bench loadtest clean system-deps
+.PHONY: install demo test check lint format unit e2e bench bench-deps loadtest clean system-deps
 
 # Debian libraries the embedded tritonserver needs (its Python backend links libpython3.X).
 system-deps:
@@ -46,10 +46,23 @@ unit: install
 test: check
 	$(PY) -m pytest -q
 
+# What the gateway benchmark compares against and loads with: Debian's nginx (a plain reverse
+# proxy, HTTP and grpc_pass; the benchmark runs its own instance, on systemd hosts Debian also
+# enables nginx.service on port 80: `systemctl disable --now nginx` if unwanted) and wrk (HTTP
+# load). Without them the benchmark still runs (direct vs gateway, asyncio driver).
+bench-deps:
+	@if ! command -v wrk >/dev/null || ! { command -v nginx || test -x /usr/sbin/nginx; } >/dev/null; \
+	then \
+	  echo "installing nginx-light and wrk (Debian) for loadtests/bench_gateway.py"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  { $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq nginx-light wrk >/dev/null; } \
+	    || echo "could not install nginx-light/wrk: the gateway benchmark runs with less"; \
+	fi
+
 # Benchmarks print side-by-side ratios measured in one run (never timed unit tests).
-bench: install
+# bench_gateway.py: direct Triton vs gateway vs nginx, HTTP JSON/binary and gRPC, canary, shadow.
+bench: install bench-deps
 	$(PY) loadtests/bench_gateway.py
-	$(PY) loadtests/bench_gateway_grpc.py
 	$(PY) loadtests/bench_repository.py
 	$(PY) loadtests/bench_converters.py
 

@@ -82,6 +82,30 @@ def write_scale_model(
         )
 
 
+# A Python-backend model for large tensors: y = factor * x, FP32 [-1, width], no batching
+# (a [64, 1024] request is one tensor, not 64 requests for the batcher).
+_WIDE_CONFIG = """\
+name: "{name}"
+backend: "python"
+max_batch_size: 0
+input [ {{ name: "x" data_type: TYPE_FP32 dims: [ -1, {width} ] }} ]
+output [ {{ name: "y" data_type: TYPE_FP32 dims: [ -1, {width} ] }} ]
+instance_group [ {{ count: {instances} kind: KIND_CPU }} ]
+"""
+
+
+def write_wide_model(
+    repo: Path, name: str, *, width: int = 1024, factor: float = 2.0, instances: int = 1
+) -> None:
+    """Write a Python-backend model `name` computing y = factor * x on FP32 [rows, `width`]."""
+    model_dir = repo / name
+    (model_dir / "1").mkdir(parents=True, exist_ok=True)
+    (model_dir / "config.pbtxt").write_text(
+        _WIDE_CONFIG.format(name=name, width=width, instances=instances)
+    )
+    (model_dir / "1" / "model.py").write_text(_MODEL_PY.format(factor=repr(float(factor))))
+
+
 def free_ports(n: int) -> list[int]:
     """`n` distinct ports the kernel just handed out on loopback (small race, fine here)."""
     socks, ports = [], []
