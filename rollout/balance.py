@@ -26,24 +26,21 @@ logger = logging.getLogger(__name__)
 class Replica:
     """One Triton server, keyed by its HTTP address."""
 
-    __slots__ = ("name", "reason", "up")
+    __slots__ = ("name", "up")
 
     def __init__(self, host: str, port: int) -> None:
         self.name = f"{host}:{port}"
         self.up = True
-        self.reason = ""
 
     def eject(self, reason: str) -> None:
         if self.up:
             logger.warning("replica %s ejected: %s", self.name, reason)
         self.up = False
-        self.reason = reason
 
     def admit(self) -> None:
         if not self.up:
             logger.info("replica %s admitted again", self.name)
         self.up = True
-        self.reason = ""
 
 
 class Balanced(Protocol):

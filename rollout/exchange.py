@@ -242,10 +242,8 @@ class Exchange:
         if other is None:
             return False
         self.target.readiness.mark_unready()
-        self.rerouted = True
-        self.target = other
         self.status, self.headers, self.chunks = 0, [], []
-        other.pool.submit(self)
+        self._reroute(other)
         return True
 
     def on_connect_failure(self) -> None:
@@ -255,6 +253,10 @@ class Exchange:
         if other is None or not self.alive():
             self.on_upstream_failure()
             return
+        self._reroute(other)
+
+    def _reroute(self, other: CompiledTarget) -> None:
+        """Send the request (which reached no model) to `other`, another replica; only once."""
         self.rerouted = True
         self.target = other
         other.pool.submit(self)

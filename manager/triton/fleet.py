@@ -171,16 +171,6 @@ class FleetClient:
                 entry["reason"] = "not loaded on every Triton server"
         return list(merged.values())
 
-    def per_replica_ready(self, names: Sequence[str]) -> list[dict[str, Any]]:
-        """For ``lastmile status``: each replica's URL, whether it is live, and which of
-        ``names`` it serves."""
-        out = []
-        for client in self.clients:
-            live = client.is_live()
-            ready = [n for n in names if live and client.is_model_ready(n)]
-            out.append({"url": client.url, "live": live, "ready": ready})
-        return out
-
     def model_metadata(self, name: str, version: str = "") -> dict[str, Any]:
         return self._live()[0].model_metadata(name, version)
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,16 @@ class RunningSystem:
     @property
     def gateway(self) -> str:
         return str(self.state["gateway"]["http"]).removeprefix("http://")
+
+
+def wait_until(what: str, check: Callable[[], bool], timeout_s: float) -> float:
+    """Poll ``check`` until it holds; the seconds it took (AssertionError past ``timeout_s``)."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout_s:
+        if check():
+            return time.monotonic() - start
+        time.sleep(0.05)
+    raise AssertionError(f"{what}: not within {timeout_s:.0f} s")
 
 
 @pytest.fixture(scope="module")

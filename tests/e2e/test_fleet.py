@@ -24,7 +24,7 @@ import pytest
 
 from manager import supervisor
 from tests.conftest import make_settings
-from tests.e2e.conftest import RunningSystem
+from tests.e2e.conftest import RunningSystem, wait_until
 from tests.onnx_models import make_affine
 
 pytestmark = pytest.mark.e2e
@@ -153,15 +153,6 @@ class Load:
             t.join(timeout=60)
 
 
-def _wait(what: str, check: Any, timeout_s: float = 90.0) -> float:
-    start = time.monotonic()
-    while time.monotonic() - start < timeout_s:
-        if check():
-            return time.monotonic() - start
-        time.sleep(0.1)
-    raise AssertionError(f"{what}: not within {timeout_s:.0f} s")
-
-
 def test_a_deploy_reaches_every_replica_and_the_gateway_spreads_the_load(
     fleet: RunningSystem,
 ) -> None:
@@ -200,18 +191,23 @@ def test_a_replica_killed_under_load_costs_only_its_running_requests_and_comes_b
     clients, grpc_clients = 4, 2
     victim = _status(fleet)["triton"][1]
     with Load(fleet, clients, grpc_clients) as load:
-        _wait("load under way", lambda: load.total() >= 50)
+        wait_until("load under way", lambda: load.total() >= 50, timeout_s=90)
         os.kill(victim["pid"], signal.SIGKILL)
-        took = _wait(
+        took = wait_until(
             "the killed replica restarted and serving again",
             lambda: (
                 (r := _status(fleet)["triton"][1])["restarts"] == victim["restarts"] + 1
                 and r["state"] == "up"
                 and r.get("serving") == 1
             ),
+            timeout_s=90,
         )
         back = _served(fleet, victim["metrics"])
-        _wait("the restarted replica takes load", lambda: _served(fleet, victim["metrics"]) > back)
+        wait_until(
+            "the restarted replica takes load",
+            lambda: _served(fleet, victim["metrics"]) > back,
+            timeout_s=90,
+        )
     failed = {code: n for code, n in load.codes.items() if code != 200}
     print(f"\nreplica SIGKILL under load: back in {took:.1f} s; answers {dict(load.codes)}")
     # at most what was in flight on the killed replica: one request per client

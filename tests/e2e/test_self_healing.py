@@ -29,7 +29,7 @@ from manager.procs import group_members
 from manager.sdk import Lastmile
 from manager.triton.client import TritonClient
 from tests.conftest import make_settings
-from tests.e2e.conftest import RunningSystem
+from tests.e2e.conftest import RunningSystem, wait_until
 from tests.onnx_models import expected_affine, make_affine, make_expand_to_shape
 
 pytestmark = pytest.mark.e2e
@@ -66,13 +66,7 @@ def _owner(running: RunningSystem) -> Lastmile:
 
 
 def _wait(what: str, check: Callable[[], bool], timeout_s: float = RECOVERY_BOUND_S) -> float:
-    """Poll ``check`` until it holds; the seconds it took."""
-    start = time.monotonic()
-    while time.monotonic() - start < timeout_s:
-        if check():
-            return time.monotonic() - start
-        time.sleep(0.05)
-    raise AssertionError(f"{what}: not within {timeout_s:.0f} s")
+    return wait_until(what, check, timeout_s)
 
 
 def _infer_ok(gateway: str, pipeline: str) -> bool:
