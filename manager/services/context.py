@@ -56,11 +56,16 @@ class Platform:
             with self._busy_lock:
                 self._busy.discard(key)
 
-    def served_state(self, info: dict[str, Any]) -> dict[str, Any]:
+    def served_state(
+        self, info: dict[str, Any], unserved: dict[str, str] | None = None
+    ) -> dict[str, Any]:
         """A deployment's info with the truth of the moment: a live deployment that is not
-        actually served (Triton down, model not loaded, gateway down) is ``unavailable``."""
+        actually served (Triton down, model not loaded, gateway down) is ``unavailable``.
+        ``unserved``: what ``self.unserved()`` answered, asked once for a whole listing."""
         if info.get("state") == "live":
-            reason = self.unserved().get(info.get("ensemble", ""))
+            if unserved is None:
+                unserved = self.unserved()
+            reason = unserved.get(info.get("ensemble", ""))
             if reason:
                 return {**info, "state": "unavailable", "error": reason}
         return info

@@ -368,8 +368,8 @@ def list_deployments(
 ) -> list[dict[str, Any]]:
     """Deployments of the given workspaces (all when None)."""
     with platform.session() as session:
-        infos = [
-            platform.served_state(deployment_info(session, d))
-            for d in store.list_deployments(session)
-        ]
+        infos = [deployment_info(session, d) for d in store.list_deployments(session)]
+    # asked once (a store query and each Triton replica's index), not once per deployment
+    unserved = platform.unserved() if any(i["state"] == "live" for i in infos) else {}
+    infos = [platform.served_state(info, unserved) for info in infos]
     return [d for d in infos if workspaces is None or d["workspace"] in workspaces]
