@@ -63,6 +63,7 @@ bench-deps:
 # bench_gateway.py: direct Triton vs gateway vs nginx, HTTP JSON/binary and gRPC, canary, shadow.
 bench: install bench-deps
 	$(PY) loadtests/bench_gateway.py
+	$(PY) loadtests/bench_grpc_designs.py
 	$(PY) loadtests/bench_repository.py
 	$(PY) loadtests/bench_converters.py
 

@@ -45,6 +45,7 @@ import grpc
 from rollout.balance import Replica
 from rollout.body_guard import SHM_MARKER, SHM_REFUSED
 from rollout.gateway_metrics import UNKNOWN_ROUTE, GatewayStats, grpc_code_to_http
+from rollout.grpc_relay import GrpcRelay
 from rollout.grpc_requests import (
     NO_KEY,
     PROTOCOL,
@@ -145,38 +146,50 @@ class GrpcFrontend:
             + b"".join(string_field(3, extension.encode()) for extension in EXTENSIONS)
         )
         self.server: Any = None
+        self.relay: GrpcRelay | None = None
         self.port = 0  # bound by start()
         self._closing: set[asyncio.Task[None]] = set()
 
     # -- lifecycle --------------------------------------------------------------------------
     async def start(self, host: str, port: int) -> int:
-        """Bind host:port and serve; returns the bound port. OSError when it cannot bind."""
+        """Bind host:port and serve; returns the bound port. OSError when it cannot bind.
+
+        The port is the HTTP/2 relay's (rollout.grpc_relay); this grpc.aio server listens on
+        a loopback port of its own and answers what the relay hands over."""
         server = grpc.aio.server(
             options=[
-                ("grpc.so_reuseport", 0),  # a taken port must fail, not be shared silently
+                ("grpc.so_reuseport", 0),
                 ("grpc.max_receive_message_length", self.max_message_bytes),
                 ("grpc.max_send_message_length", -1),
             ]
         )
         server.add_generic_rpc_handlers((self._handler(),))
-        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        try:
-            bound = server.add_insecure_port(address)
-        except RuntimeError as exc:
-            raise OSError(f"cannot listen for gRPC on {address}: {exc}") from None
-        if not bound:  # older grpcio report failure as port 0
-            raise OSError(f"cannot listen for gRPC on {address}")
+        inner = server.add_insecure_port("127.0.0.1:0")
+        if not inner:
+            raise OSError("cannot listen for gRPC on a loopback port")
         await server.start()
         self.server = server
-        self.port = int(bound)
+        relay = GrpcRelay(self, self.max_message_bytes)
+        try:
+            self.port = await relay.start(host, port, int(inner))
+        except OSError as exc:
+            await server.stop(0)
+            self.server = None
+            raise OSError(f"cannot listen for gRPC on {host}:{port}: {exc}") from None
+        self.relay = relay
         return self.port
 
     async def stop(self, grace: float) -> None:
         """Refuse new RPCs, let in-flight ones finish within `grace`, then close the channels
         (mirror copies still in flight are abandoned)."""
+        if self.relay is not None:
+            await self.relay.stop(grace)
         if self.server is not None:
             await self.server.stop(grace)
             self.server = None
+        if self.relay is not None:
+            self.relay.close_upstreams()
+            self.relay = None
         await self.shadow.stop()
         for upstream in self.upstreams.values():
             await upstream.channel.close()
@@ -190,9 +203,10 @@ class GrpcFrontend:
         self.routing = GrpcRouting(table, self._upstream_for, self.replica_for)
         wanted = table.grpc_upstreams() if table is not None else set()
         for key in [k for k in self.upstreams if k not in wanted]:
-            task = self.loop.create_task(
-                self.upstreams.pop(key).channel.close(self.upstream_timeout)
-            )
+            gone = self.upstreams.pop(key)
+            if self.relay is not None:
+                self.relay.forget(gone)
+            task = self.loop.create_task(gone.channel.close(self.upstream_timeout))
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
 

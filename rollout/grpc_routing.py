@@ -13,7 +13,7 @@ version as bytes), so a call decodes nothing.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 
@@ -37,9 +37,21 @@ T = TypeVar("T")
 class GrpcUpstream:
     """One persistent HTTP/2 channel to a Triton gRPC endpoint and its bytes-level stubs."""
 
-    __slots__ = ("address", "channel", "infer", "inflight", "metadata", "ready")
+    __slots__ = (
+        "address",
+        "channel",
+        "host",
+        "infer",
+        "inflight",
+        "metadata",
+        "pool",
+        "port",
+        "ready",
+    )
 
     def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.pool: Any = None  # the relay's HTTP/2 connections to it (rollout.grpc_relay)
         self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self.inflight = 0  # calls sent on this channel and not answered (for the balancer)
         self.channel = grpc.aio.insecure_channel(

@@ -1,0 +1,533 @@
+"""The gateway's public gRPC port: an HTTP/2 relay with a fast path for ModelInfer.
+
+grpc.aio costs ~550-600 µs of CPU per proxied call on the 2-core dev box — more than Triton
+spends on the model — whatever the tuning (generic handlers, uvloop, a sync server with a thread
+pool: loadtests/bench_gateway.py's docstring has the figures). So the public port speaks HTTP/2
+itself (rollout.h2_conn) and handles the call that matters, unary ModelInfer, at the frame
+level: it reads the whole request, routes it exactly as the grpc.aio frontend would (same
+routing table, strategies, balancer, statistics), appends the rename suffix, sends it on a
+multiplexed HTTP/2 connection to the chosen Triton, and stamps Triton's answer on the way back
+(public name, pipeline version, `lastmile_variant` appended; `lastmile-variant` initial
+metadata). ~115 µs per call.
+
+Everything else — every other method, streams, compressed or malformed messages, shadow routes,
+unknown models, shared-memory parameters, versions not served, and a ModelInfer whose upstream
+said the call reached no model (not loaded there, or the replica refused the connection) — is
+relayed stream for stream to the grpc.aio frontend (rollout.grpc_gateway) listening on a
+loopback port, which answers exactly as before. A fast-path call is only handed over before it
+reached a model, so nothing runs twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING, Any
+
+from grpc import StatusCode
+
+from rollout.body_guard import SHM_MARKER
+from rollout.gateway_metrics import grpc_code_to_http
+from rollout.grpc_requests import (
+    FORWARD_METADATA,
+    NO_KEY,
+    PROTOCOL,
+    VERSION_RE,
+    elsewhere,
+    public_error,
+    sticky_context,
+    workspace_of,
+)
+from rollout.grpc_routing import SERVICE, GrpcTarget, GrpcUpstream, GrpcVariant
+from rollout.grpc_wire import WireError, mentions, scan_name_version
+from rollout.h2_conn import Flusher, H2Conn, Headers, Stream
+from rollout.h2_wire import (
+    CANCEL,
+    INTERNAL_ERROR,
+    REFUSED_STREAM,
+    format_timeout,
+    parse_timeout,
+    percent_decode,
+    percent_encode,
+)
+from rollout.routing import VARIANT_HEADER
+
+if TYPE_CHECKING:
+    from rollout.grpc_gateway import GrpcFrontend
+
+logger = logging.getLogger(__name__)
+
+INFER_PATH = f"/{SERVICE}/ModelInfer".encode()
+_VARIANT_HEADER = VARIANT_HEADER.encode()
+_FORWARD = frozenset(name.encode() for name in FORWARD_METADATA)
+_CODES = {code.value[0]: code for code in StatusCode}
+_GRPC_RESERVED = frozenset(
+    {b"te", b"content-type", b"grpc-timeout", b"grpc-encoding", b"grpc-accept-encoding",
+     b"user-agent", b"grpc-message-type"}
+)  # fmt: skip
+_OK_TRAILERS = [(b"grpc-status", b"0")]
+
+COLLECT, FAST, RELAY, DONE = range(4)
+CREDIT_BATCH = 256 * 1024  # bytes of one message received before its stream is credited
+
+
+class _Failure:
+    """A finished call's status, shaped like grpc.aio.AioRpcError for the shared helpers."""
+
+    __slots__ = ("_code", "_details")
+
+    def __init__(self, code: StatusCode, details: str) -> None:
+        self._code, self._details = code, details
+
+    def code(self) -> StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+
+def _reply_headers(label: str) -> Headers:
+    return [
+        (b":status", b"200"),
+        (b"content-type", b"application/grpc"),
+        (_VARIANT_HEADER, label.encode()),
+    ]
+
+
+def _status_headers(code: StatusCode, details: str) -> Headers:
+    return [(b"grpc-status", b"%d" % code.value[0]), (b"grpc-message", percent_encode(details))]
+
+
+class UpstreamPool:
+    """Multiplexed HTTP/2 connections to one gRPC server (a Triton, or the grpc.aio frontend);
+    a new connection only when the open ones are full or going away."""
+
+    def __init__(self, relay: GrpcRelay, host: str, port: int) -> None:
+        self.relay = relay
+        self.host, self.port = host, port
+        self.authority = (f"[{host}]:{port}" if ":" in host else f"{host}:{port}").encode()
+        self.conns: list[H2Conn] = []
+        self.tasks: set[asyncio.Task[Any]] = set()
+
+    def open(self, leg: Any, headers: Headers, end_stream: bool = False) -> Stream:
+        for conn in self.conns:
+            if conn.can_open():
+                return conn.open_stream(leg, headers, end_stream)
+        conn = H2Conn(self.relay.flusher, client=True, on_closed=self._closed)
+        self.conns.append(conn)
+        task = self.relay.loop.create_task(self._connect(conn))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return conn.open_stream(leg, headers, end_stream)
+
+    async def _connect(self, conn: H2Conn) -> None:
+        try:
+            await self.relay.loop.create_connection(lambda: conn, self.host, self.port)
+        except OSError as exc:
+            logger.debug("gRPC relay: cannot connect to %s: %s", self.authority, exc)
+            conn.fail()
+            self.relay.flusher.flush()
+
+    def _closed(self, conn: H2Conn) -> None:
+        with contextlib.suppress(ValueError):
+            self.conns.remove(conn)
+
+    def close(self) -> None:
+        for conn in list(self.conns):
+            conn.close()
+        for task in self.tasks:
+            task.cancel()
+
+
+class Call:
+    """One client stream and, once routed, its upstream stream: the leg of both."""
+
+    __slots__ = (
+        "deadline",
+        "down",
+        "key",
+        "label",
+        "parts",
+        "relay",
+        "request_headers",
+        "response",
+        "size",
+        "start",
+        "state",
+        "target",
+        "timer",
+        "up",
+        "variant",
+    )
+
+    def __init__(self, relay: GrpcRelay, down: Stream) -> None:
+        self.relay = relay
+        self.down = down
+        self.up: Stream | None = None
+        self.state = COLLECT
+        self.request_headers: Headers = []
+        self.parts: list[bytes] = []
+        self.size = 0
+        self.response: list[bytes] = []
+        self.deadline: float | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.target: GrpcTarget | None = None
+        self.variant: GrpcVariant | None = None
+        self.key = self.label = ""
+        self.start = 0.0
+
+    # -- events (both streams) --------------------------------------------------------------
+    def on_headers(self, stream: Stream, headers: Headers, end_stream: bool) -> None:
+        if stream is self.down:
+            self._request_headers(headers, end_stream)
+        elif self.state == RELAY:
+            self.down.send_headers(headers, end_stream)
+        elif self.state == FAST:
+            self._response_headers(headers, end_stream)
+
+    def on_data(self, stream: Stream, data: bytes, end_stream: bool) -> None:
+        if stream is self.down:
+            if self.state == COLLECT:
+                self._collect(data, end_stream)
+            elif self.state == RELAY and self.up is not None:
+                self.up.send_data(data, end_stream, on_sent=self.down.credit)
+        elif self.state == RELAY:
+            self.down.send_data(data, end_stream, on_sent=stream.credit)
+        elif self.state == FAST:
+            self.response.append(data)
+            self.size += len(data)
+            if self.size >= CREDIT_BATCH:  # a small answer never needs its window back
+                stream.credit(self.size)
+                self.size = 0
+
+    def on_reset(self, stream: Stream, code: int) -> None:
+        if stream is self.down:  # the client gave up (cancel, deadline)
+            self._client_gone()
+        elif self.state == RELAY:
+            self.down.reset(code)
+            self.state = DONE
+        elif self.state == FAST:
+            if code == REFUSED_STREAM:
+                self._hand_over()
+            else:
+                self._fail(StatusCode.UNAVAILABLE, "upstream reset the call")
+
+    def on_lost(self, stream: Stream, unprocessed: bool) -> None:
+        if stream is self.down:
+            self._client_gone()
+        elif self.state == RELAY:
+            if self.down.reply_started:
+                self.down.reset(INTERNAL_ERROR)
+            else:
+                busy = self._trailers_only(StatusCode.UNAVAILABLE, "gateway busy")
+                self.down.send_headers(busy, True)
+            self.state = DONE
+        elif self.state == FAST:
+            if unprocessed:
+                self._hand_over()
+            else:
+                self._fail(StatusCode.UNAVAILABLE, "upstream connection lost")
+
+    # -- the request ------------------------------------------------------------------------
+    def _request_headers(self, headers: Headers, end_stream: bool) -> None:
+        if self.state != COLLECT:  # trailers from the client (not gRPC, but relayed)
+            if self.state == RELAY and self.up is not None:
+                self.up.send_headers(headers, end_stream)
+            return
+        self.request_headers = headers
+        fast = False
+        for name, value in headers:
+            if name == b":path":
+                fast = value == INFER_PATH
+            elif name == b"grpc-encoding" and value != b"identity":
+                fast = False
+                break
+        if not fast or end_stream:
+            self._hand_over()
+
+    def _collect(self, data: bytes, end_stream: bool) -> None:
+        self.parts.append(data)
+        self.size += len(data)
+        if self.size > self.relay.max_body:
+            self._hand_over()  # the grpc.aio frontend answers RESOURCE_EXHAUSTED
+            return
+        if self.size >= CREDIT_BATCH:
+            self.down.credit(len(data))  # from here on, every frame (the window is 1 MiB)
+        if end_stream:
+            self._route()
+
+    def _route(self) -> None:
+        """Route a complete unary ModelInfer, or hand it over to the grpc.aio frontend."""
+        body = self.parts[0] if len(self.parts) == 1 else b"".join(self.parts)
+        self.parts = [body]
+        if len(body) < 5 or body[0] != 0 or int.from_bytes(body[1:5]) != len(body) - 5:
+            self._hand_over()  # compressed, several messages or truncated: the slow path says
+            return
+        request = body[5:]
+        frontend = self.relay.frontend
+        metadata = tuple(
+            (name.decode("latin-1"), value.decode("latin-1"))
+            for name, value in self.request_headers
+            if name[:1] != b":" and name not in _GRPC_RESERVED
+        )
+        try:
+            name, version = scan_name_version(request)
+        except WireError:
+            self._hand_over()
+            return
+        route = frontend.routing.lookup(workspace_of(metadata), name)
+        if route is None or route.shadow is not None or mentions(request, SHM_MARKER):
+            self._hand_over()
+            return
+        if version:
+            variant = route.by_version.get(version) if VERSION_RE.fullmatch(version) else None
+            if variant is None:
+                self._hand_over()
+                return
+        else:
+            try:
+                ctx = (
+                    sticky_context(route, metadata, request) if route.strategy.needs_key else NO_KEY
+                )
+            except WireError:
+                self._hand_over()
+                return
+            decision = route.strategy.pick(ctx)
+            if decision.mirrors:
+                self._hand_over()
+                return
+            variant = route.variants[decision.primary.name]
+        target = variant.targets.pick()
+        self._send(route.key, variant, target, request, metadata)
+
+    def _send(
+        self, key: str, variant: GrpcVariant, target: GrpcTarget, request: bytes, metadata: Any
+    ) -> None:
+        relay = self.relay
+        loop = relay.loop
+        self.state = FAST
+        relay.counts["fast"] += 1
+        self.size = 0  # from now on: answer bytes not yet credited
+        self.key, self.label, self.variant, self.target = key, variant.name, variant, target
+        self.start = loop.time()
+        timeout = relay.upstream_timeout
+        headers = [
+            (b":method", b"POST"),
+            (b":scheme", b"http"),
+            (b":path", INFER_PATH),
+            (b":authority", b""),
+            (b"te", b"trailers"),
+            (b"content-type", b"application/grpc"),
+        ]
+        for name, value in self.request_headers:
+            if name == b"grpc-timeout":
+                client = parse_timeout(value)
+                if client is not None and client < timeout:
+                    timeout = client
+            elif name in _FORWARD:
+                headers.append((name, value))
+        headers.append((b"grpc-timeout", format_timeout(timeout)))
+        self.deadline = self.start + timeout
+        self.timer = loop.call_at(self.deadline, self._expired)
+        relay.stats.enter(key, self.label)
+        upstream = target.upstream
+        upstream.inflight += 1
+        pool = relay.pool_for(upstream)
+        headers[3] = (b":authority", pool.authority)
+        suffix = target.request_suffix
+        size = len(request) + len(suffix)
+        up = self.up = pool.open(self, headers)
+        up.send_data(b"\x00" + size.to_bytes(4) + request + suffix, True)
+
+    # -- the answer -------------------------------------------------------------------------
+    def _response_headers(self, headers: Headers, end_stream: bool) -> None:
+        if not end_stream:
+            if not self.down.reply_started:  # response headers
+                self.down.reply_started = True
+                assert self.variant is not None
+                self.down.send_headers(_reply_headers(self.label))
+            return
+        status, message = -1, b""
+        for name, value in headers:
+            if name == b"grpc-status":
+                status = int(value) if value.isdigit() else -1
+            elif name == b"grpc-message":
+                message = value
+        if status == 0:
+            self._answer()
+            return
+        code = _CODES.get(status, StatusCode.UNKNOWN)
+        details = percent_decode(message)
+        assert self.variant is not None and self.target is not None
+        if not self.down.reply_started and (
+            elsewhere(self.variant, self.target, _Failure(code, details)) is not None
+        ):
+            self._hand_over()  # it reached no model: the grpc.aio frontend tries another
+            return
+        self._fail(*public_error(self.target, _Failure(code, details)), raw=True)
+
+    def _answer(self) -> None:
+        body = self.response[0] if len(self.response) == 1 else b"".join(self.response)
+        if len(body) < 5 or body[0] != 0 or int.from_bytes(body[1:5]) != len(body) - 5:
+            self._fail(StatusCode.INTERNAL, "malformed answer from upstream")
+            return
+        assert self.variant is not None
+        suffix = self.variant.response_suffix
+        down = self.down
+        if not down.reply_started:
+            down.reply_started = True
+            down.send_headers(_reply_headers(self.label))
+        down.send_data(b"\x00" + (len(body) - 5 + len(suffix)).to_bytes(4))
+        down.send_data(memoryview(body)[5:])
+        down.send_data(suffix)
+        down.send_headers(_OK_TRAILERS, True)
+        self._settle(200)
+
+    def _fail(self, code: StatusCode, details: str, *, raw: bool = False) -> None:
+        """End the call with `code`; `raw`: details already public (else made public here)."""
+        if self.state != FAST:
+            return
+        assert self.target is not None
+        if not raw:
+            code, details = public_error(self.target, _Failure(code, details))
+        if self.up is not None:
+            self.up.reset(CANCEL)
+        down = self.down
+        if not down.reply_started:  # initial metadata names the variant, errors included
+            down.reply_started = True
+            down.send_headers(_reply_headers(self.label))
+        down.send_headers(_status_headers(code, details), True)
+        self._settle(grpc_code_to_http(code.name))
+
+    def _trailers_only(self, code: StatusCode, details: str) -> Headers:
+        headers = [(b":status", b"200"), (b"content-type", b"application/grpc")]
+        if self.label:
+            headers.append((_VARIANT_HEADER, self.label.encode()))
+        return headers + _status_headers(code, details)
+
+    def _settle(self, http_code: int) -> None:
+        self.state = DONE
+        if self.timer is not None:
+            self.timer.cancel()
+        assert self.target is not None
+        self.target.upstream.inflight -= 1
+        stats = self.relay.stats
+        elapsed = self.relay.loop.time() - self.start
+        stats.observe(self.key, self.label, PROTOCOL, http_code, elapsed)
+        stats.leave(self.key, self.label)
+
+    def _expired(self) -> None:
+        self.timer = None
+        self._fail(StatusCode.DEADLINE_EXCEEDED, "upstream timed out")
+        self.relay.flusher.flush()
+
+    def _client_gone(self) -> None:
+        if self.state == FAST:
+            if self.up is not None:
+                self.up.reset(CANCEL)
+            loop_time = self.relay.loop.time()
+            expired = self.deadline is not None and loop_time >= self.deadline
+            self._settle(grpc_code_to_http("DEADLINE_EXCEEDED" if expired else "CANCELLED"))
+        elif self.state == RELAY and self.up is not None:
+            self.up.reset(CANCEL)
+        self.state = DONE
+
+    # -- the slow path ----------------------------------------------------------------------
+    def _hand_over(self) -> None:
+        """Relay this stream, as received so far, to the grpc.aio frontend."""
+        if self.state == FAST:  # the upstream never saw the call run: undo the bookkeeping
+            if self.timer is not None:
+                self.timer.cancel()
+                self.timer = None
+            assert self.target is not None
+            self.target.upstream.inflight -= 1
+            self.relay.stats.leave(self.key, self.label)
+            self.relay.counts["fast"] -= 1
+            self.up = None
+            self.response.clear()
+        elif self.state != COLLECT:
+            return
+        self.state = RELAY
+        self.relay.counts["relayed"] += 1
+        self.label = ""
+        down = self.down
+        ended = down.remote_closed
+        parts, self.parts = self.parts, []
+        up = self.up = self.relay.slow.open(self, self.request_headers, ended and not parts)
+        for i, part in enumerate(parts):
+            last = ended and i == len(parts) - 1
+            up.send_data(part, last)
+
+
+class GrpcRelay:
+    """The public gRPC listener: client connections, upstream pools, graceful stop."""
+
+    def __init__(self, frontend: GrpcFrontend, max_body: int) -> None:
+        self.frontend = frontend
+        self.loop = frontend.loop
+        self.stats = frontend.stats
+        self.upstream_timeout = frontend.upstream_timeout
+        self.max_body = max_body + 5
+        self.flusher = Flusher(self.loop)
+        self.clients: set[H2Conn] = set()
+        self.server: asyncio.Server | None = None
+        self.slow: UpstreamPool = UpstreamPool(self, "127.0.0.1", 0)
+        self.pools: set[UpstreamPool] = set()
+        self.idle = asyncio.Event()
+        self.idle.set()
+        # calls answered on the fast path / streams relayed to the grpc.aio frontend
+        self.counts = {"fast": 0, "relayed": 0}
+
+    async def start(self, host: str, port: int, slow_port: int) -> int:
+        self.slow = UpstreamPool(self, "127.0.0.1", slow_port)
+        self.server = await self.loop.create_server(
+            self._client, host, port, reuse_address=True, reuse_port=False
+        )
+        return int(self.server.sockets[0].getsockname()[1])
+
+    def _client(self) -> H2Conn:
+        conn = H2Conn(
+            self.flusher, client=False, on_stream=lambda stream: Call(self, stream),
+            on_closed=self._client_closed,
+        )  # fmt: skip
+        self.clients.add(conn)
+        self.idle.clear()
+        return conn
+
+    def _client_closed(self, conn: H2Conn) -> None:
+        self.clients.discard(conn)
+        if not self.clients:
+            self.idle.set()
+
+    def pool_for(self, upstream: GrpcUpstream) -> UpstreamPool:
+        pool: UpstreamPool | None = upstream.pool
+        if pool is None:
+            pool = upstream.pool = UpstreamPool(self, upstream.host, upstream.port)
+            self.pools.add(pool)
+        return pool
+
+    def forget(self, upstream: GrpcUpstream) -> None:
+        """A Triton no longer in the table: its connections close."""
+        pool: UpstreamPool | None = upstream.pool
+        if pool is not None:
+            self.pools.discard(pool)
+            pool.close()
+
+    async def stop(self, grace: float) -> None:
+        """No new connections; GOAWAY to clients; wait up to `grace` for their calls."""
+        if self.server is not None:
+            self.server.close()
+        for conn in list(self.clients):
+            conn.shutdown()
+        self.flusher.flush()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.idle.wait(), grace)
+        for conn in list(self.clients):
+            conn.close()
+
+    def close_upstreams(self) -> None:
+        self.slow.close()
+        for pool in self.pools:
+            pool.close()
+        self.pools.clear()

@@ -1,0 +1,585 @@
+"""One HTTP/2 connection (either side) for the gateway's gRPC relay: frames in, events out.
+
+`H2Conn` is an asyncio protocol. It reads frames (rollout.h2_wire), keeps both directions'
+flow-control windows, answers SETTINGS and PING, honours GOAWAY and RST_STREAM, and hands each
+stream's events to the stream's *leg* (an object with `on_headers`, `on_data`, `on_reset` and
+`on_lost`, rollout.grpc_relay). Sending goes through a per-stream queue that drains as the
+peer's windows allow; bytes from one read and everything it causes on other connections leave
+in one `writelines` per connection (`Flusher`).
+
+What we receive is credited back explicitly: the connection window as soon as a frame is read
+(what a connection may buffer is bounded by its streams), a stream's window by its leg, once it
+has used the bytes — on the relay path when they were handed to the other connection, so a slow
+receiver slows the sender instead of filling the gateway's memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from rollout.h2_wire import (
+    ACK,
+    CANCEL,
+    CONTINUATION,
+    DATA,
+    DEFAULT_FRAME,
+    DEFAULT_WINDOW,
+    ENABLE_PUSH,
+    END_HEADERS,
+    END_STREAM,
+    FLOW_CONTROL_ERROR,
+    FRAME_SIZE_ERROR,
+    GOAWAY,
+    HEADERS,
+    INITIAL_WINDOW_SIZE,
+    MAX_CONCURRENT_STREAMS,
+    MAX_FRAME_SIZE,
+    MAX_HEADER_LIST_SIZE,
+    MAX_WINDOW,
+    NO_ERROR,
+    PADDED,
+    PING,
+    PREFACE,
+    PRIORITY_FLAG,
+    PROTOCOL_ERROR,
+    PUSH_PROMISE,
+    REFUSED_STREAM,
+    RST_STREAM,
+    SETTINGS,
+    STREAM_CLOSED,
+    WINDOW_UPDATE,
+    HeaderDecoder,
+    ProtocolError,
+    encode,
+    frame,
+    frame_head,
+    goaway,
+    headers_frames,
+    rst_stream,
+    settings_frame,
+    u32,
+    window_update,
+)
+
+logger = logging.getLogger(__name__)
+
+Headers = list[tuple[bytes, bytes]]
+
+STREAM_WINDOW = 1 << 20  # what one stream may send us before we credit it
+CONNECTION_WINDOW = 1 << 30
+MAX_STREAMS = 256  # concurrent streams a client may open on one connection
+MAX_HEADER_LIST = 64 * 1024
+
+
+class Leg(Protocol):
+    """Receives one stream's events (rollout.grpc_relay)."""
+
+    def on_headers(self, stream: Stream, headers: Headers, end_stream: bool) -> None: ...
+
+    def on_data(self, stream: Stream, data: bytes, end_stream: bool) -> None: ...
+
+    def on_reset(self, stream: Stream, code: int) -> None: ...
+
+    def on_lost(self, stream: Stream, unprocessed: bool) -> None: ...
+
+
+class Flusher:
+    """Connections with bytes to write; written together at the end of the current callback
+    (`flush()` is called by every read, and scheduled once for writes caused elsewhere)."""
+
+    __slots__ = ("dirty", "loop", "scheduled")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.dirty: list[H2Conn] = []
+        self.scheduled = False
+
+    def mark(self, conn: H2Conn) -> None:
+        if not conn.dirty:
+            conn.dirty = True
+            self.dirty.append(conn)
+            if not self.scheduled:
+                self.scheduled = True
+                self.loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self.scheduled = False
+        dirty = self.dirty
+        while dirty:
+            dirty.pop().write_out()
+
+
+class Stream:
+    """One stream on one connection: send queue and windows, who gets its events."""
+
+    __slots__ = (
+        "conn",
+        "id",
+        "leg",
+        "local_closed",
+        "queue",
+        "queued",
+        "remote_closed",
+        "reply_started",
+        "send_window",
+    )
+
+    def __init__(self, conn: H2Conn, stream_id: int, leg: Leg | None) -> None:
+        self.conn = conn
+        self.id = stream_id
+        self.leg = leg
+        self.send_window = conn.peer_initial_window
+        # items: (is_headers, payload, end_stream, on_sent)
+        self.queue: collections.deque[tuple[bool, Any, bool, Callable[[int], None] | None]] = (
+            collections.deque()
+        )
+        self.queued = 0  # data bytes waiting for window
+        self.local_closed = False
+        self.remote_closed = False
+        self.reply_started = False  # set by legs: response headers went out
+
+    # -- sending ----------------------------------------------------------------------------
+    def send_headers(self, headers: Headers, end_stream: bool = False) -> None:
+        if self.local_closed:
+            return
+        block = encode(headers)
+        if self.queue:  # trailers wait behind the data they close
+            self.queue.append((True, block, end_stream, None))
+        else:
+            conn = self.conn
+            conn.out.append(headers_frames(self.id, block, end_stream, conn.peer_max_frame))
+            conn.mark()
+            if end_stream:
+                self._closed_local()
+
+    def send_data(
+        self,
+        data: bytes | memoryview,
+        end_stream: bool = False,
+        on_sent: Callable[[int], None] | None = None,
+    ) -> None:
+        """Queue `data`; `on_sent(n)` is told each time n bytes of it leave (credit back)."""
+        if self.local_closed:
+            return
+        self.queue.append((False, memoryview(data), end_stream, on_sent))
+        self.queued += len(data)
+        self.conn.pump(self)
+
+    def reset(self, code: int = CANCEL) -> None:
+        """RST_STREAM (once), and forget the stream."""
+        conn = self.conn
+        if conn.streams.pop(self.id, None) is None:
+            return
+        self.queue.clear()
+        self.local_closed = self.remote_closed = True
+        conn.out.append(rst_stream(self.id, code))
+        conn.mark()
+        conn.stream_done()
+
+    def credit(self, n: int) -> None:
+        """Tell the peer it may send `n` more bytes on this stream."""
+        if n > 0 and not self.remote_closed and self.id in self.conn.streams:
+            self.conn.out.append(window_update(self.id, n))
+            self.conn.mark()
+
+    def _closed_local(self) -> None:
+        self.local_closed = True
+        if self.remote_closed:
+            self.conn.forget(self)
+
+
+class H2Conn(asyncio.Protocol):
+    """An HTTP/2 connection, server side (`on_stream` makes each new stream's leg) or client
+    side (`open_stream`). `on_closed` is called once when the transport is gone."""
+
+    def __init__(
+        self,
+        flusher: Flusher,
+        *,
+        client: bool,
+        on_stream: Callable[[Stream], Leg] | None = None,
+        on_closed: Callable[[H2Conn], None] | None = None,
+        stream_window: int = STREAM_WINDOW,
+        max_streams: int = MAX_STREAMS,
+    ) -> None:
+        self.flusher = flusher
+        self.client = client
+        self.on_stream = on_stream
+        self.on_closed = on_closed
+        self.stream_window = stream_window
+        self.max_streams = max_streams
+        self.transport: asyncio.Transport | None = None
+        self.out: list[bytes | memoryview] = []
+        self.dirty = False
+        self.buffer = b""
+        self.preface_seen = client  # a server first reads the client's preface
+        self.decoder = HeaderDecoder(MAX_HEADER_LIST)
+        self.streams: dict[int, Stream] = {}
+        self.last_peer_stream = 0  # the highest stream id the peer opened (server side)
+        self.next_stream = 1  # client side
+        self.peer_initial_window = DEFAULT_WINDOW
+        self.peer_max_frame = DEFAULT_FRAME
+        self.peer_max_streams = 1 << 31
+        self.send_window = DEFAULT_WINDOW
+        self.recv_unacked = 0
+        self.blocked: set[Stream] = set()
+        self.continuing: tuple[int, int, list[bytes]] | None = None  # (stream, flags, parts)
+        self.draining = False  # GOAWAY sent or received: no new streams
+        self.closed = False
+        self.out.append(
+            (PREFACE if client else b"")
+            + settings_frame(
+                {
+                    ENABLE_PUSH: 0,
+                    MAX_CONCURRENT_STREAMS: max_streams,
+                    INITIAL_WINDOW_SIZE: stream_window,
+                    MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST,
+                }
+            )
+            + window_update(0, CONNECTION_WINDOW - DEFAULT_WINDOW)
+        )
+
+    # -- transport --------------------------------------------------------------------------
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        self.mark()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.transport = None
+        streams, self.streams = self.streams, {}
+        for stream in streams.values():
+            if stream.leg is not None:
+                stream.leg.on_lost(stream, False)
+        if self.on_closed is not None:
+            self.on_closed(self)
+        self.flusher.flush()
+
+    def mark(self) -> None:
+        self.flusher.mark(self)
+
+    def write_out(self) -> None:
+        self.dirty = False
+        out = self.out
+        if out and self.transport is not None:
+            self.transport.writelines(out)
+            self.out = []
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.write_out()
+            self.transport.close()
+
+    def fail(self) -> None:
+        """A client connection that never connected: its streams were not processed."""
+        self.closed = True
+        streams, self.streams = self.streams, {}
+        for stream in streams.values():
+            if stream.leg is not None:
+                stream.leg.on_lost(stream, True)
+        if self.on_closed is not None:
+            self.on_closed(self)
+
+    # -- streams ----------------------------------------------------------------------------
+    def can_open(self) -> bool:
+        return (
+            not self.draining
+            and not self.closed
+            and len(self.streams) < self.peer_max_streams
+            and self.next_stream < MAX_WINDOW
+        )
+
+    def open_stream(self, leg: Leg, headers: Headers, end_stream: bool = False) -> Stream:
+        """Client side: a new stream whose request headers go out now."""
+        stream = Stream(self, self.next_stream, leg)
+        self.next_stream += 2
+        self.streams[stream.id] = stream
+        stream.send_headers(headers, end_stream)
+        return stream
+
+    def forget(self, stream: Stream) -> None:
+        if self.streams.pop(stream.id, None) is not None:
+            self.blocked.discard(stream)
+            self.stream_done()
+
+    def stream_done(self) -> None:
+        if self.draining and not self.streams:
+            self.close()
+
+    def shutdown(self) -> None:
+        """GOAWAY(NO_ERROR) now; the connection closes once its streams are done."""
+        if self.draining or self.closed:
+            return
+        self.draining = True
+        self.out.append(goaway(self.last_peer_stream, NO_ERROR))
+        self.mark()
+        self.stream_done()
+
+    # -- sending ----------------------------------------------------------------------------
+    def pump(self, stream: Stream) -> None:
+        """Send what the windows allow of `stream`'s queue."""
+        queue, out = stream.queue, self.out
+        while queue:
+            is_headers, payload, end, on_sent = queue[0]
+            if is_headers:
+                queue.popleft()
+                out.append(headers_frames(stream.id, payload, end, self.peer_max_frame))
+                if end:
+                    stream._closed_local()
+                continue
+            size = len(payload)
+            allowed = min(size, stream.send_window, self.send_window, self.peer_max_frame)
+            if allowed <= 0 and size:
+                self.blocked.add(stream)
+                break
+            last = allowed == size
+            out.append(frame_head(DATA, END_STREAM if end and last else 0, stream.id, allowed))
+            out.append(payload[:allowed] if not last else payload)
+            stream.send_window -= allowed
+            self.send_window -= allowed
+            stream.queued -= allowed
+            if on_sent is not None and allowed:
+                on_sent(allowed)
+            if last:
+                queue.popleft()
+                if end:
+                    stream._closed_local()
+            else:
+                queue[0] = (False, payload[allowed:], end, on_sent)
+        else:
+            self.blocked.discard(stream)
+        self.mark()
+
+    # -- receiving --------------------------------------------------------------------------
+    def data_received(self, data: bytes) -> None:
+        try:
+            self._receive(data)
+        except ProtocolError as exc:
+            logger.debug("HTTP/2 peer error: %s", exc)
+            self.out.append(goaway(self.last_peer_stream, exc.code, str(exc)[:200].encode()))
+            self.close()
+        self.flusher.flush()
+
+    def _receive(self, data: bytes) -> None:
+        buffer = self.buffer + data if self.buffer else data
+        if not self.preface_seen:
+            if len(buffer) < len(PREFACE):
+                if not PREFACE.startswith(buffer):
+                    raise ProtocolError("not an HTTP/2 client (gRPC needs HTTP/2)")
+                self.buffer = buffer
+                return
+            if not buffer.startswith(PREFACE):
+                raise ProtocolError("not an HTTP/2 client (gRPC needs HTTP/2)")
+            buffer = buffer[len(PREFACE) :]
+            self.preface_seen = True
+        position, size = 0, len(buffer)
+        while size - position >= 9 and not self.closed:
+            length = (buffer[position] << 16) | (buffer[position + 1] << 8) | buffer[position + 2]
+            if length > DEFAULT_FRAME:  # we never raise SETTINGS_MAX_FRAME_SIZE
+                raise ProtocolError(f"frame of {length} bytes", FRAME_SIZE_ERROR)
+            end = position + 9 + length
+            if end > size:
+                break
+            kind, flags = buffer[position + 3], buffer[position + 4]
+            stream_id = u32(buffer, position + 5) & 0x7FFFFFFF
+            payload = buffer[position + 9 : end]
+            position = end
+            self._frame(kind, flags, stream_id, payload)
+        self.buffer = buffer[position:] if position < size else b""
+
+    def _frame(self, kind: int, flags: int, stream_id: int, payload: bytes) -> None:
+        if self.continuing is not None and kind != CONTINUATION:
+            raise ProtocolError("header block interrupted by another frame")
+        if kind == DATA:
+            self._data(flags, stream_id, payload)
+        elif kind == HEADERS:
+            self._headers(flags, stream_id, payload)
+        elif kind == CONTINUATION:
+            self._continuation(flags, stream_id, payload)
+        elif kind == WINDOW_UPDATE:
+            self._window_update(stream_id, payload)
+        elif kind == SETTINGS:
+            self._settings(flags, stream_id, payload)
+        elif kind == PING:
+            if stream_id or len(payload) != 8:
+                raise ProtocolError("bad PING")
+            if not flags & ACK:
+                self.out.append(frame(PING, ACK, 0, payload))
+                self.mark()
+        elif kind == RST_STREAM:
+            if not stream_id or len(payload) != 4:
+                raise ProtocolError("bad RST_STREAM")
+            stream = self.streams.pop(stream_id, None)
+            if stream is not None:
+                stream.remote_closed = stream.local_closed = True
+                self.blocked.discard(stream)
+                if stream.leg is not None:
+                    stream.leg.on_reset(stream, u32(payload))
+                self.stream_done()
+        elif kind == GOAWAY:
+            self._goaway(payload)
+        elif kind == PUSH_PROMISE:
+            raise ProtocolError("PUSH_PROMISE with push disabled")
+        # PRIORITY and unknown frame types are ignored (RFC 9113 §5.5)
+
+    def _data(self, flags: int, stream_id: int, payload: bytes) -> None:
+        flow = len(payload)
+        self.recv_unacked += flow
+        if self.recv_unacked >= CONNECTION_WINDOW // 2:
+            self.out.append(window_update(0, self.recv_unacked))
+            self.recv_unacked = 0
+            self.mark()
+        if flags & PADDED:
+            payload = _unpad(payload)
+        stream = self.streams.get(stream_id)
+        if stream is None or stream.remote_closed:
+            if not stream_id or stream_id > self._highest_id():
+                raise ProtocolError("DATA on an idle stream")
+            self.out.append(rst_stream(stream_id, STREAM_CLOSED))
+            self.mark()
+            return
+        if flow != len(payload):
+            stream.credit(flow - len(payload))  # padding is ours to credit, not the leg's
+        end = bool(flags & END_STREAM)
+        if end:
+            stream.remote_closed = True
+        if stream.leg is not None:
+            stream.leg.on_data(stream, payload, end)
+        if end and stream.local_closed:
+            self.forget(stream)
+
+    def _headers(self, flags: int, stream_id: int, payload: bytes) -> None:
+        if not stream_id:
+            raise ProtocolError("HEADERS on stream 0")
+        if flags & PADDED:
+            payload = _unpad(payload)
+        if flags & PRIORITY_FLAG:
+            payload = payload[5:]
+        if flags & END_HEADERS:
+            self._header_block(flags, stream_id, payload)
+        else:
+            self.continuing = (stream_id, flags, [payload])
+
+    def _continuation(self, flags: int, stream_id: int, payload: bytes) -> None:
+        pending = self.continuing
+        if pending is None or pending[0] != stream_id:
+            raise ProtocolError("CONTINUATION without its HEADERS")
+        pending[2].append(payload)
+        if sum(len(p) for p in pending[2]) > MAX_HEADER_LIST * 2:
+            raise ProtocolError("header block too large")
+        if flags & END_HEADERS:
+            self.continuing = None
+            self._header_block(pending[1], stream_id, b"".join(pending[2]))
+
+    def _header_block(self, flags: int, stream_id: int, block: bytes) -> None:
+        headers = self.decoder.decode(block)  # always: the peer's HPACK table moves with it
+        end = bool(flags & END_STREAM)
+        stream = self.streams.get(stream_id)
+        if stream is None:
+            if self.client:
+                return  # a stream we reset or forgot: its answer is dropped
+            self._new_stream(stream_id, headers, end)
+            return
+        if stream.remote_closed:
+            raise ProtocolError("HEADERS on a half-closed stream", STREAM_CLOSED)
+        if end:
+            stream.remote_closed = True
+        if stream.leg is not None:
+            stream.leg.on_headers(stream, headers, end)
+        if end and stream.local_closed:
+            self.forget(stream)
+
+    def _new_stream(self, stream_id: int, headers: Headers, end: bool) -> None:
+        if stream_id % 2 == 0 or stream_id <= self.last_peer_stream:
+            raise ProtocolError(f"stream {stream_id} cannot be opened by the client")
+        self.last_peer_stream = stream_id
+        if self.draining or len(self.streams) >= self.max_streams or self.on_stream is None:
+            self.out.append(rst_stream(stream_id, REFUSED_STREAM))
+            self.mark()
+            return
+        stream = Stream(self, stream_id, None)
+        self.streams[stream_id] = stream
+        stream.remote_closed = end
+        stream.leg = self.on_stream(stream)
+        stream.leg.on_headers(stream, headers, end)
+
+    def _highest_id(self) -> int:
+        return self.next_stream - 2 if self.client else self.last_peer_stream
+
+    def _window_update(self, stream_id: int, payload: bytes) -> None:
+        if len(payload) != 4:
+            raise ProtocolError("bad WINDOW_UPDATE", FRAME_SIZE_ERROR)
+        increment = u32(payload) & 0x7FFFFFFF
+        if stream_id == 0:
+            if not increment:
+                raise ProtocolError("WINDOW_UPDATE of 0")
+            self.send_window += increment
+            if self.send_window > MAX_WINDOW:
+                raise ProtocolError("connection window overflow", FLOW_CONTROL_ERROR)
+            for blocked in list(self.blocked):
+                self.pump(blocked)
+            return
+        stream = self.streams.get(stream_id)
+        if stream is None:
+            return
+        if not increment or stream.send_window + increment > MAX_WINDOW:
+            stream.reset(PROTOCOL_ERROR if not increment else FLOW_CONTROL_ERROR)
+            if stream.leg is not None:
+                stream.leg.on_reset(stream, PROTOCOL_ERROR)
+            return
+        stream.send_window += increment
+        if stream.queue:
+            self.pump(stream)
+
+    def _settings(self, flags: int, stream_id: int, payload: bytes) -> None:
+        if stream_id or len(payload) % 6:
+            raise ProtocolError("bad SETTINGS", FRAME_SIZE_ERROR)
+        if flags & ACK:
+            return
+        for offset in range(0, len(payload), 6):
+            key = (payload[offset] << 8) | payload[offset + 1]
+            value = u32(payload, offset + 2)
+            if key == INITIAL_WINDOW_SIZE:
+                if value > MAX_WINDOW:
+                    raise ProtocolError("initial window too large", FLOW_CONTROL_ERROR)
+                delta = value - self.peer_initial_window
+                self.peer_initial_window = value
+                for stream in self.streams.values():
+                    stream.send_window += delta
+            elif key == MAX_FRAME_SIZE:
+                if not DEFAULT_FRAME <= value <= 16_777_215:
+                    raise ProtocolError("bad SETTINGS_MAX_FRAME_SIZE")
+                self.peer_max_frame = value
+            elif key == MAX_CONCURRENT_STREAMS:
+                self.peer_max_streams = value
+            elif key == ENABLE_PUSH and value > 1:
+                raise ProtocolError("bad SETTINGS_ENABLE_PUSH")
+        self.out.append(frame(SETTINGS, ACK, 0))
+        self.mark()
+        for stream in list(self.blocked):
+            self.pump(stream)
+
+    def _goaway(self, payload: bytes) -> None:
+        if len(payload) < 8:
+            raise ProtocolError("bad GOAWAY", FRAME_SIZE_ERROR)
+        last = u32(payload) & 0x7FFFFFFF
+        self.draining = True
+        if self.client:  # streams above `last` were never processed: safe to send elsewhere
+            for stream_id in [s for s in self.streams if s > last]:
+                stream = self.streams.pop(stream_id)
+                if stream.leg is not None:
+                    stream.leg.on_lost(stream, True)
+        self.stream_done()
+
+
+def _unpad(payload: bytes) -> bytes:
+    if not payload:
+        raise ProtocolError("padded frame without its pad length")
+    pad = payload[0]
+    if pad >= len(payload):
+        raise ProtocolError("padding longer than the frame")
+    return payload[1 : len(payload) - pad]

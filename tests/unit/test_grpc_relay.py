@@ -1,0 +1,264 @@
+"""The gateway's public gRPC port (rollout.grpc_relay, rollout.h2_conn, rollout.h2_wire).
+
+The relay runs for real in front of the fake Triton gRPC servers of grpc_harness.py and is
+driven by the official clients (grpc.aio, tritonclient) and, for what no client would send, by
+raw bytes on a socket. Which path a call took is read from the relay's own counters. The
+behaviour every gRPC call must keep through the relay (renaming, errors, deadlines, shutdown)
+is tested in test_grpc_gateway.py and test_grpc_routing.py, which now all run through it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+
+import grpc
+import numpy as np
+import pytest
+import uvloop
+from hpack import Decoder, Encoder
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.utils import InferenceServerException
+
+from rollout.grpc_routing import SERVICE
+from rollout.h2_wire import (
+    CONTINUATION,
+    END_HEADERS,
+    END_STREAM,
+    GOAWAY,
+    HEADERS,
+    HeaderDecoder,
+    encode,
+    format_timeout,
+    headers_frames,
+    parse_timeout,
+    percent_decode,
+    percent_encode,
+)
+from rollout.routing import Mirror, Route, Shadow
+from tests.unit.grpc_harness import (
+    FakeGrpcTriton,
+    fakes,
+    frontend,
+    one_route,
+    raw_request,
+    table,
+    variant,
+    x_input,
+)
+
+X = np.arange(8, dtype=np.float32).reshape(2, 4)
+INFER = f"/{SERVICE}/ModelInfer"
+
+
+# -- the wire -------------------------------------------------------------------------------
+def test_literal_header_blocks_decode_with_a_standard_decoder() -> None:
+    headers = [(b":path", b"/a"), (b"x-long", b"v" * 300), (b"empty", b"")]
+    assert Decoder().decode(encode(headers), raw=True) == headers
+
+
+def test_large_header_blocks_are_split_into_continuation_frames() -> None:
+    block = encode([(b"x-big", b"b" * 40_000)])
+    wire = headers_frames(7, block, True, 16_384)
+    frames, position = [], 0
+    while position < len(wire):
+        length = int.from_bytes(wire[position : position + 3])
+        kind, flags = wire[position + 3], wire[position + 4]
+        frames.append((kind, flags, wire[position + 9 : position + 9 + length]))
+        position += 9 + length
+    assert [kind for kind, _, _ in frames] == [HEADERS, CONTINUATION, CONTINUATION]
+    assert frames[0][1] == END_STREAM  # END_HEADERS only on the last frame
+    assert [flags for _, flags, _ in frames[1:]] == [0, END_HEADERS]
+    assert b"".join(payload for _, _, payload in frames) == block
+
+
+@pytest.mark.parametrize("table_size", [4096, 256])
+def test_header_decoder_cache_follows_the_peers_table(table_size: int) -> None:
+    """Blocks from an indexing encoder decode to exactly what a plain decoder says, although
+    repeated blocks come from the cache; with a small table entries are evicted all the time."""
+    rng = random.Random(7)
+    names = [b"content-type", b"x-a", b"x-b", b"grpc-timeout", b"lastmile-key"]
+    encoder, plain, cached = Encoder(), Decoder(), HeaderDecoder(65_536)
+    encoder.header_table_size = table_size
+    plain.header_table_size = cached.decoder.header_table_size = table_size
+    lists = [[(name, b"%d" % rng.randrange(4)) for name in rng.sample(names, 3)] for _ in range(8)]
+    hits = 0
+    for _ in range(2_000):
+        headers = rng.choice(lists)
+        block = encoder.encode(headers)
+        hits += block in cached.cache
+        expected = plain.decode(block, raw=True)
+        assert cached.decode(block) == expected == headers
+    if table_size == 4096:  # every field indexed after a while: blocks repeat
+        assert hits > 1_000
+
+
+def test_grpc_message_and_timeout_encodings() -> None:
+    text = "100% wrong: naïve\nline"
+    assert percent_decode(percent_encode(text)) == text
+    assert b" " in percent_encode("a b") and b"%25" in percent_encode("%")
+    assert parse_timeout(b"250m") == pytest.approx(0.25)
+    assert parse_timeout(b"2S") == 2.0 and parse_timeout(b"1H") == 3600.0
+    assert parse_timeout(b"") is None and parse_timeout(b"12x") is None
+    assert parse_timeout(b"123456789S") is None  # at most 8 digits
+    assert format_timeout(0.0001) == b"1m" and format_timeout(30) == b"30000m"
+    assert parse_timeout(format_timeout(1e6)) == pytest.approx(1e6, rel=1e-3)
+
+
+# -- the relay --------------------------------------------------------------------------------
+def test_plain_infer_takes_the_fast_path_on_one_upstream_connection() -> None:
+    async def main() -> None:
+        async with (
+            fakes(FakeGrpcTriton(factor=2.0)) as (fake,),
+            frontend(one_route(fake)) as (gw, stats, client),
+        ):
+            results = await asyncio.gather(
+                *(client.infer("d", [x_input(X + i)]) for i in range(100))
+            )
+            for i, result in enumerate(results):
+                np.testing.assert_array_equal(result.as_numpy("y"), 2 * (X + i))
+                assert result.get_response().model_name == "d"
+            relay = gw.relay
+            assert relay is not None
+            assert relay.counts == {"fast": 100, "relayed": 0}
+            (pool,) = relay.pools
+            assert len(pool.conns) == 1  # 100 concurrent calls multiplexed on one connection
+            assert {r.model_name for r in fake.requests} == {"default.d.v3"}
+            assert stats.of("observe") == [("default/d", "d/3", "grpc", 200)] * 100
+
+    uvloop.run(main())
+
+
+def test_everything_else_is_relayed_to_the_full_frontend() -> None:
+    async def main() -> None:
+        async with fakes(FakeGrpcTriton()) as (fake,):
+            routing = table(
+                Route("default", "d", (variant("d", 3, 100, fake),)),
+                Route(
+                    "default",
+                    "s",
+                    (variant("s", 1, 100, fake), variant("s", 2, 0, fake)),
+                    strategy="shadow",
+                    shadow=Shadow(mirrors=(Mirror("s/2", 1.0),)),
+                ),
+            )
+            async with frontend(routing) as (gw, _stats, client):
+                assert gw.relay is not None
+                await client.infer("s", [x_input(X)])  # shadow route: mirrored by the frontend
+                with pytest.raises(InferenceServerException, match="unknown model 'nope'"):
+                    await client.infer("nope", [x_input(X)])
+                assert await client.is_server_live()
+                async with grpc.aio.insecure_channel(f"127.0.0.1:{gw.port}") as channel:
+                    stub = channel.unary_unary(INFER)
+                    zipped = await stub(raw_request(), compression=grpc.Compression.Gzip)
+                    assert pb.ModelInferResponse.FromString(zipped).model_name == "d"
+                assert gw.relay.counts == {"fast": 0, "relayed": 4}
+
+    uvloop.run(main())
+
+
+def test_a_call_that_reached_no_model_is_retried_by_the_frontend_not_run_twice() -> None:
+    async def main() -> None:
+        not_loaded = FakeGrpcTriton(
+            fail=("NOT_FOUND", "Request for unknown model: 'default.d.v3' is not found")
+        )
+        async with (
+            fakes(not_loaded, FakeGrpcTriton(factor=3.0)) as (first, second),
+            frontend(table(Route("default", "d", (variant("d", 3, 100, first, second),)))) as (
+                gw,
+                stats,
+                client,
+            ),
+        ):
+            assert gw.relay is not None
+            answers = [await client.infer("d", [x_input(X)]) for _ in range(4)]
+            for answer in answers:  # every call ends on the replica that has the model
+                np.testing.assert_array_equal(answer.as_numpy("y"), 3 * X)
+            assert len(first.requests) <= 1  # skipped once it said "not loaded"
+            assert len(second.requests) == 4
+            assert [code for *_, code in stats.of("observe")] == [200] * 4
+
+    uvloop.run(main())
+
+
+def test_client_cancel_reaches_triton_and_is_counted() -> None:
+    async def main() -> None:
+        gate = asyncio.Event()
+        async with (
+            fakes(FakeGrpcTriton(gate=gate)) as (fake,),
+            frontend(one_route(fake)) as (gw, stats, _client),
+        ):
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{gw.port}") as channel:
+                call = channel.unary_unary(INFER)(raw_request())
+                await fake.arrived.wait()
+                call.cancel()
+                await stats.until(lambda: bool(stats.of("observe")))
+            assert stats.of("observe") == [("default/d", "d/3", "grpc", 499)]
+            gate.set()
+
+    uvloop.run(main())
+
+
+def test_upstream_lost_mid_call_is_unavailable_and_not_retried() -> None:
+    async def main() -> None:
+        gate = asyncio.Event()
+        async with (
+            fakes(FakeGrpcTriton(gate=gate)) as (fake,),
+            frontend(one_route(fake)) as (gw, stats, client),
+        ):
+            pending = asyncio.ensure_future(client.infer("d", [x_input(X)]))
+            await fake.arrived.wait()
+            await fake.server.stop(0)  # the connection goes while the model "runs"
+            with pytest.raises(InferenceServerException) as info:
+                await pending
+            assert info.value.status() in ("StatusCode.UNAVAILABLE", "StatusCode.CANCELLED")
+            assert len(fake.requests) == 1
+            assert stats.of("observe")[0][:3] == ("default/d", "d/3", "grpc")
+            assert gw.relay is not None and gw.relay.counts["fast"] == 1
+
+    uvloop.run(main())
+
+
+def test_large_metadata_crosses_in_continuation_frames() -> None:
+    async def main() -> None:
+        async with (
+            fakes(FakeGrpcTriton()) as (fake,),
+            frontend(one_route(fake)) as (gw, _stats, _client),
+        ):
+            big = "r" * 20_000  # larger than one 16 KiB frame both ways
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{gw.port}") as channel:
+                raw = await channel.unary_unary(INFER)(
+                    raw_request(), metadata=(("x-request-id", big),)
+                )
+            assert pb.ModelInferResponse.FromString(raw).model_name == "d"
+            assert fake.metadata[0]["x-request-id"] == big  # forwarded to Triton
+            assert gw.relay is not None and gw.relay.counts["fast"] == 1
+
+    uvloop.run(main())
+
+
+def test_a_client_that_is_not_http2_gets_goaway_and_the_port_keeps_serving() -> None:
+    async def main() -> None:
+        async with (
+            fakes(FakeGrpcTriton()) as (fake,),
+            frontend(one_route(fake)) as (gw, _stats, client),
+        ):
+            loop = asyncio.get_running_loop()
+            sock = socket.create_connection(("127.0.0.1", gw.port))
+            sock.setblocking(False)
+            await loop.sock_sendall(sock, b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+            received = b""
+            while chunk := await loop.sock_recv(sock, 65_536):
+                received += chunk  # until the gateway closes the connection
+            sock.close()
+            frames, position = [], 0
+            while position + 9 <= len(received):
+                length = int.from_bytes(received[position : position + 3])
+                frames.append(received[position + 3])
+                position += 9 + length
+            assert frames[-1] == GOAWAY
+            result = await client.infer("d", [x_input(X)])
+            np.testing.assert_array_equal(result.as_numpy("y"), X)
+
+    uvloop.run(main())
