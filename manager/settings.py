@@ -94,6 +94,22 @@ class Settings(BaseSettings):
         "its repository API requires, as NAME=VALUE (the embedded server gets a fresh secret "
         "at every start).",
     )
+    triton_grpc_url: str | None = Field(
+        default=None,
+        description="gRPC addresses (HOST:PORT) of the external Triton servers, comma-separated "
+        "in the order of TRITON_URL; default: each server's host on its HTTP port + 1. The "
+        "gateway sends gRPC inference there, and the manager loads models there when "
+        "TRITON_CONTROL_PROTOCOL is grpc.",
+    )
+    triton_control_protocol: Literal["http", "grpc"] = Field(
+        default="http",
+        description="How the manager loads models on external Triton servers. grpc: Triton "
+        "runs a gRPC load on a thread of its own, while an HTTP load holds the HTTP worker "
+        "thread that received it and every inference connection that thread serves (a stall "
+        "during swaps); with TRITON_CONTROL_HEADER the server must restrict gRPC the same way "
+        "(--grpc-restricted-protocol=model-repository:NAME=VALUE). Embedded servers always "
+        "load over gRPC.",
+    )
     triton_http_port: int = Field(default=8100, description="Embedded tritonserver HTTP port.")
     triton_grpc_port: int = Field(default=8101, description="Embedded tritonserver gRPC port.")
     triton_metrics_port: int = Field(

@@ -77,15 +77,28 @@ def make_runtime(settings: Settings) -> TritonFleet:
                 hint="unset LASTMILE_TRITON_METRICS_URL: each server's metrics are read on its "
                 "HTTP port + 2",
             )
+        grpc_urls: list[str | None] = [None] * len(urls)
+        if settings.triton_grpc_url:
+            given = [u.strip() for u in settings.triton_grpc_url.split(",") if u.strip()]
+            if len(given) != len(urls) or len(set(given)) != len(given):
+                raise RuntimeSetupError(
+                    f"LASTMILE_TRITON_GRPC_URL lists {len(set(given))} distinct address(es) for "
+                    f"{len(urls)} server(s) in LASTMILE_TRITON_URL: {settings.triton_grpc_url!r}",
+                    hint="give each server's gRPC HOST:PORT once, in the order of "
+                    "LASTMILE_TRITON_URL, or unset it (HTTP port + 1)",
+                )
+            grpc_urls = list(given)
         return TritonFleet(
             [
                 ExternalTriton(
                     url,
+                    grpc_url=grpc_url,
                     metrics_url=settings.triton_metrics_url,
                     start_timeout_s=settings.triton_start_timeout_s,
                     control_headers=control,
+                    control_over_grpc=settings.triton_control_protocol == "grpc",
                 )
-                for url in urls
+                for url, grpc_url in zip(urls, grpc_urls, strict=True)
             ]
         )
     replicas = []

@@ -352,24 +352,28 @@ class ExternalTriton:
         self,
         url: str,
         *,
+        grpc_url: str | None = None,
         metrics_url: str | None = None,
         start_timeout_s: float = 60.0,
         control_headers: dict[str, str] | None = None,
+        control_over_grpc: bool = False,
     ):
         parsed = urlparse(url if "://" in url else f"http://{url}")
         if not parsed.hostname or not parsed.port:
             raise RuntimeSetupError(
                 f"invalid LASTMILE_TRITON_URL {url!r}", hint="use http://HOST:PORT"
             )
-        grpc_port = parsed.port + 1
+        default_grpc = f"{parsed.hostname}:{parsed.port + 1}"
         self.endpoints = TritonEndpoints(
             http_url=f"http://{parsed.hostname}:{parsed.port}",
-            grpc_url=f"{parsed.hostname}:{grpc_port}",
+            grpc_url=_grpc_address(grpc_url) if grpc_url else default_grpc,
             metrics_url=metrics_url or f"http://{parsed.hostname}:{parsed.port + 2}",
         )
         self.start_timeout_s = start_timeout_s
         self.pid: int | None = None
         self.control_headers = dict(control_headers or {})
+        # loads over gRPC (TRITON_CONTROL_PROTOCOL=grpc): see TritonClient
+        self.control_over_grpc = control_over_grpc
 
     def exit_code(self) -> int | None:
         """Not our process: health checks alone tell whether it is up."""
@@ -388,4 +392,20 @@ class ExternalTriton:
             metrics_url=self.endpoints.metrics_url,
             timeout_s=timeout_s,
             control_headers=self.control_headers,
+            grpc_url=self.endpoints.grpc_url if self.control_over_grpc else None,
         )
+
+
+def _grpc_address(text: str) -> str:
+    """HOST:PORT of a gRPC server (a grpc:// prefix is accepted); RuntimeSetupError if not."""
+    parsed = urlparse(text if "://" in text else f"grpc://{text}")
+    try:
+        port = parsed.port
+    except ValueError:
+        port = None
+    if parsed.scheme != "grpc" or not parsed.hostname or not port or parsed.path not in ("", "/"):
+        raise RuntimeSetupError(
+            f"invalid LASTMILE_TRITON_GRPC_URL entry {text!r}", hint="use HOST:PORT"
+        )
+    host = f"[{parsed.hostname}]" if ":" in parsed.hostname else parsed.hostname
+    return f"{host}:{port}"

@@ -19,9 +19,12 @@ from tests.onnx_models import expected_softmax, make_softmax_classifier
 pytestmark = pytest.mark.e2e
 
 
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_deploy_pushes_models_to_a_triton_without_shared_disk(
-    external_triton: EmbeddedTriton, tmp_path: Path
+    external_triton: EmbeddedTriton, tmp_path: Path, protocol: str
 ) -> None:
+    """Over HTTP (the default) or gRPC (TRITON_CONTROL_PROTOCOL; the header then travels as
+    gRPC metadata, which the server's --grpc-restricted-protocol checks)."""
     ep = external_triton.endpoints
     # That server's repository API is restricted: the manager is given its header.
     ((name, value),) = external_triton.control_headers.items()
@@ -30,6 +33,8 @@ def test_deploy_pushes_models_to_a_triton_without_shared_disk(
         triton_url=ep.http_url,
         triton_metrics_url=ep.metrics_url,
         triton_control_header=f"{name}={value}",
+        triton_grpc_url=ep.grpc_url,
+        triton_control_protocol=protocol,
     )
     system = RunningSystem(settings=settings, state={})
     system.state = json.loads(system.cli("up", "--detach", "--json").stdout)

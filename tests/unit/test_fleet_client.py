@@ -88,3 +88,32 @@ def test_the_pool_is_made_from_the_settings(tmp_path: Any) -> None:
     )
     with pytest.raises(RuntimeSetupError, match="names one server"):
         make_runtime(metrics)
+
+
+def test_external_grpc_addresses_and_the_control_protocol(tmp_path: Any) -> None:
+    from manager.errors import RuntimeSetupError
+    from manager.settings import Settings
+    from manager.system import make_runtime
+
+    two = "http://a:8000,http://b:9000"
+    grpc = Settings(
+        home=tmp_path,
+        triton_url=two,
+        triton_grpc_url="a:7001, grpc://b:7002",
+        triton_control_protocol="grpc",
+    )
+    replicas = make_runtime(grpc).replicas
+    assert [r.endpoints.grpc_url for r in replicas] == ["a:7001", "b:7002"]
+    with replicas[1].client() as client:  # loads go to the gRPC address
+        assert client.grpc_url == "b:7002"
+    (http,) = make_runtime(Settings(home=tmp_path, triton_url="http://a:8000")).replicas
+    with http.client() as client:  # the default: loads over HTTP
+        assert client.grpc_url is None
+    for bad, message in (
+        ("a:7001", "lists 1 distinct address"),
+        ("a:7001,a:7001", "lists 1 distinct address"),
+        ("a:7001,b", "invalid LASTMILE_TRITON_GRPC_URL entry 'b'"),
+        ("a:7001,http://b:7002", "invalid LASTMILE_TRITON_GRPC_URL entry"),
+    ):
+        with pytest.raises(RuntimeSetupError, match=message):
+            make_runtime(Settings(home=tmp_path, triton_url=two, triton_grpc_url=bad))
