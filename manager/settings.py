@@ -110,6 +110,13 @@ class Settings(BaseSettings):
         "(--grpc-restricted-protocol=model-repository:NAME=VALUE). Embedded servers always "
         "load over gRPC.",
     )
+    shadow_diff_rate: float = Field(
+        default=100.0,
+        gt=0,
+        description="Shadow rollouts: answer pairs the gateway decodes and compares per second "
+        "and candidate (a token bucket; the others count for the latency figures only). "
+        "Comparing costs ~120 µs of gateway CPU per small pair.",
+    )
     triton_http_port: int = Field(default=8100, description="Embedded tritonserver HTTP port.")
     triton_grpc_port: int = Field(default=8101, description="Embedded tritonserver gRPC port.")
     triton_metrics_port: int = Field(

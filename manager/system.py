@@ -200,6 +200,7 @@ class GatewayProcess:
             "--admin-port", str(s.gateway_admin_port),
             "--routes-file", str(s.run_dir / "routes.json"),
             "--admin-token-file", str(self.token_path),
+            "--shadow-diff-rate", f"{s.shadow_diff_rate:g}",
         ]  # fmt: skip
         for upstream in self.upstreams:
             cmd += ["--allowed-upstream", upstream]

@@ -50,7 +50,7 @@ from rollout.http_shadow import ShadowMirrors
 from rollout.proxy import ClientConnection
 from rollout.public_config import EXTENSIONS
 from rollout.routing import RoutingTable
-from rollout.shadow_diff import DiffCollector
+from rollout.shadow_diff import DEFAULT_MAX_RATE, DiffCollector
 from rollout.upstream import UpstreamPool, probe_ready
 
 logger = logging.getLogger(__name__)
@@ -95,6 +95,7 @@ class GatewayConfig:
     health_interval: float = 1.0
     shutdown_timeout: float = 30.0
     backlog: int = 2048
+    shadow_diff_rate: float = DEFAULT_MAX_RATE  # shadow pairs compared per s and route/mirror
 
     def __post_init__(self) -> None:
         if self.max_inflated_bytes <= 0:
@@ -126,7 +127,7 @@ class Gateway:
         self.replicas: dict[tuple[str, int], Replica] = {}
         self.shutting_down = False
         self.routing = CompiledRouting(None, self._pool_for)
-        self.shadow_diff = DiffCollector()
+        self.shadow_diff = DiffCollector(max_rate=config.shadow_diff_rate)
         self.mirrors = ShadowMirrors(self.loop, self.stats, self.shadow_diff)
         self.server_metadata = json.dumps(
             {
@@ -450,9 +451,18 @@ def parse_args(argv: list[str] | None = None) -> tuple[GatewayConfig, str]:
         "--max-upstream-connections", type=int, default=defaults.max_upstream_connections
     )
     p.add_argument("--health-interval", type=float, default=defaults.health_interval)
+    p.add_argument(
+        "--shadow-diff-rate",
+        type=float,
+        default=defaults.shadow_diff_rate,
+        help="shadow answer pairs compared per second per route and mirror (the others count "
+        "for latency only)",
+    )
     p.add_argument("--shutdown-timeout", type=float, default=defaults.shutdown_timeout)
     p.add_argument("--log-level", default="INFO")
     a = p.parse_args(argv)
+    if not a.shadow_diff_rate > 0:
+        p.error(f"--shadow-diff-rate must be > 0 pairs per second, got {a.shadow_diff_rate:g}")
     token = None
     if a.admin_token_file is not None:
         try:
@@ -480,6 +490,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[GatewayConfig, str]:
         max_upstream_connections=a.max_upstream_connections,
         health_interval=a.health_interval,
         shutdown_timeout=a.shutdown_timeout,
+        shadow_diff_rate=a.shadow_diff_rate,
     )
     return config, a.log_level
 

@@ -9,9 +9,12 @@ memory or back-pressure into the gateway.
 
 A daemon worker thread decodes both answers (KServe v2 HTTP JSON + binary extension, or a
 serialized gRPC ModelInferResponse) into numpy arrays and folds the comparison into running
-sums per (route, mirror variant) and output name. Only latencies keep samples, in a window of
-the last `LATENCY_WINDOW` pairs, for the p99; everything else is a counter, so memory stays
-bounded however long a shadow runs.
+sums per (route, mirror variant) and output name. Comparisons are sampled: at most `max_rate`
+pairs a second per (route, mirror) are queued (a token bucket in `submit`), the others only
+count for the latencies, which every pair feeds (a report says how many pairs were `sampled`
+and `not_sampled`). Only latencies keep samples, in a window of the last `LATENCY_WINDOW`
+pairs, for the p99; everything else is a counter, so memory stays bounded however long a
+shadow runs.
 
 Agreement, per pair and output: integer, bool and BYTES outputs must be equal element for
 element; floating outputs must satisfy |a - b| <= tol + tol * |a| everywhere (a = primary; NaN
@@ -29,6 +32,7 @@ import json
 import logging
 import struct
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +42,10 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 LATENCY_WINDOW = 10_000  # pairs per (route, mirror) kept for the latency p99
+# Pairs compared per second and (route, mirror); the others only count for the latencies.
+# Decoding and comparing costs ~120 µs of gateway CPU per small pair (measured at ~2,000
+# req/s: a quarter of a core); 100 a second give 6,000 compared pairs a minute.
+DEFAULT_MAX_RATE = 100.0
 
 # Triton datatype -> little-endian numpy dtype of its binary layout (BYTES and BF16 apart).
 _DTYPES: dict[str, np.dtype[Any]] = {
@@ -309,25 +317,62 @@ def _ms(values: list[float] | deque[float], mean_of: float, count: int) -> tuple
 
 
 @dataclass(slots=True)
-class _PairStats:
-    """Running figures of one (route, mirror variant)."""
+class _Latencies:
+    """Every pair's latencies of one (route, mirror variant): recorded at submit, cheaply."""
 
     pairs: int = 0
-    decode_errors: int = 0
-    tolerance: float | None = None
-    outputs: dict[str, _OutputStats] = field(default_factory=dict)
     primary_sum: float = 0.0
     candidate_sum: float = 0.0
     primary_recent: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
     candidate_recent: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
+    # token bucket of the comparisons (see DiffCollector.max_rate)
+    tokens: float = 0.0
+    refilled: float = 0.0
+    not_sampled: int = 0
+
+    def copy(self) -> _Latencies:
+        """A snapshot (C-level deque copies: cheap enough under the submit lock)."""
+        return _Latencies(
+            self.pairs,
+            self.primary_sum,
+            self.candidate_sum,
+            deque(self.primary_recent, maxlen=LATENCY_WINDOW),
+            deque(self.candidate_recent, maxlen=LATENCY_WINDOW),
+            not_sampled=self.not_sampled,
+        )
+
+    def add(self, primary_s: float, candidate_s: float) -> None:
+        self.pairs += 1
+        self.primary_sum += primary_s
+        self.candidate_sum += candidate_s
+        self.primary_recent.append(primary_s)
+        self.candidate_recent.append(candidate_s)
+
+    def report(self) -> dict[str, Any]:
+        primary_mean, primary_p99 = _ms(self.primary_recent, self.primary_sum, self.pairs)
+        candidate_mean, candidate_p99 = _ms(self.candidate_recent, self.candidate_sum, self.pairs)
+        ratio = candidate_mean / primary_mean if primary_mean else None
+        return {
+            "primary_mean_ms": primary_mean,
+            "candidate_mean_ms": candidate_mean,
+            "primary_p99_ms": primary_p99,
+            "candidate_p99_ms": candidate_p99,
+            "ratio_mean": ratio,
+        }
+
+
+@dataclass(slots=True)
+class _PairStats:
+    """Running comparisons of one (route, mirror variant), from the sampled pairs."""
+
+    sampled: int = 0
+    decode_errors: int = 0
+    tolerance: float | None = None
+    outputs: dict[str, _OutputStats] = field(default_factory=dict)
 
     def add(self, pair: _Pair, results: dict[str, _Comparison] | None) -> None:
-        self.pairs += 1
+        self.sampled += 1
         self.tolerance = pair.tolerance
-        self.primary_sum += pair.primary_s
-        self.candidate_sum += pair.candidate_s
-        self.primary_recent.append(pair.primary_s)
-        self.candidate_recent.append(pair.candidate_s)
         if results is None:
             self.decode_errors += 1
             return
@@ -337,23 +382,16 @@ class _PairStats:
                 output = self.outputs[name] = _OutputStats()
             output.add(result)
 
-    def report(self, dropped: int) -> dict[str, Any]:
-        primary_mean, primary_p99 = _ms(self.primary_recent, self.primary_sum, self.pairs)
-        candidate_mean, candidate_p99 = _ms(self.candidate_recent, self.candidate_sum, self.pairs)
-        ratio = candidate_mean / primary_mean if primary_mean else None
+    def report(self, dropped: int, latencies: _Latencies) -> dict[str, Any]:
         return {
-            "pairs": self.pairs,
+            "pairs": latencies.pairs,
+            "sampled": self.sampled,
+            "not_sampled": latencies.not_sampled,
             "decode_errors": self.decode_errors,
             "dropped": dropped,
             "tolerance": self.tolerance,
             "outputs": {name: stats.report() for name, stats in self.outputs.items()},
-            "latency": {
-                "primary_mean_ms": primary_mean,
-                "candidate_mean_ms": candidate_mean,
-                "primary_p99_ms": primary_p99,
-                "candidate_p99_ms": candidate_p99,
-                "ratio_mean": ratio,
-            },
+            "latency": latencies.report(),
         }
 
 
@@ -377,10 +415,13 @@ class DiffCollector:
     Whenever both are held, `_stats_lock` is taken first.
     """
 
-    def __init__(self, max_pending: int = 1024) -> None:
+    def __init__(self, max_pending: int = 1024, max_rate: float = DEFAULT_MAX_RATE) -> None:
         if max_pending < 1:
             raise ValueError(f"max_pending must be >= 1, got {max_pending}")
+        if not max_rate > 0:
+            raise ValueError(f"max_rate must be > 0 pairs per second, got {max_rate}")
         self.max_pending = max_pending
+        self.max_rate = float(max_rate)
         self._lock = threading.Lock()
         self._work = threading.Condition(self._lock)  # the worker waits for pairs
         self._idle = threading.Condition(self._lock)  # drain() waits for pending == 0
@@ -393,6 +434,7 @@ class DiffCollector:
         self._thread: threading.Thread | None = None
         self._stats_lock = threading.Lock()
         self._stats: dict[tuple[str, str], _PairStats] = {}
+        self._latencies: dict[tuple[str, str], _Latencies] = {}  # under _lock
 
     # -- event-loop side ------------------------------------------------------------------
 
@@ -406,10 +448,25 @@ class DiffCollector:
         candidate_s: float,
         tolerance: float,
     ) -> bool:
-        """Queue a pair for comparison; False (and counted as dropped) when the queue is full."""
+        """Record the pair's latencies and, within the rate limit, queue it for comparison;
+        False when it was not queued (over the rate: counted as not sampled; queue full:
+        counted as dropped)."""
+        key = (route, mirror)
+        now = time.monotonic()
         with self._lock:
+            latencies = self._latencies.get(key)
+            if latencies is None:
+                latencies = self._latencies[key] = _Latencies(tokens=self.max_rate, refilled=now)
+            latencies.add(primary_s, candidate_s)
+            rate = self.max_rate
+            tokens = min(rate, latencies.tokens + (now - latencies.refilled) * rate)
+            latencies.refilled = now
+            if tokens < 1.0:
+                latencies.tokens = tokens
+                latencies.not_sampled += 1
+                return False
+            latencies.tokens = tokens - 1.0
             if len(self._queue) >= self.max_pending:
-                key = (route, mirror)
                 self._dropped[key] = self._dropped.get(key, 0) + 1
                 return False
             epoch = (self._epoch_all, self._epochs.get(route, 0))
@@ -463,11 +520,14 @@ class DiffCollector:
         with self._stats_lock:
             with self._lock:
                 dropped = dict(self._dropped)
-            keys = sorted(set(self._stats) | set(dropped))
+                latencies = {key: value.copy() for key, value in self._latencies.items()}
+            keys = sorted(set(self._stats) | set(dropped) | set(latencies))
             out: dict[str, dict[str, dict[str, Any]]] = {}
             for route, mirror in keys:
-                stats = self._stats.get((route, mirror)) or _PairStats()
-                out.setdefault(route, {})[mirror] = stats.report(dropped.get((route, mirror), 0))
+                key = (route, mirror)
+                stats = self._stats.get(key) or _PairStats()
+                seen = latencies.get(key) or _Latencies()
+                out.setdefault(route, {})[mirror] = stats.report(dropped.get(key, 0), seen)
             return out
 
     def reset(self, route: str | None = None) -> None:
@@ -480,10 +540,13 @@ class DiffCollector:
                 if route is None:
                     self._epoch_all += 1
                     self._dropped.clear()
+                    self._latencies.clear()
                 else:
                     self._epochs[route] = self._epochs.get(route, 0) + 1
                     for key in [k for k in self._dropped if k[0] == route]:
                         del self._dropped[key]
+                    for key in [k for k in self._latencies if k[0] == route]:
+                        del self._latencies[key]
             if route is None:
                 self._stats.clear()
             else:

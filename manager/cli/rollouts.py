@@ -238,7 +238,8 @@ def report(
         latency = diff.get("latency") or {}
         parts.append(
             table(
-                f"shadow {mirror}: {diff.get('pairs', 0)} pairs compared, latency "
+                f"shadow {mirror}: {diff.get('pairs', 0)} pairs, "
+                f"{diff.get('sampled', diff.get('pairs', 0))} compared, latency "
                 f"{latency.get('candidate_mean_ms')} ms vs {latency.get('primary_mean_ms')} ms",
                 ["output", "pairs", "agreement", "max |diff|", "mean |diff|", "class agreement"],
                 out_rows,

@@ -395,13 +395,15 @@ def test_full_queue_drops_and_counts() -> None:
     assert not c.submit("r", "m", raw, raw, 0.01, 0.01, 1e-5)
     assert not c.submit("r", "other", raw, raw, 0.01, 0.01, 1e-5)
     assert not c.drain(0.01)  # no worker yet
-    assert c.reports()["r"]["m"]["dropped"] == 1 and c.reports()["r"]["m"]["pairs"] == 0
+    waiting = c.reports()["r"]["m"]
+    assert waiting["dropped"] == 1 and waiting["sampled"] == 0
+    assert waiting["pairs"] == 3  # every pair's latencies count, compared or not
     c.start()
     try:
         assert c.drain(TIMEOUT)
         reports = c.reports()["r"]
-        assert reports["m"]["pairs"] == 2 and reports["m"]["dropped"] == 1
-        assert reports["other"]["pairs"] == 0 and reports["other"]["dropped"] == 1
+        assert reports["m"]["sampled"] == 2 and reports["m"]["dropped"] == 1
+        assert reports["other"]["sampled"] == 0 and reports["other"]["dropped"] == 1
     finally:
         c.stop()
 
@@ -448,7 +450,27 @@ def test_worker_survives_an_unexpected_failure(
     monkeypatch.setattr(shadow_diff, "compare", flaky)
     collector.submit("r", "m", raw, raw, 0.01, 0.01, 1e-5)
     report = run_pairs(collector, raw, raw, route="r", mirror="m")
-    assert report["pairs"] == 1 and report["outputs"]["y"]["agreement"] == 1.0
+    assert report["pairs"] == 2  # both latencies
+    assert report["sampled"] == 1 and report["outputs"]["y"]["agreement"] == 1.0
+
+
+def test_comparisons_are_sampled_within_the_rate_latencies_are_not() -> None:
+    c = DiffCollector(max_rate=5)  # the bucket starts full: 5 at once, then 5 a second
+    raw = http_body({"p": probs()})
+    queued = [c.submit("r", "m", raw, raw, 0.01 * (i + 1), 0.02, 1e-5) for i in range(50)]
+    assert queued.count(True) == 5 and queued[:5] == [True] * 5
+    c.start()
+    try:
+        assert c.drain(TIMEOUT)
+        report = c.reports()["r"]["m"]
+        assert (report["pairs"], report["sampled"], report["not_sampled"]) == (50, 5, 45)
+        assert report["outputs"]["p"]["compared"] == 5
+        # the latencies are every pair's: mean of 10, 20, ... 500 ms
+        assert report["latency"]["primary_mean_ms"] == pytest.approx(255.0)
+    finally:
+        c.stop()
+    with pytest.raises(ValueError, match="max_rate"):
+        DiffCollector(max_rate=0)
 
 
 def test_start_is_idempotent_and_stop_joins_the_worker() -> None:
