@@ -133,19 +133,9 @@ def test_plain_infer_takes_the_fast_path_on_one_upstream_connection() -> None:
 def test_everything_else_is_relayed_to_the_full_frontend() -> None:
     async def main() -> None:
         async with fakes(FakeGrpcTriton()) as (fake,):
-            routing = table(
-                Route("default", "d", (variant("d", 3, 100, fake),)),
-                Route(
-                    "default",
-                    "s",
-                    (variant("s", 1, 100, fake), variant("s", 2, 0, fake)),
-                    strategy="shadow",
-                    shadow=Shadow(mirrors=(Mirror("s/2", 1.0),)),
-                ),
-            )
+            routing = table(Route("default", "d", (variant("d", 3, 100, fake),)))
             async with frontend(routing) as (gw, _stats, client):
                 assert gw.relay is not None
-                await client.infer("s", [x_input(X)])  # shadow route: mirrored by the frontend
                 with pytest.raises(InferenceServerException, match="unknown model 'nope'"):
                     await client.infer("nope", [x_input(X)])
                 assert await client.is_server_live()
@@ -153,7 +143,31 @@ def test_everything_else_is_relayed_to_the_full_frontend() -> None:
                     stub = channel.unary_unary(INFER)
                     zipped = await stub(raw_request(), compression=grpc.Compression.Gzip)
                     assert pb.ModelInferResponse.FromString(zipped).model_name == "d"
-                assert gw.relay.counts == {"fast": 0, "relayed": 4}
+                assert gw.relay.counts == {"fast": 0, "relayed": 3}
+
+    uvloop.run(main())
+
+
+def test_shadow_routes_are_mirrored_on_the_fast_path() -> None:
+    async def main() -> None:
+        async with fakes(FakeGrpcTriton(), FakeGrpcTriton(factor=3.0)) as (primary, candidate):
+            routing = table(
+                Route(
+                    "default",
+                    "s",
+                    (variant("s", 1, 100, primary), variant("s", 2, 0, candidate)),
+                    strategy="shadow",
+                    shadow=Shadow(mirrors=(Mirror("s/2", 1.0),)),
+                )
+            )
+            async with frontend(routing) as (gw, stats, client):
+                for _ in range(5):
+                    result = await client.infer("s", [x_input(X)])
+                    np.testing.assert_array_equal(result.as_numpy("y"), X)  # the primary's
+                await stats.until(lambda: len(stats.of("shadow")) == 5)
+                assert [call[:3] for call in stats.of("shadow")] == [("default/s", "s/2", "ok")] * 5
+                assert {r.model_name for r in candidate.requests} == {"default.s.v2"}
+                assert gw.relay is not None and gw.relay.counts == {"fast": 5, "relayed": 0}
 
     uvloop.run(main())
 
