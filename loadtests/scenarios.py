@@ -229,11 +229,12 @@ def shadow(s: Scenario) -> None:
     mirrored = report.get("shadow", {}).get("mirrored/2", {})
     outputs = mirrored.get("outputs", {})
     s.figures["pairs"] = mirrored.get("pairs", 0)
+    s.figures["compared"] = mirrored.get("sampled", 0)
     s.figures["dropped"] = mirrored.get("dropped")
     s.figures["agreement"] = min((o["agreement"] for o in outputs.values()), default=None)
     s.figures["max_abs_diff"] = max((o["max_abs_diff"] for o in outputs.values()), default=None)
     s.expect(s.figures["failures"] == 0, f"{s.figures['failures']} client failures")
-    s.expect(s.figures["pairs"] > 0, "no shadow pairs compared")
+    s.expect(s.figures["compared"] > 0, "no shadow pairs compared")
     s.expect(s.figures["agreement"] == 1.0, f"agreement {s.figures['agreement']}")
 
 

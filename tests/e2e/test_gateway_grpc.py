@@ -386,7 +386,7 @@ def test_shadow_mirrors_off_the_clients_path_and_reports_the_difference(
         assert status == 200
         return json.loads(body)["routes"].get("default/shadowed", {}).get("shadowed/2")
 
-    eventually(lambda: (report() or {}).get("pairs") == 10, "10 pairs compared")
+    eventually(lambda: (report() or {}).get("sampled") == 10, "10 pairs compared")
     y = report()["outputs"]["y"]
     assert y["compared"] == 10
     assert y["max_abs_diff"] == pytest.approx(X.max())  # 3x - 2x
