@@ -143,6 +143,7 @@ class Gateway:
                 client_connections=lambda: len(self.clients),
                 upstream_connections=lambda: {p.name: p.total for p in self.pools.values()},
                 upstream_up=lambda: {f"{h}:{p}": self._fresh((h, p)) for h, p in self._upstreams()},
+                grpc_paths=self._grpc_paths,
             ),
         )
         self.grpc: GrpcFrontend | None = None
@@ -291,6 +292,10 @@ class Gateway:
 
     def _upstreams(self) -> set[tuple[str, int]]:
         return self.table.upstreams() if self.table is not None else set()
+
+    def _grpc_paths(self) -> dict[str, int]:
+        relay = self.grpc.relay if self.grpc is not None else None
+        return dict(relay.counts) if relay is not None else {}
 
     def _fresh(self, key: tuple[str, int]) -> bool:
         seen = self.last_ready.get(key)

@@ -113,6 +113,7 @@ class GaugeSource:
     client_connections: Callable[[], int]
     upstream_connections: Callable[[], dict[str, int]]
     upstream_up: Callable[[], dict[str, bool]]
+    grpc_paths: Callable[[], dict[str, int]] = dict
 
 
 def _histogram(
@@ -237,6 +238,20 @@ class GatewayCollector(Collector):
         for upstream, is_up in sorted(self.gauges.upstream_up().items()):
             up.add_metric([upstream], 1 if is_up else 0)
         yield up
+        yield _grpc_paths(self.gauges.grpc_paths())
+
+
+def _grpc_paths(counts: dict[str, int]) -> CounterMetricFamily:
+    family = CounterMetricFamily(
+        "lastmile_gateway_grpc_calls",
+        "gRPC calls by how the gateway's HTTP/2 relay handled them: 'fast' (a ModelInfer "
+        "routed and answered at the frame level) or 'relayed' (handed to the full gRPC "
+        "frontend: other methods, streams, compressed or refused calls).",
+        labels=["path"],
+    )
+    for path, value in sorted(counts.items()):
+        family.add_metric([path], value)
+    return family
 
 
 def make_registry(stats: GatewayStats, gauges: GaugeSource) -> CollectorRegistry:

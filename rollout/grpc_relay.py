@@ -316,7 +316,6 @@ class Call:
         relay = self.relay
         loop = relay.loop
         self.state = FAST
-        relay.counts["fast"] += 1
         self.size = 0  # from now on: answer bytes not yet credited
         self.key, self.label, self.variant, self.target = key, variant.name, variant, target
         self.start = loop.time()
@@ -423,6 +422,7 @@ class Call:
 
     def _settle(self, http_code: int) -> None:
         self.state = DONE
+        self.relay.counts["fast"] += 1
         if self.pair is not None and not self.pair.settled:  # the primary failed: no diff
             self.pair.primary_done(None)
         if self.timer is not None:
@@ -463,7 +463,6 @@ class Call:
             assert self.target is not None
             self.target.upstream.inflight -= 1
             self.relay.stats.leave(self.key, self.label)
-            self.relay.counts["fast"] -= 1
             self.up = None
             self.response.clear()
         elif self.state != COLLECT:
@@ -496,7 +495,8 @@ class GrpcRelay:
         self.pools: set[UpstreamPool] = set()
         self.idle = asyncio.Event()
         self.idle.set()
-        # calls answered on the fast path / streams relayed to the grpc.aio frontend
+        # calls answered on the fast path / streams relayed to the grpc.aio frontend (only
+        # ever incremented: /metrics exports them as counters)
         self.counts = {"fast": 0, "relayed": 0}
 
     async def start(self, host: str, port: int, slow_port: int) -> int:

@@ -9,8 +9,9 @@ in one `writelines` per connection (`Flusher`).
 
 What we receive is credited back explicitly: the connection window as soon as a frame is read
 (what a connection may buffer is bounded by its streams), a stream's window by its leg, once it
-has used the bytes — on the relay path when they were handed to the other connection, so a slow
-receiver slows the sender instead of filling the gateway's memory.
+has used the bytes — on the relay path when they were framed for the other connection, and a
+connection whose transport buffer is full (`pause_writing`) frames no DATA until it drains, so a
+slow receiver slows the sender instead of filling the gateway's memory.
 """
 
 from __future__ import annotations
@@ -230,6 +231,9 @@ class H2Conn(asyncio.Protocol):
         self.continuing: tuple[int, int, list[bytes]] | None = None  # (stream, flags, parts)
         self.draining = False  # GOAWAY sent or received: no new streams
         self.closed = False
+        # the transport's buffer is full (a slow reader): queued DATA waits, and so does the
+        # credit it would give back upstream
+        self.write_paused = False
         self.out.append(
             (PREFACE if client else b"")
             + settings_frame(
@@ -257,6 +261,15 @@ class H2Conn(asyncio.Protocol):
                 stream.leg.on_lost(stream, False)
         if self.on_closed is not None:
             self.on_closed(self)
+        self.flusher.flush()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        for stream in list(self.blocked):
+            self.pump(stream)
         self.flusher.flush()
 
     def mark(self) -> None:
@@ -333,7 +346,7 @@ class H2Conn(asyncio.Protocol):
                 continue
             size = len(payload)
             allowed = min(size, stream.send_window, self.send_window, self.peer_max_frame)
-            if allowed <= 0 and size:
+            if (allowed <= 0 and size) or self.write_paused:
                 self.blocked.add(stream)
                 break
             last = allowed == size

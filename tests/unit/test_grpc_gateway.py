@@ -38,7 +38,13 @@ from tests.unit.grpc_harness import (
     variant,
     x_input,
 )
-from tests.unit.test_gateway_harness import FakeTriton, put_routes, running_gateway, wait_ready
+from tests.unit.test_gateway_harness import (
+    FakeTriton,
+    http,
+    put_routes,
+    running_gateway,
+    wait_ready,
+)
 
 # tests/unit/test_gateway_hardening.py imports these from here
 __all__ = ["FakeGrpcTriton", "RecordingStats", "routes", "x_input"]
@@ -379,6 +385,10 @@ def test_a_table_pushed_to_the_admin_api_routes_grpc() -> None:
             assert fake.requests[-1].model_name == "ws.d.v1"
             assert await client.is_server_ready()
             assert gw.stats.requests[("default/d", "d/1", "grpc", 200)] == 1
+            # how the relay handled them: the infer at the frame level, ServerReady relayed
+            text = (await http(gw.ports["metrics"], "GET", "/metrics")).body.decode()
+            assert 'lastmile_gateway_grpc_calls_total{path="fast"} 1.0' in text
+            assert 'lastmile_gateway_grpc_calls_total{path="relayed"} 1.0' in text
 
     uvloop.run(main())
 

@@ -22,6 +22,7 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.utils import InferenceServerException
 
 from rollout.grpc_routing import SERVICE
+from rollout.h2_conn import Flusher, H2Conn
 from rollout.h2_wire import (
     CONTINUATION,
     END_HEADERS,
@@ -104,6 +105,44 @@ def test_grpc_message_and_timeout_encodings() -> None:
     assert parse_timeout(b"123456789S") is None  # at most 8 digits
     assert format_timeout(0.0001) == b"1m" and format_timeout(30) == b"30000m"
     assert parse_timeout(format_timeout(1e6)) == pytest.approx(1e6, rel=1e-3)
+
+
+class _Transport:
+    """Stands in for the socket (not the subject): records what would be written."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+
+    def writelines(self, parts: list[bytes]) -> None:
+        self.written.append(b"".join(parts))
+
+    def close(self) -> None:
+        pass
+
+
+class _Leg:
+    def on_headers(self, *args: object) -> None: ...
+    def on_data(self, *args: object) -> None: ...
+    def on_reset(self, *args: object) -> None: ...
+    def on_lost(self, *args: object) -> None: ...
+
+
+def test_a_full_transport_holds_data_and_the_credit_it_would_give_back() -> None:
+    async def main() -> None:
+        conn = H2Conn(Flusher(asyncio.get_running_loop()), client=True)
+        transport = _Transport()
+        conn.connection_made(transport)
+        stream = conn.open_stream(_Leg(), [(b":path", INFER.encode())])
+        sent: list[int] = []
+        conn.pause_writing()  # the kernel buffer is full: a slow reader
+        stream.send_data(b"x" * 1000, True, on_sent=sent.append)
+        conn.flusher.flush()
+        assert sent == [] and stream.queued == 1000 and stream in conn.blocked
+        conn.resume_writing()
+        assert sent == [1000] and stream.queued == 0 and stream.local_closed
+        assert transport.written[-1].endswith(b"x" * 1000)
+
+    uvloop.run(main())
 
 
 # -- the relay --------------------------------------------------------------------------------
