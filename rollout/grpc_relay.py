@@ -89,12 +89,11 @@ class _Failure:
         return self._details
 
 
+_GRPC_HEAD: Headers = [(b":status", b"200"), (b"content-type", b"application/grpc")]
+
+
 def _reply_headers(label: str) -> Headers:
-    return [
-        (b":status", b"200"),
-        (b"content-type", b"application/grpc"),
-        (_VARIANT_HEADER, label.encode()),
-    ]
+    return [*_GRPC_HEAD, (_VARIANT_HEADER, label.encode())]
 
 
 def _status_headers(code: StatusCode, details: str) -> Headers:
@@ -186,6 +185,7 @@ class Call:
         if stream is self.down:
             self._request_headers(headers, end_stream)
         elif self.state == RELAY:
+            self.down.reply_started = True
             self.down.send_headers(headers, end_stream)
         elif self.state == FAST:
             self._response_headers(headers, end_stream)
@@ -224,8 +224,8 @@ class Call:
             if self.down.reply_started:
                 self.down.reset(INTERNAL_ERROR)
             else:
-                busy = self._trailers_only(StatusCode.UNAVAILABLE, "gateway busy")
-                self.down.send_headers(busy, True)
+                busy = _status_headers(StatusCode.UNAVAILABLE, "gateway busy")
+                self.down.send_headers(_GRPC_HEAD + busy, True)  # trailers-only
             self.state = DONE
         elif self.state == FAST:
             if unprocessed:
@@ -320,11 +320,13 @@ class Call:
         self.key, self.label, self.variant, self.target = key, variant.name, variant, target
         self.start = loop.time()
         timeout = relay.upstream_timeout
+        upstream = target.upstream
+        pool = relay.pool_for(upstream)
         headers = [
             (b":method", b"POST"),
             (b":scheme", b"http"),
             (b":path", INFER_PATH),
-            (b":authority", b""),
+            (b":authority", pool.authority),
             (b"te", b"trailers"),
             (b"content-type", b"application/grpc"),
         ]
@@ -341,14 +343,17 @@ class Call:
         self.deadline = self.start + timeout
         self.timer = loop.call_at(self.deadline, self._expired)
         relay.stats.enter(key, self.label)
-        upstream = target.upstream
         upstream.inflight += 1
-        pool = relay.pool_for(upstream)
-        headers[3] = (b":authority", pool.authority)
         suffix = target.request_suffix
         size = len(request) + len(suffix)
         up = self.up = pool.open(self, headers)
-        up.send_data(b"\x00" + size.to_bytes(4) + request + suffix, True)
+        prefix = b"\x00" + size.to_bytes(4)
+        if size < CREDIT_BATCH:  # one DATA frame
+            up.send_data(prefix + request + suffix, True)
+        else:  # large: written as it is, no second copy of the tensors
+            up.send_data(prefix)
+            up.send_data(request)
+            up.send_data(suffix, True)
         if mirrors:  # after the primary: a copy never goes out ahead of the client's call
             self.pair = mirror(relay, route, mirrors, request, forwarded)
 
@@ -357,7 +362,6 @@ class Call:
         if not end_stream:
             if not self.down.reply_started:  # response headers
                 self.down.reply_started = True
-                assert self.variant is not None
                 self.down.send_headers(_reply_headers(self.label))
             return
         status, message = -1, b""
@@ -413,12 +417,6 @@ class Call:
             down.send_headers(_reply_headers(self.label))
         down.send_headers(_status_headers(code, details), True)
         self._settle(grpc_code_to_http(code.name))
-
-    def _trailers_only(self, code: StatusCode, details: str) -> Headers:
-        headers = [(b":status", b"200"), (b"content-type", b"application/grpc")]
-        if self.label:
-            headers.append((_VARIANT_HEADER, self.label.encode()))
-        return headers + _status_headers(code, details)
 
     def _settle(self, http_code: int) -> None:
         self.state = DONE

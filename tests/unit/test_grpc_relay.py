@@ -315,3 +315,21 @@ def test_a_client_that_is_not_http2_gets_goaway_and_the_port_keeps_serving() -> 
             np.testing.assert_array_equal(result.as_numpy("y"), X)
 
     uvloop.run(main())
+
+
+def test_relayed_calls_fail_cleanly_when_the_full_frontend_is_gone() -> None:
+    async def main() -> None:
+        async with (
+            fakes(FakeGrpcTriton()) as (fake,),
+            frontend(one_route(fake)) as (gw, _stats, client),
+        ):
+            assert await client.is_server_live()  # relayed to the grpc.aio frontend
+            await gw.server.stop(0)  # it goes away (the gateway itself keeps running)
+            with pytest.raises(InferenceServerException) as info:
+                await client.is_server_live()
+            assert info.value.status() == "StatusCode.UNAVAILABLE"
+            result = await client.infer("d", [x_input(X)])  # the fast path does not need it
+            np.testing.assert_array_equal(result.as_numpy("y"), X)
+            gw.server = None  # already stopped
+
+    uvloop.run(main())
