@@ -30,7 +30,7 @@ from grpc import StatusCode
 
 from rollout.body_guard import SHM_MARKER
 from rollout.gateway_metrics import grpc_code_to_http
-from rollout.grpc_relay_mirror import INFER_PATH, mirror
+from rollout.grpc_relay_mirror import CREDIT_BATCH, INFER_PATH, infer_headers, mirror
 from rollout.grpc_requests import (
     FORWARD_METADATA,
     NO_KEY,
@@ -49,7 +49,6 @@ from rollout.h2_wire import (
     CANCEL,
     INTERNAL_ERROR,
     REFUSED_STREAM,
-    format_timeout,
     parse_timeout,
     percent_decode,
     percent_encode,
@@ -71,7 +70,6 @@ _GRPC_RESERVED = frozenset(
 _OK_TRAILERS = [(b"grpc-status", b"0")]
 
 COLLECT, FAST, RELAY, DONE = range(4)
-CREDIT_BATCH = 256 * 1024  # bytes of one message received before its stream is credited
 
 
 class _Failure:
@@ -90,6 +88,11 @@ class _Failure:
 
 
 _GRPC_HEAD: Headers = [(b":status", b"200"), (b"content-type", b"application/grpc")]
+
+
+def _one_message(body: bytes) -> bool:
+    """`body` is exactly one uncompressed gRPC message (flag 0, length prefix that fits)."""
+    return len(body) >= 5 and body[0] == 0 and int.from_bytes(body[1:5]) == len(body) - 5
 
 
 def _reply_headers(label: str) -> Headers:
@@ -265,7 +268,7 @@ class Call:
         """Route a complete unary ModelInfer, or hand it over to the grpc.aio frontend."""
         body = self.parts[0] if len(self.parts) == 1 else b"".join(self.parts)
         self.parts = [body]
-        if len(body) < 5 or body[0] != 0 or int.from_bytes(body[1:5]) != len(body) - 5:
+        if not _one_message(body):
             self._hand_over()  # compressed, several messages or truncated: the slow path says
             return
         request = body[5:]
@@ -322,14 +325,6 @@ class Call:
         timeout = relay.upstream_timeout
         upstream = target.upstream
         pool = relay.pool_for(upstream)
-        headers = [
-            (b":method", b"POST"),
-            (b":scheme", b"http"),
-            (b":path", INFER_PATH),
-            (b":authority", pool.authority),
-            (b"te", b"trailers"),
-            (b"content-type", b"application/grpc"),
-        ]
         forwarded: Headers = []
         for name, value in self.request_headers:
             if name == b"grpc-timeout":
@@ -338,15 +333,13 @@ class Call:
                     timeout = client
             elif name in _FORWARD:
                 forwarded.append((name, value))
-        headers += forwarded
-        headers.append((b"grpc-timeout", format_timeout(timeout)))
         self.deadline = self.start + timeout
         self.timer = loop.call_at(self.deadline, self._expired)
         relay.stats.enter(key, self.label)
         upstream.inflight += 1
         suffix = target.request_suffix
         size = len(request) + len(suffix)
-        up = self.up = pool.open(self, headers)
+        up = self.up = pool.open(self, infer_headers(pool.authority, timeout, forwarded))
         prefix = b"\x00" + size.to_bytes(4)
         if size < CREDIT_BATCH:  # one DATA frame
             up.send_data(prefix + request + suffix, True)
@@ -385,7 +378,7 @@ class Call:
 
     def _answer(self) -> None:
         body = self.response[0] if len(self.response) == 1 else b"".join(self.response)
-        if len(body) < 5 or body[0] != 0 or int.from_bytes(body[1:5]) != len(body) - 5:
+        if not _one_message(body):
             self._fail(StatusCode.INTERNAL, "malformed answer from upstream")
             return
         assert self.variant is not None

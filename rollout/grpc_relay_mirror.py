@@ -23,7 +23,21 @@ if TYPE_CHECKING:
     from rollout.grpc_relay import GrpcRelay
 
 INFER_PATH = f"/{SERVICE}/ModelInfer".encode()
-_CREDIT_BATCH = 256 * 1024
+CREDIT_BATCH = 256 * 1024  # bytes of one message received before its stream is credited
+
+
+def infer_headers(authority: bytes, timeout: float, forwarded: Headers) -> Headers:
+    """The request head of a ModelInfer the relay sends to a Triton (a call or a copy)."""
+    return [
+        (b":method", b"POST"),
+        (b":scheme", b"http"),
+        (b":path", INFER_PATH),
+        (b":authority", authority),
+        (b"te", b"trailers"),
+        (b"content-type", b"application/grpc"),
+        (b"grpc-timeout", format_timeout(timeout)),
+        *forwarded,
+    ]
 
 
 class MirrorCall:
@@ -49,19 +63,9 @@ class MirrorCall:
         target = self.variant.targets.pick()
         relay = self.relay
         pool = relay.pool_for(target.upstream)
-        headers: Headers = [
-            (b":method", b"POST"),
-            (b":scheme", b"http"),
-            (b":path", INFER_PATH),
-            (b":authority", pool.authority),
-            (b"te", b"trailers"),
-            (b"content-type", b"application/grpc"),
-            (b"grpc-timeout", format_timeout(timeout)),
-            *forwarded,
-        ]
         suffix = target.request_suffix
         self.timer = relay.loop.call_at(self.start + timeout, self._expired)
-        up = self.up = pool.open(self, headers)
+        up = self.up = pool.open(self, infer_headers(pool.authority, timeout, forwarded))
         up.send_data(b"\x00" + (len(request) + len(suffix)).to_bytes(4) + request + suffix, True)
 
     # -- leg --------------------------------------------------------------------------------
@@ -79,7 +83,7 @@ class MirrorCall:
     def on_data(self, stream: Stream, data: bytes, end_stream: bool) -> None:
         self.parts.append(data)
         self.size += len(data)
-        if self.size >= _CREDIT_BATCH:
+        if self.size >= CREDIT_BATCH:
             stream.credit(self.size)
             self.size = 0
 
@@ -102,12 +106,7 @@ class MirrorCall:
         self.done = True
         if self.timer is not None:
             self.timer.cancel()
-        inflight = self.relay.frontend.shadow.inflight
-        left = inflight.get(self.key, 1) - 1
-        if left > 0:
-            inflight[self.key] = left
-        else:
-            inflight.pop(self.key, None)
+        self.relay.frontend.shadow.release(self.key)
         seconds = self.relay.loop.time() - self.start
         self.relay.stats.shadow(self.key, self.variant.name, outcome, seconds)
         if response is not None and self.pair is not None:
@@ -127,18 +126,7 @@ def mirror(
     shadow = route.shadow
     if shadow is None:
         return None
-    frontend_shadow = relay.frontend.shadow
-    inflight = frontend_shadow.inflight
-    pair = None
-    key = route.key
-    for each in mirrors:
-        variant = route.variants[each.variant]
-        count = inflight.get(key, 0)
-        if count >= shadow.max_queue:
-            relay.stats.shadow(key, variant.name, "dropped", None)
-            continue
-        if pair is None and frontend_shadow.diffs is not None:
-            pair = ShadowPair(key, shadow.tolerance, frontend_shadow.diffs)
-        inflight[key] = count + 1
-        MirrorCall(relay, key, variant, pair).send(request, forwarded, shadow.timeout_s)
+    pair, admitted = relay.frontend.shadow.admit(route, mirrors)
+    for variant in admitted:
+        MirrorCall(relay, route.key, variant, pair).send(request, forwarded, shadow.timeout_s)
     return pair

@@ -103,7 +103,25 @@ class GrpcShadow:
         shadow = route.shadow
         if shadow is None:
             return None
+        pair, admitted = self.admit(route, mirrors)
+        for variant in admitted:
+            task = self.loop.create_task(
+                self._send(route.key, variant, request, metadata, shadow.timeout_s, pair)
+            )
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+        return pair
+
+    def admit(
+        self, route: GrpcRoute, mirrors: tuple[Mirror, ...]
+    ) -> tuple[ShadowPair | None, list[GrpcVariant]]:
+        """The mirror variants that get a copy now (each counted in flight until `release`),
+        the others counted dropped (past `shadow.max_queue`); and the pair their answers join,
+        None when nothing will be compared. Shared with the HTTP/2 relay's copies."""
+        shadow = route.shadow
+        assert shadow is not None
         pair = None
+        admitted: list[GrpcVariant] = []
         key = route.key
         for mirror in mirrors:
             variant = route.variants[mirror.variant]
@@ -114,12 +132,16 @@ class GrpcShadow:
             if pair is None and self.diffs is not None:
                 pair = ShadowPair(key, shadow.tolerance, self.diffs)
             self.inflight[key] = inflight + 1
-            task = self.loop.create_task(
-                self._send(key, variant, request, metadata, shadow.timeout_s, pair)
-            )
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
-        return pair
+            admitted.append(variant)
+        return pair, admitted
+
+    def release(self, key: str) -> None:
+        """One copy of route `key` is over (answered, failed or timed out)."""
+        left = self.inflight.get(key, 1) - 1
+        if left > 0:
+            self.inflight[key] = left
+        else:
+            self.inflight.pop(key, None)
 
     async def _send(
         self,
@@ -148,11 +170,7 @@ class GrpcShadow:
             self.stats.shadow(key, variant.name, "error", self.loop.time() - start)
             return
         finally:
-            left = self.inflight.get(key, 1) - 1
-            if left > 0:
-                self.inflight[key] = left
-            else:
-                self.inflight.pop(key, None)
+            self.release(key)
         seconds = self.loop.time() - start
         self.stats.shadow(key, variant.name, "ok", seconds)
         if pair is not None:
