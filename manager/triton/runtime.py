@@ -28,6 +28,7 @@ from urllib.parse import urlparse
 from manager.errors import RuntimeSetupError, TritonUnavailable
 from manager.procs import terminate_group
 from manager.triton.client import TritonClient
+from rollout.admission import format_address, parse_address
 
 log = logging.getLogger(__name__)
 
@@ -398,14 +399,10 @@ class ExternalTriton:
 
 def _grpc_address(text: str) -> str:
     """HOST:PORT of a gRPC server (a grpc:// prefix is accepted); RuntimeSetupError if not."""
-    parsed = urlparse(text if "://" in text else f"grpc://{text}")
     try:
-        port = parsed.port
+        host, port = parse_address(text.removeprefix("grpc://"))
     except ValueError:
-        port = None
-    if parsed.scheme != "grpc" or not parsed.hostname or not port or parsed.path not in ("", "/"):
         raise RuntimeSetupError(
             f"invalid LASTMILE_TRITON_GRPC_URL entry {text!r}", hint="use HOST:PORT"
-        )
-    host = f"[{parsed.hostname}]" if ":" in parsed.hostname else parsed.hostname
-    return f"{host}:{port}"
+        ) from None
+    return format_address(host, port)
