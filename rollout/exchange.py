@@ -25,6 +25,7 @@ import re
 from http import HTTPStatus
 from typing import TYPE_CHECKING
 
+from rollout.capture import HTTP
 from rollout.public_config import public_http_config
 from rollout.stamp import stamp_infer, stamp_metadata
 from rollout.upstream import UpstreamConnection
@@ -112,6 +113,7 @@ class Exchange:
 
     __slots__ = (
         "capture",
+        "captured_request",
         "chunks",
         "client",
         "conn",
@@ -156,6 +158,8 @@ class Exchange:
         self.group = group
         # the response as Triton sent it, kept (by reference) only for a mirrored request
         self.capture: list[bytes] | None = [] if group is not None else None
+        # (body chunks, Inference-Header-Content-Length) of a request sampled for data capture
+        self.captured_request: tuple[list[bytes], int] | None = None
         self.retried = False  # sent again on a fresh connection (rollout.upstream)
         self.rerouted = False  # sent to another replica after a refused connect
         self.done = False
@@ -243,6 +247,8 @@ class Exchange:
             return False
         self.target.readiness.mark_unready()
         self.status, self.headers, self.chunks = 0, [], []
+        if self.capture is not None:  # the 404's body is not the answer
+            self.capture.clear()
         self._reroute(other)
         return True
 
@@ -301,6 +307,11 @@ class Exchange:
             key, name = self.route.key, self.variant.name
             gw.stats.observe(key, name, "http", code, elapsed)
             gw.stats.leave(key, name)
+            captured = self.captured_request
+            if captured is not None and 200 <= code < 300 and self.capture:
+                assert gw.capture is not None
+                body, hlen = captured
+                gw.capture.offer(key, name, HTTP, body, hlen, self.capture, self.hlen)
             group = self.group
             if group is not None:
                 capture, self.capture = self.capture, None

@@ -42,6 +42,7 @@ from rollout.admin_api import AdminApi, read_token_file
 from rollout.admin_http import SimpleRequest, SimpleResponse, start_simple_server
 from rollout.admission import parse_address
 from rollout.balance import Replica
+from rollout.capture import CaptureSpool
 from rollout.exchange import Exchange, json_error
 from rollout.gateway_metrics import GatewayStats, GaugeSource, make_registry
 from rollout.grpc_gateway import GrpcFrontend
@@ -96,6 +97,8 @@ class GatewayConfig:
     shutdown_timeout: float = 30.0
     backlog: int = 2048
     shadow_diff_rate: float = DEFAULT_MAX_RATE  # shadow pairs compared per s and route/mirror
+    capture_dir: str | None = None  # the capture spool's folder (None: routes capture nothing)
+    capture_max_bytes: int = 512 << 20  # the spool's bound on disk; past it, drop and count
 
     def __post_init__(self) -> None:
         if self.max_inflated_bytes <= 0:
@@ -129,6 +132,11 @@ class Gateway:
         self.routing = CompiledRouting(None, self._pool_for)
         self.shadow_diff = DiffCollector(max_rate=config.shadow_diff_rate)
         self.mirrors = ShadowMirrors(self.loop, self.stats, self.shadow_diff)
+        self.capture: CaptureSpool | None = None
+        if config.capture_dir:
+            self.capture = CaptureSpool(
+                Path(config.capture_dir), max_disk_bytes=config.capture_max_bytes
+            )
         self.server_metadata = json.dumps(
             {
                 "name": "lastmile-gateway",
@@ -144,6 +152,7 @@ class Gateway:
                 upstream_connections=lambda: {p.name: p.total for p in self.pools.values()},
                 upstream_up=lambda: {f"{h}:{p}": self._fresh((h, p)) for h, p in self._upstreams()},
                 grpc_paths=self._grpc_paths,
+                capture=self._capture_counts,
             ),
         )
         self.grpc: GrpcFrontend | None = None
@@ -159,6 +168,7 @@ class Gateway:
                 shadow_inflight=self.mirrors.inflight,
             )
             self.grpc.replica_for = self.replica_for
+            self.grpc.capture = self.capture
         self._servers: list[asyncio.Server] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._health_wake = asyncio.Event()
@@ -174,6 +184,8 @@ class Gateway:
         config = self.config
         self.admin.load_routes_file()
         self.shadow_diff.start()
+        if self.capture is not None:
+            self.capture.start()
         if config.http_fd is not None:
             # A listening socket handed down by a supervisor that keeps it open across our
             # restarts: clients that connect while we are down wait in its backlog instead of
@@ -253,6 +265,8 @@ class Gateway:
         for pool in self.pools.values():
             pool.retire()
         await asyncio.to_thread(self.shadow_diff.stop, 5.0)
+        if self.capture is not None:
+            await asyncio.to_thread(self.capture.stop)
         await asyncio.sleep(0)  # let transports run their close callbacks
         logger.info("gateway stopped")
 
@@ -296,6 +310,10 @@ class Gateway:
     def _grpc_paths(self) -> dict[str, int]:
         relay = self.grpc.relay if self.grpc is not None else None
         return dict(relay.counts) if relay is not None else {}
+
+    def _capture_counts(self) -> tuple[dict[str, int], dict[str, int]]:
+        spool = self.capture
+        return (dict(spool.captured), dict(spool.dropped)) if spool is not None else ({}, {})
 
     def _fresh(self, key: tuple[str, int]) -> bool:
         seen = self.last_ready.get(key)
@@ -463,6 +481,17 @@ def parse_args(argv: list[str] | None = None) -> tuple[GatewayConfig, str]:
         help="shadow answer pairs compared per second per route and mirror (the others count "
         "for latency only)",
     )
+    p.add_argument(
+        "--capture-dir",
+        default=None,
+        help="folder of the data-capture spool (routes with a capture rate write there)",
+    )
+    p.add_argument(
+        "--capture-max-bytes",
+        type=int,
+        default=defaults.capture_max_bytes,
+        help="bytes the capture spool may hold on disk; past it, captures are dropped",
+    )
     p.add_argument("--shutdown-timeout", type=float, default=defaults.shutdown_timeout)
     p.add_argument("--log-level", default="INFO")
     a = p.parse_args(argv)
@@ -496,6 +525,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[GatewayConfig, str]:
         health_interval=a.health_interval,
         shutdown_timeout=a.shutdown_timeout,
         shadow_diff_rate=a.shadow_diff_rate,
+        capture_dir=a.capture_dir,
+        capture_max_bytes=a.capture_max_bytes,
     )
     return config, a.log_level
 

@@ -114,6 +114,8 @@ class GaugeSource:
     upstream_connections: Callable[[], dict[str, int]]
     upstream_up: Callable[[], dict[str, bool]]
     grpc_paths: Callable[[], dict[str, int]] = dict
+    # (captured, dropped) calls per route key (rollout.capture)
+    capture: Callable[[], tuple[dict[str, int], dict[str, int]]] = lambda: ({}, {})
 
 
 def _histogram(
@@ -239,6 +241,20 @@ class GatewayCollector(Collector):
             up.add_metric([upstream], 1 if is_up else 0)
         yield up
         yield _grpc_paths(self.gauges.grpc_paths())
+        yield _capture(*self.gauges.capture())
+
+
+def _capture(captured: dict[str, int], dropped: dict[str, int]) -> CounterMetricFamily:
+    family = CounterMetricFamily(
+        "lastmile_gateway_capture",
+        "Inference calls sampled for data capture: 'captured' (queued to the spool) or "
+        "'dropped' (the spool's memory or disk bound was reached).",
+        labels=["route", "outcome"],
+    )
+    for outcome, counts in (("captured", captured), ("dropped", dropped)):
+        for route, value in sorted(counts.items()):
+            family.add_metric([route, outcome], value)
+    return family
 
 
 def _grpc_paths(counts: dict[str, int]) -> CounterMetricFamily:

@@ -44,6 +44,7 @@ import grpc
 
 from rollout.balance import Replica
 from rollout.body_guard import SHM_MARKER, SHM_REFUSED
+from rollout.capture import GRPC, CaptureSpool
 from rollout.gateway_metrics import UNKNOWN_ROUTE, GatewayStats, grpc_code_to_http
 from rollout.grpc_relay import GrpcRelay
 from rollout.grpc_requests import (
@@ -138,6 +139,7 @@ class GrpcFrontend:
         self.upstreams: dict[tuple[str, int], GrpcUpstream] = {}
         # the Triton server behind a target, shared with the HTTP side (set by the gateway)
         self.replica_for: Callable[[str, int], Replica] = Replica
+        self.capture: CaptureSpool | None = None  # the data-capture spool (set by the gateway)
         self.routing = GrpcRouting(None, self._upstream_for)
         self.shadow = GrpcShadow(stats, diffs, shadow_inflight)
         self.server_metadata = (
@@ -326,6 +328,9 @@ class GrpcFrontend:
         elapsed = self._since(start)
         stats.observe(key, label, PROTOCOL, 200, elapsed)
         settle(pair, response, elapsed)
+        sampler, spool = route.capture, self.capture
+        if sampler is not None and spool is not None and sampler.take():
+            spool.offer(key, label, GRPC, (request,), -1, (response,), -1)
         return response, variant
 
     async def _once_more(

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from grpc import StatusCode
 
 from rollout.body_guard import SHM_MARKER
+from rollout.capture import GRPC
 from rollout.gateway_metrics import grpc_code_to_http
 from rollout.grpc_relay_mirror import CREDIT_BATCH, INFER_PATH, infer_headers, mirror
 from rollout.grpc_requests import (
@@ -148,6 +149,7 @@ class Call:
     """One client stream and, once routed, its upstream stream: the leg of both."""
 
     __slots__ = (
+        "captured",
         "deadline",
         "down",
         "key",
@@ -180,6 +182,7 @@ class Call:
         self.target: GrpcTarget | None = None
         self.variant: GrpcVariant | None = None
         self.pair: ShadowPair | None = None
+        self.captured = False  # sampled for data capture (rollout.capture)
         self.key = self.label = ""
         self.start = 0.0
 
@@ -349,6 +352,10 @@ class Call:
             up.send_data(suffix, True)
         if mirrors:  # after the primary: a copy never goes out ahead of the client's call
             self.pair = mirror(relay, route, mirrors, request, forwarded)
+        sampler = route.capture
+        self.captured = (
+            sampler is not None and relay.frontend.capture is not None and sampler.take()
+        )
 
     # -- the answer -------------------------------------------------------------------------
     def _response_headers(self, headers: Headers, end_stream: bool) -> None:
@@ -393,6 +400,10 @@ class Call:
         down.send_headers(_OK_TRAILERS, True)
         if self.pair is not None:
             self.pair.primary_done(body[5:], self.relay.loop.time() - self.start)
+        spool = self.relay.frontend.capture
+        if self.captured and spool is not None:
+            request = memoryview(self.parts[0])[5:]
+            spool.offer(self.key, self.label, GRPC, (request,), -1, (memoryview(body)[5:],), -1)
         self._settle(200)
 
     def _fail(self, code: StatusCode, details: str, *, raw: bool = False) -> None:

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import grpc
 
 from rollout.balance import Balancer, Readiness, Replica
+from rollout.capture import sampler
 from rollout.grpc_wire import string_field, string_parameter
 from rollout.routing import (
     VARIANT_HEADER,
@@ -122,6 +123,7 @@ class GrpcRoute:
 
     __slots__ = (
         "by_version",
+        "capture",
         "key",
         "metadata_suffix",
         "public",
@@ -144,6 +146,7 @@ class GrpcRoute:
         self.public = route.pipeline
         self.strategy: Strategy = strategy_for(route)
         self.shadow: Shadow | None = route.shadow
+        self.capture = sampler(route.capture)
         self.variants: dict[str, GrpcVariant] = {}
         self.by_version: dict[bytes, GrpcVariant] = {}
         for variant in route.variants:

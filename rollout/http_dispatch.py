@@ -177,12 +177,18 @@ def _forward_infer(
     target = variant.pick()
     payload = infer_payload(target, req.headers, req.body, req.body_size)
     ex = _submit(client, INFER, route, variant, target, payload)
+    sampler = route.capture
+    if sampler is not None and client.gw.capture is not None and sampler.take():
+        ex.captured_request = (req.body, -1 if header_length is None else header_length)
+        if ex.capture is None:
+            ex.capture = []
     if mirrors:  # after the primary: a copy never goes out ahead of the client's request
         gw = client.gw
         group = gw.mirrors.launch(route, mirrors, req.headers, req.body, req.body_size)
         if group is not None:
             ex.group = group
-            ex.capture = []
+            if ex.capture is None:
+                ex.capture = []
 
 
 def _submit(

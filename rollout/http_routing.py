@@ -14,6 +14,7 @@ import json
 from collections.abc import Callable
 
 from rollout.balance import Balancer, Readiness
+from rollout.capture import sampler
 from rollout.routing import (
     DEFAULT_WORKSPACE,
     VARIANT_HEADER,
@@ -84,6 +85,7 @@ class CompiledRoute:
 
     __slots__ = (
         "by_version",
+        "capture",
         "key",
         "live_upstreams",
         "public",
@@ -118,6 +120,7 @@ class CompiledRoute:
         self.sticky_parameter = sticky.parameter if sticky is not None else ""
         # a cheap test before decoding a body for the parameter: its quoted name must be there
         self.sticky_marker = json.dumps(self.sticky_parameter).encode()
+        self.capture = sampler(route.capture)
 
     def decide(self, key: bytes | None) -> Decision:
         return self.strategy.pick(NO_KEY if key is None else RequestContext(key))

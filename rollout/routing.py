@@ -61,7 +61,9 @@ Strategy = Literal["weighted", "sticky", "shadow"]
 STRATEGIES: tuple[str, ...] = ("weighted", "sticky", "shadow")
 
 _TABLE_KEYS = frozenset({"generation", "routes"})
-_ROUTE_KEYS = frozenset({"workspace", "pipeline", "strategy", "variants", "sticky", "shadow"})
+_ROUTE_KEYS = frozenset(
+    {"workspace", "pipeline", "strategy", "variants", "sticky", "shadow", "capture"}
+)
 _VARIANT_KEYS = frozenset({"name", "version", "weight", "targets"})
 _TARGET_KEYS = frozenset({"url", "model", "version", "grpc"})
 _STICKY_KEYS = frozenset({"header", "parameter"})
@@ -262,9 +264,16 @@ class Route:
     strategy: Strategy = "weighted"
     sticky: Sticky | None = None
     shadow: Shadow | None = None
+    capture: float = 0.0  # fraction of inference calls sampled to the capture spool
 
     def __post_init__(self) -> None:
         where = f"route {self.key!r}"
+        if (
+            not isinstance(self.capture, (int, float))
+            or isinstance(self.capture, bool)
+            or not 0 <= self.capture <= 1
+        ):
+            raise ValueError(f"{where}: capture must be in [0, 1], got {self.capture!r}")
         if not NAME_RE.fullmatch(self.workspace) or not NAME_RE.fullmatch(self.pipeline):
             raise ValueError(
                 f"{where}: workspace and pipeline must be names (1-63 lower-case letters, "
@@ -332,6 +341,8 @@ class Route:
             out["sticky"] = self.sticky.to_dict()
         if self.shadow is not None:
             out["shadow"] = self.shadow.to_dict()
+        if self.capture:
+            out["capture"] = self.capture
         return out
 
 
@@ -469,6 +480,7 @@ def _parse_route(key: str, raw: Any) -> Route:
             strategy=obj.get("strategy", "weighted"),
             sticky=sticky,
             shadow=shadow,
+            capture=obj.get("capture", 0.0),
         )
     except ValueError as exc:
         message = str(exc)

@@ -1,0 +1,235 @@
+"""Data capture in the gateway (rollout.capture): a route's sampled calls reach the spool as
+raw bytes, HTTP and gRPC, and decode back to what the client sent and what it got; bounds drop
+and count; segments survive a reader that meets a damaged tail.
+
+The gateway and its spool run for real; the Triton behind them is the harness's fake (the
+subject here is what the gateway captures, not what a model computes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import uvloop
+
+from rollout.capture import GRPC, HTTP, CaptureSpool, Record, closed_segments, read_segment
+from rollout.routing import Route, RoutingTable
+from rollout.tensors import decode_grpc, decode_http
+from tests.unit.grpc_harness import FakeGrpcTriton, fakes, frontend, variant, x_input
+from tests.unit.test_gateway_harness import (
+    FakeTriton,
+    RawClient,
+    http,
+    infer_body,
+    put_routes,
+    route,
+    running_gateway,
+    table,
+    triton_like,
+)
+from tests.unit.test_gateway_harness import variant as http_variant
+
+ROUTE = "default/fraud"
+
+
+async def records(spool: CaptureSpool, expected: int, timeout: float = 10.0) -> list[Record]:
+    """Every record written so far, once `expected` of them are in closed segments."""
+    deadline = time.monotonic() + timeout
+    while True:
+        spool.flush()
+        got = [r for path in closed_segments(spool.directory) for r in read_segment(path)]
+        if len(got) >= expected or time.monotonic() > deadline:
+            return got
+        await asyncio.sleep(0.02)
+
+
+def capture_table(fake: FakeTriton, capture: float) -> bytes:
+    targets = [{"url": fake.url, "model": "default.fraud.v1"}]
+    return table(1, route("fraud", [http_variant("fraud", 1, targets)], capture=capture))
+
+
+def test_http_calls_are_sampled_at_the_route_rate_and_decode_back(tmp_path: Path) -> None:
+    async def main() -> None:
+        fake = await FakeTriton(triton_like).start()
+        try:
+            async with running_gateway(capture_dir=str(tmp_path)) as gw:
+                assert (await put_routes(gw, capture_table(fake, 0.5))).status == 200
+                client = await RawClient.connect(gw.ports["http"])
+                sent = [[float(i), i + 0.5, -i, 1e6 * i] for i in range(10)]
+                for values in sent:
+                    resp = await client.request(
+                        "POST", "/v2/models/fraud/infer", infer_body(values), {}
+                    )
+                    assert resp.status == 200
+                # binary tensors: JSON header + raw FP32 bytes, both ways
+                raw = np.arange(8, dtype=np.float32)
+                header = json.dumps(
+                    {
+                        "inputs": [
+                            {
+                                "name": "x",
+                                "shape": [2, 4],
+                                "datatype": "FP32",
+                                "parameters": {"binary_data_size": raw.nbytes},
+                            }
+                        ]
+                    }
+                ).encode()
+                for _ in range(2):
+                    resp = await client.request(
+                        "POST",
+                        "/v2/models/fraud/infer",
+                        header + raw.tobytes(),
+                        {"Inference-Header-Content-Length": str(len(header))},
+                    )
+                    assert resp.status == 200
+                await client.close()
+                assert gw.capture is not None
+                got = await records(gw.capture, 6)
+                metrics = await http(gw.ports["metrics"], "GET", "/metrics")
+        finally:
+            await fake.stop()
+        assert len(got) == 6  # every second call of 12
+        assert {(r.protocol, r.route, r.variant) for r in got} == {(HTTP, ROUTE, "fraud/1")}
+        json_records, binary_records = got[:5], got[5:]
+        for record, values in zip(json_records, sent[1::2], strict=True):
+            assert record.request_hlen == -1
+            inputs = decode_http(record.request, None, side="inputs")
+            np.testing.assert_array_equal(inputs["x"], np.array([values], dtype=np.float32))
+            outputs = decode_http(record.response, None)
+            np.testing.assert_array_equal(outputs["y"], np.array([values], dtype=np.float32))
+        (record,) = binary_records
+        assert record.request_hlen == len(header) and record.response_hlen > 0
+        inputs = decode_http(record.request, record.request_hlen, side="inputs")
+        np.testing.assert_array_equal(inputs["x"], raw.reshape(2, 4))
+        outputs = decode_http(record.response, record.response_hlen)
+        np.testing.assert_array_equal(outputs["y"], raw.reshape(2, 4))
+        text = metrics.body.decode()
+        assert f'lastmile_gateway_capture_total{{outcome="captured",route="{ROUTE}"}} 6.0' in text
+
+    uvloop.run(main())
+
+
+def test_no_rate_or_failed_calls_capture_nothing(tmp_path: Path) -> None:
+    async def failing(req):  # type: ignore[no-untyped-def]
+        if req.path.endswith("/infer") and b"99" in req.body:
+            return 500, {"Content-Type": "application/json"}, b'{"error":"model broke"}'
+        return await triton_like(req)
+
+    async def main() -> None:
+        fake = await FakeTriton(failing).start()
+        try:
+            async with running_gateway(capture_dir=str(tmp_path)) as gw:
+                client = await RawClient.connect(gw.ports["http"])
+                assert (await put_routes(gw, capture_table(fake, 0.0))).status == 200
+                for _ in range(3):
+                    resp = await client.request("POST", "/v2/models/fraud/infer", infer_body(), {})
+                    assert resp.status == 200
+                assert (await put_routes(gw, capture_table(fake, 1.0))).status == 200
+                bad = infer_body([99.0])
+                assert (await client.request("POST", "/v2/models/fraud/infer", bad, {})).status
+                good = await client.request("POST", "/v2/models/fraud/infer", infer_body(), {})
+                assert good.status == 200
+                await client.close()
+                assert gw.capture is not None
+                got = await records(gw.capture, 1)
+        finally:
+            await fake.stop()
+        assert len(got) == 1  # the successful call after the rate went to 1.0, nothing else
+        np.testing.assert_array_equal(
+            decode_http(got[0].request, None, side="inputs")["x"], [[1.0, 2.0, 3.0, 4.0]]
+        )
+
+    uvloop.run(main())
+
+
+def test_grpc_calls_are_captured_on_the_relay_fast_path(tmp_path: Path) -> None:
+    async def main() -> None:
+        spool = CaptureSpool(tmp_path)
+        spool.start()
+        try:
+            async with fakes(FakeGrpcTriton(factor=2.0)) as (fake,):
+                routing = RoutingTable.build(
+                    1, [Route("default", "d", (variant("d", 3, 100, fake),), capture=1.0)]
+                )
+                async with frontend(routing) as (gw, _stats, client):
+                    gw.capture = spool
+                    x = np.array([[1.0, 2.0, 3.0, 4.0]], dtype=np.float32)
+                    for i in range(3):
+                        await client.infer("d", [x_input(x + i)])
+                    assert gw.relay is not None and gw.relay.counts["fast"] == 3
+            got = await records(spool, 3)
+        finally:
+            spool.stop()
+        assert [(r.protocol, r.route, r.variant) for r in got] == [(GRPC, "default/d", "d/3")] * 3
+        for i, record in enumerate(got):
+            inputs = decode_grpc(record.request, side="inputs")
+            np.testing.assert_array_equal(inputs["x"], x + i)
+            outputs = decode_grpc(record.response)
+            np.testing.assert_array_equal(outputs["y"], 2 * (x + i))
+
+    uvloop.run(main())
+
+
+def test_the_memory_bound_drops_and_counts(tmp_path: Path) -> None:
+    spool = CaptureSpool(tmp_path, max_pending_bytes=100)  # not started: nothing is written
+    assert spool.offer("ws/p", "p/1", HTTP, [b"a" * 60], -1, [b"b" * 30], -1)
+    assert not spool.offer("ws/p", "p/1", HTTP, [b"a" * 60], -1, [b"b" * 30], -1)
+    assert (spool.captured, spool.dropped) == ({"ws/p": 1}, {"ws/p": 1})
+
+
+def test_the_disk_bound_drops_once_segments_pile_up(tmp_path: Path) -> None:
+    (tmp_path / "00000000000000000001-1-000001.seg").write_bytes(b"x" * 2048)
+    spool = CaptureSpool(tmp_path, max_disk_bytes=1024)
+    spool.start()
+    try:
+        assert not spool.offer("ws/p", "p/1", HTTP, [b"req"], -1, [b"resp"], -1)
+        assert spool.dropped == {"ws/p": 1}
+    finally:
+        spool.stop()
+
+
+def test_a_killed_gateways_part_file_is_closed_and_a_damaged_tail_ends_the_segment(
+    tmp_path: Path,
+) -> None:
+    spool = CaptureSpool(tmp_path)
+    spool.start()
+    for i in range(3):
+        spool.offer("ws/p", "p/1", GRPC, [b"request %d" % i], -1, [b"response"], -1)
+    spool.stop()
+    (segment,) = closed_segments(tmp_path)
+    data = segment.read_bytes()
+    part = tmp_path / "99999999999999999999-2-000001.seg.part"
+    part.write_bytes(data[:-3])  # as a killed writer leaves it: the last record cut short
+    segment.unlink()
+    restarted = CaptureSpool(tmp_path)
+    restarted.start()  # a new gateway closes what the old one left
+    restarted.stop()
+    (closed,) = closed_segments(tmp_path)
+    assert closed.name == "99999999999999999999-2-000001.seg"
+    assert [r.request for r in read_segment(closed)] == [b"request 0", b"request 1"]
+
+
+@pytest.mark.parametrize("bad", [1.5, -0.1, float("nan"), True, "0.5"])
+def test_a_capture_rate_outside_0_1_is_refused(bad: object) -> None:
+    fake = FakeGrpcTriton()  # not started: only its address is used
+    fake.port = 9
+    with pytest.raises(ValueError, match=r"capture must be in \[0, 1\]"):
+        Route("default", "d", (variant("d", 1, 100, fake),), capture=bad)  # type: ignore[arg-type]
+    raw = {
+        "generation": 1,
+        "routes": {
+            "default/d": {
+                "workspace": "default",
+                "pipeline": "d",
+                "variants": [variant("d", 1, 100, fake).to_dict()],
+                "capture": 0.25,
+            }
+        },
+    }
+    assert RoutingTable.from_json(json.dumps(raw)).routes["default/d"].capture == 0.25
