@@ -20,6 +20,7 @@ import io
 import json
 import tarfile
 from collections.abc import Callable, Iterator, Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -569,6 +570,30 @@ class Lastmile:
         """Deployments and rollout steps of ``pipeline`` as one timeline, newest first."""
         check_name(pipeline, kind="pipeline")
         return list(self._call("GET", f"{self._ws()}/pipelines/{pipeline}/history"))
+
+    # -- data capture ------------------------------------------------------------------------
+    def set_capture(self, pipeline: str, rate: float) -> dict[str, Any]:
+        """Sample ``rate`` (0..1) of the pipeline's inference calls for data capture."""
+        check_name(pipeline, kind="pipeline")
+        path = f"{self._ws()}/pipelines/{pipeline}/capture"
+        return dict(self._call("PUT", path, json={"rate": rate}))
+
+    def capture(
+        self, pipeline: str, *, since: datetime | None = None, version: int | None = None
+    ) -> dict[str, Any]:
+        """The capture rate and per-tensor summaries of captured windows since ``since``."""
+        check_name(pipeline, kind="pipeline")
+        params: dict[str, Any] = {}
+        if since is not None:
+            params["since"] = since.isoformat()
+        if version is not None:
+            params["version"] = version
+        path = f"{self._ws()}/pipelines/{pipeline}/capture"
+        return dict(self._call("GET", path, params=params))
+
+    def summarise_capture(self) -> dict[str, Any]:
+        """Summarise the captured traffic waiting in the gateway's spool now (owner)."""
+        return dict(self._call("POST", f"{API}/capture/summarise"))
 
     # -- repositories ------------------------------------------------------------------------
     def export_pipeline(

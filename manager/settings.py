@@ -202,6 +202,30 @@ class Settings(BaseSettings):
     scrape_interval_s: float = Field(
         default=5.0, description="Seconds between two scrapes of Triton's /metrics."
     )
+    capture_window_s: int = Field(
+        default=60,
+        ge=1,
+        le=86400,
+        description="Width in seconds of the windows captured traffic is summarised into.",
+    )
+    capture_interval_s: float = Field(
+        default=5.0, gt=0, description="Seconds between two passes of the capture summariser."
+    )
+    capture_max_bytes: int = Field(
+        default=512 * 1024 * 1024,
+        gt=0,
+        description="Bytes of captured raw traffic the gateway's spool may hold on disk before "
+        "it drops (and counts) new captures.",
+    )
+    capture_keep_raw_s: float = Field(
+        default=0.0,
+        ge=0,
+        description="Seconds to keep summarised raw capture segments (in capture/raw/) for "
+        "inspection; 0 deletes them once summarised.",
+    )
+    capture_retention_days: float = Field(
+        default=30.0, gt=0, description="Days of capture summaries kept in the store."
+    )
     max_upload_bytes: int = Field(
         default=512 * 1024 * 1024,
         gt=0,
@@ -250,6 +274,11 @@ class Settings(BaseSettings):
     @property
     def logs_dir(self) -> Path:
         return self.home / "logs"
+
+    @property
+    def capture_dir(self) -> Path:
+        """The gateway's data-capture spool (raw segments the summariser consumes)."""
+        return self.home / "capture"
 
     @property
     def run_dir(self) -> Path:

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from manager.private_files import secure_tree, write_private
 from manager.procs import ChildRegistry, reap_orphans, terminate_group
 from manager.scraper import Scraper
 from manager.services import reconcile, rollouts
+from manager.services.capture import Summariser
 from manager.services.context import Platform
 from manager.settings import Settings
 from manager.triton.client import TritonClient
@@ -201,6 +203,8 @@ class GatewayProcess:
             "--routes-file", str(s.run_dir / "routes.json"),
             "--admin-token-file", str(self.token_path),
             "--shadow-diff-rate", f"{s.shadow_diff_rate:g}",
+            "--capture-dir", str(s.capture_dir),
+            "--capture-max-bytes", str(s.capture_max_bytes),
         ]  # fmt: skip
         for upstream in self.upstreams:
             cmd += ["--allowed-upstream", upstream]
@@ -259,6 +263,7 @@ class System:
         self.with_runtime = with_runtime
         self.gateway: GatewayProcess | None = None
         self.scraper: Scraper | None = None
+        self.summariser: Summariser | None = None
         self.watchdog: Watchdog | None = None
         self.rollout_loop: rollouts.Loop | None = None
         self.children = ChildRegistry(settings.run_dir)
@@ -299,6 +304,15 @@ class System:
                 interval_s=self.settings.scrape_interval_s,
             )
             self.scraper.start()
+            self.summariser = Summariser(
+                engine=self.platform.engine,
+                directory=self.settings.capture_dir,
+                width_s=self.settings.capture_window_s,
+                interval_s=self.settings.capture_interval_s,
+                keep_raw_s=self.settings.capture_keep_raw_s,
+                retention=timedelta(days=self.settings.capture_retention_days),
+            )
+            self.summariser.start()
             self.watchdog = Watchdog(self, reconcile=self.reconcile)
             self.platform.unserved = self.unserved
             self.watchdog.start()
@@ -349,7 +363,9 @@ class System:
         if self.scraper:
             self.scraper.stop()
         if self.gateway:
-            self.gateway.close()
+            self.gateway.close()  # its capture spool writes what it holds before it exits
+        if self.summariser:
+            self.summariser.stop()
         if self.platform.triton:
             self.platform.triton.stop()
         self.children.clear()

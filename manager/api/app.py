@@ -20,6 +20,7 @@ from manager import __version__
 from manager.api import problems
 from manager.api.middleware import GuardAndAudit
 from manager.api.routes import (
+    capture,
     deployments,
     models,
     observe,
@@ -98,6 +99,7 @@ def create_app(settings: Settings, *, system: System | None = None) -> FastAPI:
         rollouts,
         repository,
         observe,
+        capture,
     ):
         app.include_router(module.router)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import typer
 
 from manager import __version__
-from manager.cli import deploys, models, pipelines, reconcile, rollouts, teams
+from manager.cli import capture, deploys, models, pipelines, reconcile, rollouts, teams
 from manager.cli.common import JsonOpt, client, emit, err, kv_table, out, settings, table
 from manager.errors import InvalidInput, LastmileError
 
@@ -36,6 +36,7 @@ for sub, name in (
     (pipelines.pipeline_app, "pipeline"),
     (deploys.deployment_app, "deployment"),
     (rollouts.rollout_app, "rollout"),
+    (capture.capture_app, "capture"),
     (repo_app, "repo"),
     (teams.workspace_app, "workspace"),
     (teams.member_app, "member"),

@@ -43,6 +43,7 @@ class ServedPipeline:
     strategy: str | None = None  # None: no active rollout
     weights: Mapping[int, float] = field(default_factory=dict)
     params: Mapping[str, Any] = field(default_factory=dict)
+    capture: float = 0.0  # fraction of calls sampled for data capture
 
 
 def route_for(served: ServedPipeline, endpoints: Sequence[Endpoint]) -> Route:
@@ -62,6 +63,7 @@ def route_for(served: ServedPipeline, endpoints: Sequence[Endpoint]) -> Route:
             workspace=served.workspace,
             pipeline=served.pipeline,
             variants=(variant(served.stable, 100.0),),
+            capture=served.capture,
         )
     versions = sorted(served.ensembles)
     weights = {v: float(served.weights.get(v, 0.0)) for v in versions}
@@ -93,6 +95,7 @@ def route_for(served: ServedPipeline, endpoints: Sequence[Endpoint]) -> Route:
         strategy=kind,  # type: ignore[arg-type]
         sticky=sticky,
         shadow=shadow,
+        capture=served.capture,
     )
 
 

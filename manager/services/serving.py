@@ -136,6 +136,7 @@ def served_pipelines(session: Any) -> list[ServedPipeline]:
                 strategy=strategy,
                 weights=weights or {},
                 params=params or {},
+                capture=pipe.capture_rate,
             )
         )
     return sorted(out, key=lambda s: (s.workspace, s.pipeline))

@@ -8,6 +8,12 @@ Everything is re-exported so callers write ``store.get_model(...)``.
 """
 
 from manager.store.audit import add_audit_event, list_audit_events
+from manager.store.capture import (
+    add_capture_summary,
+    find_capture_summary,
+    list_capture_summaries,
+    prune_capture_summaries,
+)
 from manager.store.deployments import (
     add_deployment_event,
     delete_pipeline_history,
@@ -23,6 +29,7 @@ from manager.store.entities import (
     ROLLOUT_ACTIVE_STATES,
     ApiKey,
     AuditEvent,
+    CaptureSummary,
     Deployment,
     DeploymentEvent,
     Membership,
@@ -105,6 +112,7 @@ __all__ = [
     "ROLLOUT_ACTIVE_STATES",
     "ApiKey",
     "AuditEvent",
+    "CaptureSummary",
     "Deployment",
     "DeploymentEvent",
     "Membership",
@@ -122,6 +130,7 @@ __all__ = [
     "active_rollout",
     "active_rollouts",
     "add_audit_event",
+    "add_capture_summary",
     "add_deployment_event",
     "add_key",
     "add_metric_samples",
@@ -140,6 +149,7 @@ __all__ = [
     "delete_rollouts",
     "delete_workspace",
     "ensure_workspace",
+    "find_capture_summary",
     "find_key",
     "find_model",
     "find_owner",
@@ -158,6 +168,7 @@ __all__ = [
     "init_db",
     "latest_metric_samples",
     "list_audit_events",
+    "list_capture_summaries",
     "list_deployment_events",
     "list_deployments",
     "list_keys",
@@ -174,6 +185,7 @@ __all__ = [
     "make_engine",
     "memberships_of",
     "next_generation",
+    "prune_capture_summaries",
     "prune_metric_samples",
     "revoke_key",
     "save_deployment",

@@ -128,6 +128,8 @@ class Pipeline(SQLModel, table=True):
     workspace_id: int = Field(foreign_key="workspace.id", index=True)
     name: str = Field(max_length=63)
     created_at: datetime = Field(default_factory=utcnow)
+    # fraction of its inference calls the gateway samples for data capture (0: none)
+    capture_rate: float = Field(default=0.0)
 
 
 class PipelineVersion(SQLModel, table=True):
@@ -184,6 +186,34 @@ class MetricSample(SQLModel, table=True):
     metric: str = Field(max_length=255)
     labels: dict[str, str] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     value: float
+
+
+class CaptureSummary(SQLModel, table=True):
+    """What one pipeline version saw (inputs) or answered (outputs) on one tensor during one
+    window of captured traffic: manager.assays.sketch summaries, pooled over every element and
+    per element (for tensors of at most CAPTURE_MAX_ELEMENTS elements per row). Names, not
+    ids: the figures outlive an undeploy, like metrics do."""
+
+    __tablename__ = "capture_summary"
+    __table_args__ = (
+        UniqueConstraint("workspace", "pipeline", "version", "side", "tensor", "window_start"),
+        Index(
+            "ix_capture_summary_lookup", "workspace", "pipeline", "side", "tensor", "window_start"
+        ),
+    )
+    id: int | None = Field(default=None, primary_key=True)
+    workspace: str = Field(max_length=63)
+    pipeline: str = Field(max_length=63)
+    version: int
+    side: str = Field(max_length=8)  # inputs | outputs
+    tensor: str = Field(max_length=128)
+    window_start: datetime
+    width_s: int
+    rows: int = 0
+    pooled: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    elements: list[dict[str, Any]] = Field(
+        default_factory=list, sa_column=Column(JSON, nullable=False)
+    )
 
 
 ROLLOUT_ACTIVE_STATES = ("pending", "running", "paused")

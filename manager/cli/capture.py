@@ -1,0 +1,96 @@
+"""``lastmile capture set|show|summarise``: data capture of a pipeline's traffic."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta, timezone
+
+import typer
+
+from manager.cli.common import JsonOpt, WorkspaceOpt, client, emit, table
+from manager.errors import InvalidInput
+
+capture_app = typer.Typer(
+    help="Data capture: sample a pipeline's requests and answers into per-window summaries.",
+    no_args_is_help=True,
+)
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_since(text: str, now: datetime | None = None) -> datetime:
+    """'30s', '15m', '2h', '7d' before now (UTC)."""
+    match = _DURATION.match(text.strip())
+    if match is None:
+        raise InvalidInput(
+            f"--since {text!r} is not a duration",
+            hint="a number and a unit: 30s, 15m, 2h or 7d",
+        )
+    seconds = float(match.group(1)) * _UNIT_S[match.group(2)]
+    return (now or datetime.now(timezone.utc)) - timedelta(seconds=seconds)
+
+
+@capture_app.command("set")
+def set_rate(
+    pipeline: str = typer.Argument(..., help="A pipeline."),
+    rate: float = typer.Option(
+        ..., "--rate", help="Fraction of inference calls sampled: 0.01 = 1 in 100, 0 stops."
+    ),
+    workspace: WorkspaceOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Sample a fraction of the pipeline's inference calls (HTTP and gRPC) for data capture."""
+    with client(workspace) as lm:
+        result = lm.set_capture(pipeline, rate)
+    emit(result, as_json, f"{pipeline}: capturing {result['rate']:g} of its calls")
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+@capture_app.command("show")
+def show(
+    pipeline: str = typer.Argument(..., help="A pipeline."),
+    since: str = typer.Option("1h", "--since", help="Windows of the last 30s, 15m, 2h, 7d."),
+    version: int | None = typer.Option(None, "--version", min=1, help="One pipeline version."),
+    workspace: WorkspaceOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """What the pipeline saw and answered: per tensor, rows and values' count, missing,
+    min, max and mean over the captured windows."""
+    start = parse_since(since)
+    with client(workspace) as lm:
+        result = lm.capture(pipeline, since=start, version=version)
+    rows = [
+        [
+            str(t["version"]),
+            t["side"],
+            t["tensor"],
+            str(t["rows"]),
+            str(t["count"]),
+            str(t["missing"]),
+            _num(t["min"]),
+            _num(t["max"]),
+            _num(t["mean"]),
+            str(len(t["windows"])),
+        ]
+        for t in result["tensors"]
+    ]
+    title = f"{pipeline}: capture rate {result['rate']:g}, windows since {since} ago"
+    columns = ["version", "side", "tensor", "rows", "values", "missing", "min", "max", "mean"]
+    emit(result, as_json, table(title, [*columns, "windows"], rows))
+
+
+@capture_app.command("summarise")
+def summarise(as_json: JsonOpt = False) -> None:
+    """Summarise the traffic waiting in the gateway's capture spool now (owner)."""
+    with client() as lm:
+        result = lm.summarise_capture()
+    emit(
+        result,
+        as_json,
+        f"{result['segments']} segment(s), {result['records']} call(s), "
+        f"{result['values']} value(s) summarised",
+    )
