@@ -64,6 +64,7 @@ bench-deps:
 bench: install bench-deps
 	$(PY) loadtests/bench_gateway.py
 	$(PY) loadtests/bench_grpc_designs.py
+	$(PY) loadtests/bench_assays.py
 	$(PY) loadtests/bench_repository.py
 	$(PY) loadtests/bench_converters.py
 
