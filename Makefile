@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test check lint format unit e2e bench bench-deps loadtest clean system-deps
+.PHONY: install demo test check lint format unit e2e bench bench-deps loadtest clean system-deps test-deps
 
 # Debian libraries the embedded tritonserver needs (its Python backend links libpython3.X).
 system-deps:
@@ -43,7 +43,18 @@ format: install
 unit: install
 	$(PY) -m pytest tests/unit -q
 
-test: check
+# Debian's prometheus, for the tests that compare its figures with Lastmile's own
+# (tests/e2e/test_metrics.py; they skip without it, except on CI where .ci/run installs it).
+test-deps:
+	@if ! command -v prometheus >/dev/null && ! test -x /usr/bin/prometheus; then \
+	  echo "installing prometheus (Debian) for tests/e2e/test_metrics.py"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  { $$SUDO apt-get update -qq && \
+	    $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; } \
+	    || echo "could not install prometheus: the tests that need it skip"; \
+	fi
+
+test: check test-deps
 	$(PY) -m pytest -q
 
 # What the gateway benchmark compares against and loads with: Debian's nginx (a plain reverse

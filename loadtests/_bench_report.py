@@ -32,7 +32,12 @@ class Cell:
 # (numerator, denominator) pairs reported per kind of cell
 PAIRS = {
     "proxy": (("gateway", "direct"), ("nginx", "direct"), ("gateway", "nginx")),
-    "rollout": (("canary", "passthrough"), ("shadow", "passthrough")),
+    "rollout": (
+        ("canary", "passthrough"),
+        ("shadow", "passthrough"),
+        ("capture1", "passthrough"),
+        ("capture100", "passthrough"),
+    ),
 }
 
 
@@ -133,6 +138,7 @@ def targets(ratios: dict) -> list[dict[str, Any]]:
         )
     add("canary 90/10 ÷ pass-through @16", "rollout@16", "canary/passthrough", ">=", 0.9)
     add("shadow 100 % ÷ pass-through @16", "rollout@16", "shadow/passthrough", ">=", 0.9)
+    add("capture 100 % ÷ pass-through @16", "rollout@16", "capture100/passthrough", ">=", 0.9)
     return out
 
 

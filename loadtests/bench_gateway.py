@@ -10,7 +10,9 @@ each), the gateway as a subprocess (HTTP + gRPC) and Debian's nginx as a plain r
 (HTTP keep-alive upstream, gRPC `grpc_pass`), all on loopback ports taken from --port-range.
 Cells: {direct, gateway, nginx} x {1, 16 clients} x {HTTP JSON [1,4], HTTP binary FP32
 [64,1024], gRPC [1,4]}, plus the gateway at 16 clients (HTTP JSON) with a plain pass-through
-route, a 90/10 canary (two models) and a 100 % shadow (the copy to a second model). Each round
+route, a 90/10 canary (two models), a 100 % shadow (the copy to a second model) and data
+capture of 1 % and 100 % of the calls (raw bytes to the spool; nothing summarises them during
+the run, so the spool's disk bound is the only limit). Each round
 runs every cell once, the targets of a cell back to back in an order that rotates from round to
 round; the report gives per target the median req/s, p50/p99, errors and the CPU µs per
 request of the proxy (gateway process; nginx master + workers) and of Triton (with its stubs),
@@ -65,8 +67,14 @@ from rollout.routing import RoutingTable  # noqa: E402
 MODEL, CANDIDATE, WIDE = "default.bench.v1", "default.bench.v2", "default.wide.v1"
 PROTOCOLS = ("http-json", "http-binary", "grpc", "rollout")
 PROXY_TARGETS = ("direct", "gateway", "nginx")
-ROLLOUT_TARGETS = ("passthrough", "canary", "shadow")
-ROLLOUT_ROUTES = {"passthrough": "bench", "canary": "canary", "shadow": "shadow"}
+ROLLOUT_TARGETS = ("passthrough", "canary", "shadow", "capture1", "capture100")
+ROLLOUT_ROUTES = {
+    "passthrough": "bench",
+    "canary": "canary",
+    "shadow": "shadow",
+    "capture1": "capture1",  # 1 % of calls to the data-capture spool
+    "capture100": "capture100",  # every call
+}
 
 
 def routing_table(http_url: str, grpc_address: str) -> dict[str, Any]:
@@ -92,6 +100,8 @@ def routing_table(http_url: str, grpc_address: str) -> dict[str, Any]:
             strategy="shadow",
             shadow={"mirrors": [{"variant": "shadow/2", "sample": 1.0}]},
         ),
+        route("capture1", variant("capture1", 1, 100, MODEL), capture=0.01),
+        route("capture100", variant("capture100", 1, 100, MODEL), capture=1.0),
     ]
     table = {"generation": 1, "routes": {f"default/{r['pipeline']}": r for r in routes}}
     RoutingTable.from_json(table)  # the gateway would refuse it otherwise: fail here, clearly
@@ -109,6 +119,7 @@ class Gateway:
             "--http-port", str(self.http_port), "--grpc-port", str(self.grpc_port),
             "--metrics-port", str(self.metrics_port), "--admin-port", str(admin_port),
             "--routes-file", str(routes), "--log-level", "WARNING",
+            "--capture-dir", str(work / "capture"),
         ]  # fmt: skip
         self.log = work / "gateway.log"
         self.proc = launch_gateway(args, self.log)

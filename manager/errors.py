@@ -21,6 +21,7 @@ the API answers with; the handlers in ``manager.api.problems`` turns them into
     ├── TritonError (502)           Triton refused or failed
     │   └── TritonUnavailable (503) not running / not ready in time
     ├── GatewayError (502)          the gateway refused or is unreachable
+    ├── PrometheusError (502)       LASTMILE_PROMETHEUS_URL refused a query or is unreachable
     └── RuntimeSetupError (500)     missing system library, missing wheel
 """
 
@@ -113,6 +114,11 @@ class GatewayError(LastmileError):
     title = "Gateway error"
 
 
+class PrometheusError(LastmileError):
+    status_code = 502
+    title = "Prometheus error"
+
+
 class RuntimeSetupError(LastmileError):
     status_code = 500
     title = "Runtime setup error"
@@ -137,6 +143,7 @@ _BY_TITLE = {
         TritonError,
         TritonUnavailable,
         GatewayError,
+        PrometheusError,
         RuntimeSetupError,
     )
 }

@@ -337,6 +337,7 @@ class Lastmile:
                 name,
                 params={"force": force},
                 headers={"x-lastmile-conversion": header},
+                sample=sample_input,  # the server keeps its summaries as the import baseline
                 progress=progress,
             )
 
@@ -591,9 +592,157 @@ class Lastmile:
         path = f"{self._ws()}/pipelines/{pipeline}/capture"
         return dict(self._call("GET", path, params=params))
 
+    def metrics_chart(
+        self,
+        pipeline: str,
+        *,
+        figure: str = "p99",
+        since: str = "1h",
+        source: str = "direct",
+        fmt: str = "svg",
+    ) -> bytes:
+        """A chart of one live figure (p50, p95, p99, requests, errors) per variant."""
+        check_name(pipeline, kind="pipeline")
+        params = {"figure": figure, "since": since, "source": source, "fmt": fmt}
+        path = f"{self._ws()}/pipelines/{pipeline}/metrics/chart"
+        return bytes(self._request("GET", path, params=params).content)
+
     def summarise_capture(self) -> dict[str, Any]:
         """Summarise the captured traffic waiting in the gateway's spool now (owner)."""
         return dict(self._call("POST", f"{API}/capture/summarise"))
+
+    # -- baselines ---------------------------------------------------------------------------
+    def baselines(self, *, model: str | None = None) -> list[dict[str, Any]]:
+        """The workspace's baselines (with ``model``: that model's import baselines)."""
+        params = {"model": check_name(model, kind="model")} if model else None
+        return list(self._call("GET", f"{self._ws()}/baselines", params=params))
+
+    def baseline(self, name: str) -> dict[str, Any]:
+        check_name(name, kind="baseline")
+        return dict(self._call("GET", f"{self._ws()}/baselines/{name}"))
+
+    def create_baseline_from_capture(
+        self,
+        name: str,
+        *,
+        pipeline: str,
+        since: datetime,
+        until: datetime,
+        version: int | None = None,
+    ) -> dict[str, Any]:
+        """A baseline of the pipeline's captured windows starting in [since, until)."""
+        check_name(name, kind="baseline")
+        check_name(pipeline, kind="pipeline")
+        body: dict[str, Any] = {
+            "name": name,
+            "pipeline": pipeline,
+            "since": since.isoformat(),
+            "until": until.isoformat(),
+        }
+        if version is not None:
+            body["version"] = version
+        return dict(self._call("POST", f"{self._ws()}/baselines", json=body))
+
+    def upload_baseline(
+        self,
+        name: str,
+        path: str | Path,
+        *,
+        tensor: str | None = None,
+        side: Literal["inputs", "outputs"] = "inputs",
+    ) -> dict[str, Any]:
+        """A baseline from a file of rows: ``.npy`` or ``.csv``/``.parquet`` (one tensor,
+        named by ``tensor``; CSV/Parquet columns are its elements) or ``.npz`` (one tensor
+        per array)."""
+        check_name(name, kind="baseline")
+        path = Path(path)
+        if not path.is_file():
+            raise InvalidInput(f"{path} is not a file", hint="give a .npy, .npz, .csv or .parquet")
+        data: dict[str, str] = {"side": side}
+        if tensor is not None:
+            data["tensor"] = tensor
+        with open(path, "rb") as f:
+            files = {"file": (path.name, f, "application/octet-stream")}
+            url = f"{self._ws()}/baselines/{name}/file"
+            return dict(self._call("POST", url, files=files, data=data))
+
+    def delete_baseline(self, name: str) -> None:
+        """Delete a baseline no assay uses."""
+        check_name(name, kind="baseline")
+        self._call("DELETE", f"{self._ws()}/baselines/{name}")
+
+    # -- assays ------------------------------------------------------------------------------
+    def create_assay(self, name: str, pipeline: str, **spec: Any) -> dict[str, Any]:
+        """A drift assay (``tensor=``, ``side=``, ``element=``, ``baseline=``, ``binning=``,
+        ``metric=``) or a health assay (``kind="health"``, ``figure=``), with ``window_s``,
+        ``interval_s``, ``warning``, ``alert``, ``on_alert``, ``webhook_url``/``_secret``."""
+        body = {"name": name, "pipeline": pipeline, **spec}
+        return dict(self._call("POST", f"{self._ws()}/assays", json=body))
+
+    def assays(self, pipeline: str | None = None) -> list[dict[str, Any]]:
+        params = {"pipeline": pipeline} if pipeline else None
+        return list(self._call("GET", f"{self._ws()}/assays", params=params))
+
+    def assay(self, name: str) -> dict[str, Any]:
+        return dict(self._call("GET", f"{self._ws()}/assays/{check_name(name, kind='assay')}"))
+
+    def enable_assay(self, name: str, enabled: bool = True) -> dict[str, Any]:
+        path = f"{self._ws()}/assays/{check_name(name, kind='assay')}"
+        return dict(self._call("PATCH", path, json={"enabled": enabled}))
+
+    def delete_assay(self, name: str) -> None:
+        self._call("DELETE", f"{self._ws()}/assays/{check_name(name, kind='assay')}")
+
+    def run_assay(self, name: str) -> dict[str, Any]:
+        """Judge the assay's latest complete window now."""
+        path = f"{self._ws()}/assays/{check_name(name, kind='assay')}/run"
+        return dict(self._call("POST", path))
+
+    def backfill_assay(
+        self, name: str, since: datetime, until: datetime | None = None
+    ) -> dict[str, Any]:
+        """What the assay would have said over [since, until] (kept apart, no alerts)."""
+        body = {"since": since.isoformat(), "until": until.isoformat() if until else None}
+        path = f"{self._ws()}/assays/{check_name(name, kind='assay')}/backfill"
+        return dict(self._call("POST", path, json=body))
+
+    def assay_results(
+        self,
+        name: str,
+        *,
+        since: datetime | None = None,
+        backfill: bool = False,
+        limit: int | None = None,
+    ) -> dict[str, Any]:
+        params: dict[str, Any] = {"backfill": backfill}
+        if since is not None:
+            params["since"] = since.isoformat()
+        if limit is not None:
+            params["limit"] = limit
+        path = f"{self._ws()}/assays/{check_name(name, kind='assay')}/results"
+        return dict(self._call("GET", path, params=params))
+
+    def alerts(self, assay: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"limit": limit}
+        if assay is not None:
+            params["assay"] = assay
+        return list(self._call("GET", f"{self._ws()}/alerts", params=params))
+
+    def assay_chart(
+        self,
+        name: str,
+        *,
+        kind: str = "scores",
+        fmt: str = "svg",
+        since: datetime | None = None,
+        backfill: bool = False,
+    ) -> bytes:
+        """The chart as SVG or PNG bytes: "scores" over time, or the latest "histogram"."""
+        params: dict[str, Any] = {"kind": kind, "fmt": fmt, "backfill": backfill}
+        if since is not None:
+            params["since"] = since.isoformat()
+        path = f"{self._ws()}/assays/{check_name(name, kind='assay')}/chart"
+        return bytes(self._request("GET", path, params=params).content)
 
     # -- repositories ------------------------------------------------------------------------
     def export_pipeline(
@@ -638,10 +787,34 @@ class Lastmile:
 
     # -- observability -----------------------------------------------------------------------
     def metrics(self, *, model: str | None = None, scrape: bool = False) -> list[dict[str, Any]]:
+        """The latest raw Triton samples (cumulative counters) of the workspace's models."""
         if scrape:
-            self._call("POST", f"{API}/metrics/scrape")
+            self.scrape()
         params = {"model": model} if model else None
         return list(self._call("GET", f"{self._ws()}/metrics", params=params))
+
+    def scrape(self) -> dict[str, int]:
+        """Scrape Triton and the gateway now (owner): ``{"samples", "points"}`` stored."""
+        return dict(self._call("POST", f"{API}/metrics/scrape"))
+
+    def pipeline_metrics(
+        self,
+        pipeline: str,
+        *,
+        since: str = "15m",
+        variant: str | int | None = None,
+        source: Literal["direct", "prometheus"] = "direct",
+    ) -> dict[str, Any]:
+        """A pipeline's figures per variant: ``variants[i]["gateway"|"triton"][figure]`` is
+        ``{"latest", "mean", "min", "max", "total", ...}`` over ``since`` (30s, 15m, 2h, 7d)."""
+        from manager.observe.durations import parse_duration
+
+        check_name(pipeline, kind="pipeline")
+        parse_duration(since, what="since")
+        params: dict[str, Any] = {"since": since, "source": source}
+        if variant is not None:
+            params["variant"] = str(variant)
+        return dict(self._call("GET", f"{self._ws()}/pipelines/{pipeline}/metrics", params=params))
 
     def audit(
         self,

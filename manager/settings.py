@@ -200,7 +200,47 @@ class Settings(BaseSettings):
         "use to exhaust memory.",
     )
     scrape_interval_s: float = Field(
-        default=5.0, description="Seconds between two scrapes of Triton's /metrics."
+        default=5.0,
+        gt=0,
+        description="Seconds between two scrapes of Triton's and the gateway's /metrics (also "
+        "the scrape interval `lastmile prometheus-config` writes).",
+    )
+    metrics_samples_retention_s: float = Field(
+        default=3600.0,
+        ge=0,
+        description="Seconds to keep raw Triton samples (cumulative counters as read, shown by "
+        "`lastmile metrics --model`); the figures people read are kept as points. 0: do not "
+        "store raw samples.",
+    )
+    metrics_full_resolution_s: float = Field(
+        default=86400.0,
+        gt=0,
+        description="Seconds metric points are kept as measured (one per scrape); older ones "
+        "are averaged into 5-minute points.",
+    )
+    metrics_five_minute_s: float = Field(
+        default=7 * 86400.0,
+        gt=0,
+        description="Age in seconds after which 5-minute metric points are averaged into "
+        "hourly ones.",
+    )
+    metrics_retention_s: float = Field(
+        default=90 * 86400.0,
+        gt=0,
+        description="Seconds metric points are kept at all (hourly averages by then).",
+    )
+    prometheus_url: str | None = Field(
+        default=None,
+        description="A Prometheus that scrapes this system (see `lastmile prometheus-config`), "
+        "e.g. http://127.0.0.1:9090. When set, the figures are also read from it with PromQL "
+        "and stored with source 'prometheus' (`lastmile metrics PIPELINE --source prometheus`).",
+    )
+    prometheus_step_s: int = Field(
+        default=15,
+        ge=1,
+        le=3600,
+        description="Seconds per figure read from Prometheus: each is a rate() over that window, "
+        "so it must hold at least two of Prometheus' scrapes.",
     )
     capture_window_s: int = Field(
         default=60,
@@ -222,6 +262,19 @@ class Settings(BaseSettings):
         ge=0,
         description="Seconds to keep summarised raw capture segments (in capture/raw/) for "
         "inspection; 0 deletes them once summarised.",
+    )
+    assay_interval_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="Seconds between two passes of the assay scheduler (due windows judged, "
+        "pending alert webhooks delivered).",
+    )
+    assay_delay_s: float = Field(
+        default=15.0,
+        ge=0,
+        description="Seconds a window's end must be past before the scheduler judges it: "
+        "captured calls reach the store through the gateway's spool (segments closed every "
+        "2 s) and the summariser (LASTMILE_CAPTURE_INTERVAL_S).",
     )
     capture_retention_days: float = Field(
         default=30.0, gt=0, description="Days of capture summaries kept in the store."

@@ -28,9 +28,10 @@ from manager.errors import RuntimeSetupError
 from manager.private_files import secure_tree, write_private
 from manager.procs import ChildRegistry, reap_orphans, terminate_group
 from manager.scraper import Scraper
-from manager.services import reconcile, rollouts
+from manager.services import assay_runs, reconcile, rollouts
 from manager.services.capture import Summariser
 from manager.services.context import Platform
+from manager.services.prometheus_source import PrometheusSource, Puller
 from manager.settings import Settings
 from manager.triton.client import TritonClient
 from manager.triton.fleet import TritonFleet
@@ -264,6 +265,7 @@ class System:
         self.gateway: GatewayProcess | None = None
         self.scraper: Scraper | None = None
         self.summariser: Summariser | None = None
+        self.assay_loop: assay_runs.Loop | None = None
         self.watchdog: Watchdog | None = None
         self.rollout_loop: rollouts.Loop | None = None
         self.children = ChildRegistry(settings.run_dir)
@@ -299,9 +301,10 @@ class System:
             self.start_gateway()
             self.reconcile()
             self.scraper = Scraper(
-                engine=self.platform.engine,
+                platform=self.platform,
                 clients=self._scrape_targets,
                 interval_s=self.settings.scrape_interval_s,
+                prometheus=prometheus_puller(self.settings),
             )
             self.scraper.start()
             self.summariser = Summariser(
@@ -313,6 +316,13 @@ class System:
                 retention=timedelta(days=self.settings.capture_retention_days),
             )
             self.summariser.start()
+            summariser = self.summariser
+            self.assay_loop = assay_runs.Loop(
+                self.platform,
+                self.settings.assay_interval_s,
+                watermark=lambda: summariser.watermark,
+            )
+            self.assay_loop.start()
             self.watchdog = Watchdog(self, reconcile=self.reconcile)
             self.platform.unserved = self.unserved
             self.watchdog.start()
@@ -334,10 +344,14 @@ class System:
         if isinstance(replica, EmbeddedTriton):
             name = "triton" if index == 0 else f"triton-{index}"
             replica.on_spawn = lambda pid: self.children.add(name, pid)
+        if self.scraper is not None:  # its counters start again from zero
+            self.scraper.restarted(replica.endpoints.http_url)
         replica.start()
 
     def start_gateway(self) -> None:
         assert self.gateway is not None
+        if self.scraper is not None and self.platform.gateway_metrics_url:
+            self.scraper.restarted(self.platform.gateway_metrics_url)
         self.gateway.start()
         self.platform.gateway_admin_url = self.gateway.admin_url
         self.platform.gateway_metrics_url = (
@@ -356,6 +370,8 @@ class System:
         return {r.endpoints.http_url: r.client(5.0) for r in fleet.replicas}
 
     def stop(self) -> None:
+        if self.assay_loop:
+            self.assay_loop.stop()
         if self.rollout_loop:
             self.rollout_loop.stop()
         if self.watchdog:
@@ -412,6 +428,22 @@ class System:
     def unserved(self) -> dict[str, str]:
         """Live deployments' ensembles that are not served right now, with the reason."""
         return self.watchdog.unserved() if self.watchdog else {}
+
+
+def prometheus_puller(settings: Settings) -> Puller | None:
+    """The reader of LASTMILE_PROMETHEUS_URL's figures, when set: windows of
+    LASTMILE_PROMETHEUS_STEP_S, each read once Prometheus (scraping every
+    LASTMILE_SCRAPE_INTERVAL_S, as `lastmile prometheus-config` writes) has scraped past it."""
+    if not settings.prometheus_url:
+        return None
+    if settings.prometheus_step_s < 2 * settings.scrape_interval_s:
+        raise RuntimeSetupError(
+            f"LASTMILE_PROMETHEUS_STEP_S={settings.prometheus_step_s} holds fewer than two "
+            f"scrapes of {settings.scrape_interval_s:g} s (LASTMILE_SCRAPE_INTERVAL_S)",
+            hint="rate() needs two samples per window: raise LASTMILE_PROMETHEUS_STEP_S",
+        )
+    source = PrometheusSource(settings.prometheus_url)
+    return Puller(source, step_s=settings.prometheus_step_s, lag_s=2 * settings.scrape_interval_s)
 
 
 def _ready(triton: TritonRuntime) -> bool:

@@ -39,6 +39,7 @@ HTTP, GRPC = 1, 2
 MAGIC = b"LMC1"
 _HEAD = struct.Struct("<4sBdqqHHII")
 SEGMENT_SUFFIX = ".seg"
+SEGMENT_S = 2.0  # a segment is closed (readable) at most this long after it was opened
 PART_SUFFIX = ".seg.part"
 
 Chunks = Sequence[bytes | memoryview]
@@ -96,7 +97,7 @@ class CaptureSpool:
         *,
         max_pending_bytes: int = 32 << 20,
         max_disk_bytes: int = 512 << 20,
-        segment_s: float = 2.0,
+        segment_s: float = SEGMENT_S,
     ) -> None:
         self.directory = directory
         self.max_pending_bytes = max_pending_bytes

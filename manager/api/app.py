@@ -20,6 +20,8 @@ from manager import __version__
 from manager.api import problems
 from manager.api.middleware import GuardAndAudit
 from manager.api.routes import (
+    assays,
+    baselines,
     capture,
     deployments,
     models,
@@ -100,6 +102,8 @@ def create_app(settings: Settings, *, system: System | None = None) -> FastAPI:
         repository,
         observe,
         capture,
+        assays,
+        baselines,
     ):
         app.include_router(module.router)
 

@@ -325,10 +325,6 @@ class MetricPublic(BaseModel):
     value: float
 
 
-class ScrapeResult(BaseModel):
-    samples: int
-
-
 class AuditEventPublic(BaseModel):
     id: int
     ts: datetime

@@ -16,7 +16,18 @@ from pathlib import Path
 import typer
 
 from manager import __version__
-from manager.cli import capture, deploys, models, pipelines, reconcile, rollouts, teams
+from manager.cli import (
+    assays,
+    baselines,
+    capture,
+    deploys,
+    models,
+    observe,
+    pipelines,
+    reconcile,
+    rollouts,
+    teams,
+)
 from manager.cli.common import JsonOpt, client, emit, err, kv_table, out, settings, table
 from manager.errors import InvalidInput, LastmileError
 
@@ -37,6 +48,8 @@ for sub, name in (
     (deploys.deployment_app, "deployment"),
     (rollouts.rollout_app, "rollout"),
     (capture.capture_app, "capture"),
+    (assays.assay_app, "assay"),
+    (baselines.baseline_app, "baseline"),
     (repo_app, "repo"),
     (teams.workspace_app, "workspace"),
     (teams.member_app, "member"),
@@ -50,7 +63,8 @@ for command in (
     deploys.rollback,
     rollouts.history,
     deploys.infer,
-    deploys.metrics,
+    observe.metrics,
+    observe.prometheus_config,
     models.templates,
     teams.login,
     teams.logout,

@@ -2,33 +2,15 @@
 
 from __future__ import annotations
 
-import re
-from datetime import datetime, timedelta, timezone
-
 import typer
 
 from manager.cli.common import JsonOpt, WorkspaceOpt, client, emit, table
-from manager.errors import InvalidInput
+from manager.observe.durations import parse_when
 
 capture_app = typer.Typer(
     help="Data capture: sample a pipeline's requests and answers into per-window summaries.",
     no_args_is_help=True,
 )
-
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
-_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_since(text: str, now: datetime | None = None) -> datetime:
-    """'30s', '15m', '2h', '7d' before now (UTC)."""
-    match = _DURATION.match(text.strip())
-    if match is None:
-        raise InvalidInput(
-            f"--since {text!r} is not a duration",
-            hint="a number and a unit: 30s, 15m, 2h or 7d",
-        )
-    seconds = float(match.group(1)) * _UNIT_S[match.group(2)]
-    return (now or datetime.now(timezone.utc)) - timedelta(seconds=seconds)
 
 
 @capture_app.command("set")
@@ -60,7 +42,7 @@ def show(
 ) -> None:
     """What the pipeline saw and answered: per tensor, rows and values' count, missing,
     min, max and mean over the captured windows."""
-    start = parse_since(since)
+    start = parse_when(since)
     with client(workspace) as lm:
         result = lm.capture(pipeline, since=start, version=version)
     rows = [

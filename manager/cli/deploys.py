@@ -1,4 +1,4 @@
-"""``lastmile deploy / undeploy / rollback / deployment … / infer / metrics``."""
+"""``lastmile deploy / undeploy / rollback / deployment … / infer``."""
 
 from __future__ import annotations
 
@@ -157,17 +157,3 @@ def infer(
         result = lm.infer(pipeline, inputs)
     data = {name: array.tolist() for name, array in result.items()}
     emit(data, as_json, "\n".join(f"{name} = {value}" for name, value in data.items()))
-
-
-def metrics(
-    model: str | None = typer.Option(None, "--model", help="Registered model name filter."),
-    scrape: bool = typer.Option(False, "--scrape", help="Scrape now (owner only)."),
-    workspace: WorkspaceOpt = None,
-    as_json: JsonOpt = False,
-) -> None:
-    """Latest scraped Triton metrics of the workspace's models, from the SQL store."""
-    with client(workspace) as lm:
-        rows = lm.metrics(model=model, scrape=scrape)
-    title = f"Triton metrics ({rows[0]['ts'] if rows else 'none scraped yet'})"
-    body = [[r["model"], r["version"], r["metric"], f"{r['value']:g}"] for r in rows if r["model"]]
-    emit(rows, as_json, table(title, ["model", "version", "metric", "value"], body))

@@ -12,6 +12,7 @@ from manager.errors import (
     GatewayError,
     InvalidInput,
     NotFound,
+    PrometheusError,
     TritonError,
     Unauthenticated,
 )
@@ -37,7 +38,8 @@ EXIT_CODES: Mapping[int, str] = MappingProxyType(
         EXIT_INVALID_INPUT: "invalid input: bad name, argument or file, conversion or parity "
         "failed (InvalidInput and its subclasses)",
         EXIT_UNAVAILABLE: "unavailable: the API, Triton or the gateway cannot be reached or "
-        "refused (ApiUnreachable, TritonError, TritonUnavailable, GatewayError)",
+        "refused (ApiUnreachable, TritonError, TritonUnavailable, GatewayError, "
+        "PrometheusError)",
     }
 )
 """Exit code -> meaning: stable, for scripts (documented in the README and ``--help``)."""
@@ -52,6 +54,7 @@ EXIT_CODE_BY_ERROR: Mapping[type[BaseException], int] = MappingProxyType(
         ApiUnreachable: EXIT_UNAVAILABLE,
         TritonError: EXIT_UNAVAILABLE,
         GatewayError: EXIT_UNAVAILABLE,
+        PrometheusError: EXIT_UNAVAILABLE,
     }
 )
 

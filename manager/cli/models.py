@@ -37,7 +37,10 @@ def model_import(
         [], "--input", help="NAME:DTYPE:SHAPE, e.g. x:float32:-1,8 (formats without a signature)."
     ),
     sample: Path | None = typer.Option(
-        None, "--sample", help="Real input rows for the parity check: .npy, .npz, .csv, .parquet."
+        None,
+        "--sample",
+        help="Real input rows (.npy, .npz, .csv, .parquet): the parity check runs on them, and "
+        "they become the model's drift baseline (<model>-v<N>).",
     ),
     trust_pickle: bool = typer.Option(
         False, "--trust-pickle", help="Allow unpickling this file (only for files you trust)."

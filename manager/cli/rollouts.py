@@ -56,6 +56,11 @@ def start(
     max_p99_ratio: float | None = typer.Option(
         None, "--max-p99-ratio", help="canary gate: candidate p99 / stable p99."
     ),
+    assay: list[str] = typer.Option(
+        [],
+        "--assay",
+        help="canary gate: an assay that must judge each step's window without an alert (repeat).",
+    ),
     weight: list[str] = typer.Option(
         [], "--weight", help="ab: VERSION=PERCENT for every variant, summing to 100 (repeat)."
     ),
@@ -93,6 +98,7 @@ def start(
         ("interval_s", interval),
         ("min_requests", min_requests),
         ("gates", gates or None),
+        ("assays", assay or None),
         ("weights", _weights(weight) if weight else None),
         ("sticky_header", sticky_header),
         ("sticky_parameter", sticky_parameter),

@@ -9,6 +9,10 @@ pooled over all elements and per element. Summaries merge, so a window filled by
 passes (or several gateways) is one row. Assays bin these summaries with their baseline's
 edges; raw bytes are not kept unless `capture_keep_raw_s` says so.
 
+After a pass that took every closed segment, ``watermark`` says up to when the store holds
+every captured call (a segment closes at most SEGMENT_S after it opens): the assay scheduler
+judges no drift window that ends later, so a window is never judged on part of its traffic.
+
 A segment is deleted once its summaries are committed. Were the manager to die between the
 commit and the delete, that segment would be counted again at the next start: the figures of
 one segment (at most a couple of seconds of sampled traffic) twice, never lost.
@@ -31,12 +35,14 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from manager import store
+from manager.assays.binning import bin_counts_values
 from manager.assays.sketch import Summary, summarise
-from rollout.capture import GRPC, HTTP, Record, closed_segments, read_segment
+from rollout.capture import GRPC, HTTP, SEGMENT_S, Record, closed_segments, read_segment
 from rollout.tensors import DecodeError, decode_grpc, decode_http
 
 log = logging.getLogger(__name__)
 
+WRITE_LAG_S = 1.0  # margin for the gateway's spool thread to write what it was handed
 MAX_ELEMENTS = 64  # per-element summaries for tensors with at most this many values per row
 SIDES = ("inputs", "outputs")
 
@@ -130,7 +136,7 @@ def collect(records: list[Record], width_s: int, result: PassResult) -> dict[Key
     return groups
 
 
-def _summaries(arrays: list[np.ndarray]) -> tuple[int, Summary, list[Summary]]:
+def summaries_of(arrays: list[np.ndarray]) -> tuple[int, Summary, list[Summary]]:
     """(rows, pooled summary, per-element summaries or [] when too wide or ragged)."""
     widths = {a.shape[1] for a in arrays}
     rows = sum(a.shape[0] for a in arrays)
@@ -140,12 +146,87 @@ def _summaries(arrays: list[np.ndarray]) -> tuple[int, Summary, list[Summary]]:
     return rows, pooled, summarise(np.concatenate(arrays))
 
 
-def store_groups(session: Session, groups: dict[Key, list[np.ndarray]], width_s: int) -> int:
+@dataclass(frozen=True)
+class Binner:
+    """A drift assay's fixed binning: its windows' exact bin counts are kept per summary."""
+
+    assay_id: int
+    version: int | None
+    element: int | None
+    edges: np.ndarray
+    outliers: bool
+
+    def counts(self, arrays: list[np.ndarray]) -> np.ndarray | None:
+        if self.element is None:
+            values = np.concatenate([a.ravel() for a in arrays])
+        elif all(a.shape[1] > self.element for a in arrays):
+            values = np.concatenate([a[:, self.element] for a in arrays])
+        else:
+            return None
+        return bin_counts_values(values, self.edges, self.outliers)
+
+
+Binners = dict[tuple[str, str, str, str], list[Binner]]
+
+
+def binners(session: Session) -> Binners:
+    """Every drift assay's binning, by (workspace, pipeline, side, tensor)."""
+    out: Binners = defaultdict(list)
+    for assay in store.list_assays(session):
+        if assay.kind != "drift" or not assay.edges:
+            continue
+        pipe = session.get(store.Pipeline, assay.pipeline_id)
+        ws = session.get(store.Workspace, assay.workspace_id)
+        if pipe is None or ws is None:
+            continue
+        out[(ws.name, pipe.name, assay.side, assay.tensor)].append(
+            Binner(
+                assay_id=assay.id,  # type: ignore[arg-type]
+                version=assay.version,
+                element=assay.element,
+                edges=np.asarray(assay.edges, dtype=np.float64),
+                outliers=bool(assay.binning.get("outliers", True)),
+            )
+        )
+    return out
+
+
+def _assay_counts(
+    row: store.CaptureSummary, new: bool, arrays: list[np.ndarray], found: list[Binner]
+) -> dict[str, list[int]]:
+    """The row's exact counts per assay with this batch added. A window that was being
+    summarised before an assay existed gets none for it (its counts would miss the earlier
+    calls): the assay bins that window's sketch instead."""
+    counts = dict(row.assay_counts or {})
+    for binner in found:
+        key = str(binner.assay_id)
+        if (binner.version is not None and binner.version != row.version) or (
+            not new and key not in counts
+        ):
+            continue
+        batch = binner.counts(arrays)
+        if batch is None:
+            continue
+        before = np.asarray(counts.get(key, np.zeros_like(batch)), dtype=np.int64)
+        if before.shape != batch.shape:  # the assay's edges cannot change; be safe anyway
+            continue
+        counts[key] = (before + batch).tolist()
+    return counts
+
+
+def store_groups(
+    session: Session,
+    groups: dict[Key, list[np.ndarray]],
+    width_s: int,
+    assay_binners: Binners | None = None,
+) -> int:
     """Merge each group into its window's row (created when new); rows written."""
+    if assay_binners is None:
+        assay_binners = binners(session)
     written = 0
     for key, arrays in groups.items():
         workspace, pipeline, version, side, tensor, start = key
-        rows, pooled, elements = _summaries(arrays)
+        rows, pooled, elements = summaries_of(arrays)
         row = store.find_capture_summary(
             session,
             workspace=workspace,
@@ -166,7 +247,9 @@ def store_groups(session: Session, groups: dict[Key, list[np.ndarray]], width_s:
                 width_s=width_s,
             )
             old_elements: list[Summary] | None = []
+            new = True
         else:
+            new = False
             pooled = pooled.merge(Summary.from_json(row.pooled))
             old = [Summary.from_json(e) for e in row.elements]
             old_elements = old if (row.rows == 0 or len(old) == len(elements)) else None
@@ -174,6 +257,8 @@ def store_groups(session: Session, groups: dict[Key, list[np.ndarray]], width_s:
             elements = [a.merge(b) for a, b in zip(old_elements, elements, strict=True)]
         elif old_elements is None:  # the tensor's width changed within the window
             elements = []
+        found = assay_binners.get((workspace, pipeline, side, tensor), [])
+        row.assay_counts = _assay_counts(row, new, arrays, found)
         row.rows += rows
         row.pooled = pooled.to_json()
         row.elements = [e.to_json() for e in elements]
@@ -205,6 +290,8 @@ class Summariser:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.last: PassResult | None = None
+        # epoch seconds before which every captured call is summarised (None: no pass yet)
+        self.watermark: float | None = None
 
     @property
     def raw_dir(self) -> Path:
@@ -216,7 +303,9 @@ class Summariser:
 
     def _pass(self, max_segments: int) -> PassResult:
         result = PassResult()
-        segments = closed_segments(self.directory)[:max_segments]
+        began = time.time()
+        waiting = closed_segments(self.directory)
+        segments = waiting[:max_segments]
         records: list[Record] = []
         for path in segments:
             try:
@@ -234,6 +323,9 @@ class Summariser:
         result.segments = len(segments)
         self._prune_raw()
         self.last = result
+        if len(segments) == len(waiting):
+            # every call captured before then sat in a segment closed before this pass began
+            self.watermark = began - SEGMENT_S - WRITE_LAG_S
         return result
 
     def _retire(self, path: Path) -> None:

@@ -72,10 +72,15 @@ def _bound(le: str) -> float:
     return math.inf if le == "+Inf" else float(le)
 
 
+# Answers that do not count against a variant: the client itself got the request wrong
+# before a model saw it (404 unknown, 413 too large, 415, 499 gone).
+CLIENT_CODES = ("404", "413", "415", "499")
+
+
 def is_error(code: str) -> bool:
-    """What counts against a variant: anything but a 2xx answer, except requests the client
-    itself got wrong before a model saw them (404 unknown, 413 too large, 415, 499 gone)."""
-    return not code.startswith("2") and code not in ("404", "413", "415", "499")
+    """What counts against a variant: anything but a 2xx answer, except CLIENT_CODES (the
+    Prometheus reader's PromQL says the same: ``code!~"2..|404|..."``)."""
+    return not code.startswith("2") and code not in CLIENT_CODES
 
 
 def parse(text: str) -> dict[tuple[str, str], VariantCounters]:

@@ -13,6 +13,7 @@ import math
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from manager.errors import Conflict, InvalidInput, PreconditionFailed
 from manager.names import check_name, triton_model_name
 from manager.repository.config import effective_max_batch_size, model_config
 from manager.repository.digests import sha256_file
+from manager.services import import_baselines
 from manager.services.context import Platform
 from manager.triton.client import config_to_text
 
@@ -99,12 +101,14 @@ def register_onnx(
     path: Path,
     details: dict[str, Any] | None = None,
     created_by: str = "",
+    on_signature: Callable[[Signature], None] | None = None,
 ) -> tuple[store.Model, store.ModelVersion]:
     """Check ``path`` completely, keep it, and add the next version (flushed, not committed).
 
     External data is embedded into the stored file (one file per version is what a deploy
     copies), and the graph's tensors must fit ``max_tensor_bytes`` at the batch size the
-    model will be served with (its serving option, else ``max_batch_size``).
+    model will be served with (its serving option, else ``max_batch_size``). ``on_signature``
+    sees the checked signature before anything is stored (it may refuse by raising).
     """
     check_name(name, kind="model")
     if not path.is_file():
@@ -130,6 +134,8 @@ def register_onnx(
         sha256 = hashlib.sha256(source).hexdigest()
         details = {**(details or {}), "external_data_embedded": embedded}
     del model
+    if on_signature is not None:
+        on_signature(info.signature)
     stored = _store_file(source, settings.models_dir, sha256)
     return store.add_model_version(
         session,
@@ -227,6 +233,16 @@ def import_model(
     if conversion.framework != "onnx" or conversion.optimize:
         path, converted = _convert(platform, path, conversion)
         extra.update(converted)
+    # an ONNX file as the user made it: the sample must fit it (a converter took it otherwise)
+    plain = not {"conversion", "client_conversion"} & extra.keys()
+    prepared: list[import_baselines.ImportBaseline | None] = []
+
+    def baseline_of(signature: Signature) -> None:  # the sample's summaries (issue #11)
+        if conversion.sample is not None:
+            prepared.append(
+                import_baselines.prepare_import(conversion.sample, signature, path, strict=plain)
+            )
+
     with platform.session() as session:
         ws = store.get_workspace(session, name=workspace)
         model, version = register_onnx(
@@ -237,7 +253,17 @@ def import_model(
             path=path,
             details=extra,
             created_by=created_by,
+            on_signature=baseline_of,
         )
+        if prepared and prepared[0] is not None:
+            import_baselines.record_import(
+                session,
+                workspace=ws,
+                model=model,
+                version=version,
+                prepared=prepared[0],
+                created_by=created_by,
+            )
         session.commit()
         result = model_version_info(model, version) | {"created": True}
     log.info("imported %s as %s version %d", path.name, name, result["version"])

@@ -351,6 +351,12 @@ def delete_pipeline(platform: Platform, *, workspace: str, name: str) -> None:
                 f"pipeline {name!r} is deployed ({dep.ensemble})",
                 hint=f"undeploy it first: lastmile undeploy {name}",
             )
+        watching = [a.name for a in store.list_assays(session, pipeline_id=pipeline.id)]
+        if watching:
+            raise Conflict(
+                f"pipeline {name!r} is watched by assay(s) {', '.join(watching)}",
+                hint=f"delete them first: lastmile assay delete {watching[0]}",
+            )
         store.delete_rollouts(session, pipeline=pipeline)
         store.delete_pipeline_history(session, pipeline=pipeline)
         store.delete_pipeline(session, pipeline=pipeline)

@@ -16,7 +16,7 @@ from rollout.routing import HEADER_NAME_RE, PARAMETER_NAME_RE
 STRATEGIES = ("hot-swap", "canary", "ab", "shadow", "blue-green")
 _PARAMS = {
     "hot-swap": frozenset(),
-    "canary": frozenset({"steps", "interval_s", "min_requests", "gates"}),
+    "canary": frozenset({"steps", "interval_s", "min_requests", "gates", "assays"}),
     "ab": frozenset({"weights", "sticky_header", "sticky_parameter"}),
     "shadow": frozenset({"sample", "timeout_s", "max_queue", "tolerance"}),
     "blue-green": frozenset(),
@@ -60,16 +60,36 @@ def check(
             hint=f"parameters of {strategy}: {allowed}",
         )
     if strategy == "canary":
+        plan_params = {k: v for k, v in params.items() if k != "assays"}
         try:
-            plan = controller.Plan.from_dict(params)
+            plan = controller.Plan.from_dict(plan_params)
         except (ValueError, TypeError) as exc:
             raise InvalidInput(f"canary parameters: {exc}") from None
-        return {"plan": plan.to_dict()}
+        checked: dict[str, Any] = {"plan": plan.to_dict()}
+        if params.get("assays"):
+            checked["assays"] = _check_gate_assays(session, pipe, params["assays"])
+        return checked
     if strategy == "ab":
         return _check_ab(stable.version, candidates, params)
     if strategy == "shadow":
         return _check_shadow(params)
     return {}
+
+
+def _check_gate_assays(session: Any, pipe: store.Pipeline, names: Any) -> list[str]:
+    """Assays a canary step must pass: they exist and watch this pipeline."""
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise InvalidInput("canary parameter assays must be a list of assay names")
+    ws = session.get(store.Workspace, pipe.workspace_id)
+    for name in names:
+        assay = store.find_assay(session, workspace=ws, name=name)
+        if assay is None:
+            raise InvalidInput(
+                f"canary gate: no assay {name!r} in this workspace", hint="lastmile assay list"
+            )
+        if assay.pipeline_id != pipe.id:
+            raise InvalidInput(f"canary gate: assay {name!r} watches another pipeline")
+    return list(dict.fromkeys(names))
 
 
 def _same_signature(

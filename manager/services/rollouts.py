@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from datetime import datetime, timezone
 from typing import Any
 
 from manager import store
@@ -300,9 +301,19 @@ def _evaluate(
         plan = controller.Plan.from_dict(rollout.params["plan"])
         window = _window(rollout, workspace, pipeline, figures)
         decision = controller.evaluate(plan, _canary_state(rollout), window, now)
+        gate = _assay_gate(platform, workspace, rollout)
+        if gate is not None and "fail" in gate:  # an assay judged the candidate: roll back
+            decision = controller.Decision(
+                state=decision.state, action="rollback", candidate_weight=0.0,
+                reason=f"assay gate failed: {gate['fail']}", gates=decision.gates,
+            )  # fmt: skip
+        elif gate is not None and decision.action in ("advance", "promote"):
+            return None  # no assay has judged this step's window yet: no promotion on silence
         if decision.action == "hold":
             return None
         facts = {"gates": [g.to_dict() for g in decision.gates], "window": window.to_dict()}
+        if gate is not None:
+            facts["assay_gate"] = gate
         if decision.action == "advance":
             _apply(rollout, decision)
             # the next window starts from the reading this one was judged on
@@ -323,6 +334,19 @@ def _evaluate(
             figures=facts)  # fmt: skip
     log.info("rollout %s of %s: %s", rollout_id, pipeline, decision.reason)
     return decision.to_dict()
+
+
+def _assay_gate(
+    platform: Platform, workspace: str, rollout: store.Rollout
+) -> dict[str, Any] | None:
+    """The canary's assay gates over the current step's window (manager.services.assay_runs)."""
+    names = rollout.params.get("assays") or []
+    if not names:
+        return None
+    from manager.services import assay_runs
+
+    step_start = datetime.fromtimestamp(rollout.step_started_at, tz=timezone.utc)
+    return assay_runs.gate(platform, names=names, workspace=workspace, after=step_start)
 
 
 class Loop:

@@ -57,8 +57,8 @@ def delete_workspace(platform: Platform, caller: Caller, *, name: str) -> None:
         ws = store.get_workspace(session, name=name)
         if not store.workspace_is_empty(session, workspace=ws):
             raise Conflict(
-                f"workspace {name!r} still holds models or pipelines",
-                hint="delete its pipelines and model versions first",
+                f"workspace {name!r} still holds models, pipelines or baselines",
+                hint="delete its assays, pipelines, baselines and model versions first",
             )
         store.delete_workspace(session, workspace=ws)
         session.commit()

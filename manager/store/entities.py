@@ -188,6 +188,30 @@ class MetricSample(SQLModel, table=True):
     value: float
 
 
+class MetricPoint(SQLModel, table=True):
+    """One figure (manager.observe.figures) of one interval, named the way users name
+    things: workspace, pipeline, version, step. ``step`` is "" for a pipeline version's
+    ensemble and for gateway figures; workspace and pipeline are "" for server-wide figures
+    (CPU, GPU) and for Triton models no pipeline owns (``step`` then holds the Triton name).
+    ``resolution_s`` is 0 as measured, 300 or 3600 once downsampled (old points)."""
+
+    __tablename__ = "metric_point"
+    __table_args__ = (Index("ix_metric_point_lookup", "workspace", "pipeline", "name", "ts"),)
+    id: int | None = Field(default=None, primary_key=True)
+    ts: datetime = Field(index=True, description="End of the interval")
+    interval_s: float
+    resolution_s: int = Field(default=0)
+    source: str = Field(max_length=16)  # triton | gateway | prometheus
+    server: str = Field(max_length=255)
+    workspace: str = Field(default="", max_length=63)
+    pipeline: str = Field(default="", max_length=63)
+    version: int | None = None
+    step: str = Field(default="", max_length=255)
+    name: str = Field(max_length=63)
+    labels: dict[str, str] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    value: float
+
+
 class CaptureSummary(SQLModel, table=True):
     """What one pipeline version saw (inputs) or answered (outputs) on one tensor during one
     window of captured traffic: manager.assays.sketch summaries, pooled over every element and
@@ -213,6 +237,11 @@ class CaptureSummary(SQLModel, table=True):
     pooled: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     elements: list[dict[str, Any]] = Field(
         default_factory=list, sa_column=Column(JSON, nullable=False)
+    )
+    # assay id -> exact bin counts of this window's values over that assay's edges, for the
+    # drift assays that existed when the window was first summarised
+    assay_counts: dict[str, list[int]] = Field(
+        default_factory=dict, sa_column=Column(JSON, nullable=False)
     )
 
 
@@ -272,3 +301,92 @@ class RoutingGeneration(SQLModel, table=True):
     __tablename__ = "routing_generation"
     id: int | None = Field(default=None, primary_key=True)
     generation: int = 0
+
+
+class Baseline(SQLModel, table=True):
+    """Per-tensor summaries (manager.assays.sketch) that assays compare windows against:
+    made from a model's sample data at import, from a time range of captured traffic, or
+    from an uploaded file. ``tensors`` maps "<side>/<tensor>" to {"rows", "pooled",
+    "elements"} in the form capture summaries use."""
+
+    __table_args__ = (UniqueConstraint("workspace_id", "name"),)
+    id: int | None = Field(default=None, primary_key=True)
+    workspace_id: int = Field(foreign_key="workspace.id", index=True)
+    name: str = Field(max_length=63)
+    source: str = Field(max_length=16)  # import | capture | file
+    model: str = Field(default="", max_length=63)  # source import: the registered model
+    model_version: int | None = None
+    details: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    tensors: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    created_by: str = Field(default="", max_length=63)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Assay(SQLModel, table=True):
+    """A scheduled check of one pipeline: drift of a tensor against a baseline (kind
+    "drift"), or a live figure against thresholds (kind "health"). Edges and the
+    baseline's bin counts are fixed when the assay is made, so every window is binned alike."""
+
+    __table_args__ = (UniqueConstraint("workspace_id", "name"),)
+    id: int | None = Field(default=None, primary_key=True)
+    workspace_id: int = Field(foreign_key="workspace.id", index=True)
+    pipeline_id: int = Field(foreign_key="pipeline.id", index=True)
+    name: str = Field(max_length=63)
+    kind: str = Field(max_length=8)  # drift | health
+    side: str = Field(default="inputs", max_length=8)
+    tensor: str = Field(default="", max_length=128)
+    element: int | None = None  # None: every element pooled
+    version: int | None = None  # the pipeline version watched; None: all together
+    figure: str = Field(default="", max_length=32)  # health: which live figure
+    baseline_id: int | None = Field(default=None, foreign_key="baseline.id")
+    binning: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    edges: list[float] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    baseline_counts: list[int] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    metric: str = Field(default="psi", max_length=16)
+    window_s: int
+    interval_s: int
+    warning: float | None = None
+    alert: float | None = None
+    on_alert: str = Field(default="none", max_length=16)  # none | pause | rollback
+    webhook_url: str | None = Field(default=None, max_length=2048)
+    webhook_secret: str | None = Field(default=None, max_length=255)
+    enabled: bool = Field(default=True)
+    last_window_end: datetime | None = None
+    created_by: str = Field(default="", max_length=63)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class AssayResult(SQLModel, table=True):
+    """One window judged: the score, its status against the thresholds and the figures."""
+
+    __tablename__ = "assay_result"
+    __table_args__ = (UniqueConstraint("assay_id", "window_end", "backfill"),)
+    id: int | None = Field(default=None, primary_key=True)
+    assay_id: int = Field(foreign_key="assay.id", index=True)
+    window_start: datetime
+    window_end: datetime
+    score: float | None = None
+    status: str = Field(max_length=8)  # ok | warning | alert | no_data
+    count: int = 0  # values in the window (drift) or figure points (health)
+    window_counts: list[int] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    details: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    backfill: bool = Field(default=False)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Alert(SQLModel, table=True):
+    """A result at warning or alert: what the webhook was told (with its delivery state) and
+    what was done about it (a rollout paused or rolled back)."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    assay_id: int = Field(foreign_key="assay.id", index=True)
+    result_id: int = Field(foreign_key="assay_result.id")
+    status: str = Field(max_length=8)  # warning | alert
+    message: str = Field(default="", max_length=4096)
+    action: str = Field(default="", max_length=255)
+    delivery: str = Field(default="none", max_length=16)  # none | pending | delivered | failed
+    attempts: int = 0
+    next_attempt_at: datetime | None = None
+    last_error: str | None = Field(default=None, max_length=1024)
+    delivered_at: datetime | None = None
+    created_at: datetime = Field(default_factory=utcnow)

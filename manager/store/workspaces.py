@@ -8,7 +8,14 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, func, select
 
 from manager.errors import Conflict, NotFound
-from manager.store.entities import Membership, Model, Pipeline, Principal, Workspace
+from manager.store.entities import (
+    Baseline,
+    Membership,
+    Model,
+    Pipeline,
+    Principal,
+    Workspace,
+)
 
 
 def ensure_workspace(session: Session, *, name: str) -> Workspace:
@@ -50,7 +57,10 @@ def workspace_is_empty(session: Session, *, workspace: Workspace) -> bool:
     pipelines = session.exec(
         select(func.count()).select_from(Pipeline).where(Pipeline.workspace_id == workspace.id)
     ).one()
-    return not models and not pipelines
+    baselines = session.exec(
+        select(func.count()).select_from(Baseline).where(Baseline.workspace_id == workspace.id)
+    ).one()
+    return not models and not pipelines and not baselines
 
 
 def delete_workspace(session: Session, *, workspace: Workspace) -> None:

@@ -50,6 +50,9 @@ class RunningSystem:
             env["LASTMILE_TRITON_URL"] = s.triton_url
         if s.triton_metrics_url:
             env["LASTMILE_TRITON_METRICS_URL"] = s.triton_metrics_url
+        if s.prometheus_url:
+            env["LASTMILE_PROMETHEUS_URL"] = s.prometheus_url
+            env["LASTMILE_PROMETHEUS_STEP_S"] = str(s.prometheus_step_s)
         if s.triton_control_header is not None:
             env["LASTMILE_TRITON_CONTROL_HEADER"] = s.triton_control_header.get_secret_value()
         # what the tests tune for themselves reaches the `lastmile up` they start
@@ -61,6 +64,10 @@ class RunningSystem:
             "rollout_tick_s",
             "triton_replicas",
             "triton_port_stride",
+            "capture_window_s",
+            "capture_interval_s",
+            "assay_interval_s",
+            "assay_delay_s",
         ):
             env[f"LASTMILE_{field.upper()}"] = str(getattr(s, field))
         return env

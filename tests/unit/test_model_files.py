@@ -456,6 +456,7 @@ EXPECTED_EXIT = {
     errors.TritonError: 7,
     errors.TritonUnavailable: 7,
     errors.GatewayError: 7,
+    errors.PrometheusError: 7,
 }
 
 

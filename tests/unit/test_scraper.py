@@ -1,9 +1,15 @@
-"""Parsing Triton's Prometheus text into metric rows."""
+"""Parsing Triton's Prometheus text into raw sample rows (``lastmile metrics --model``)."""
 
 from __future__ import annotations
 
 from manager import store
-from manager.scraper import parse_metrics
+from manager.observe.triton import parse_samples
+from manager.services.metrics import raw_samples
+
+
+def parse_metrics(text: str, *, server: str, ts: object) -> list[store.MetricSample]:
+    return raw_samples(parse_samples(text), server=server, ts=ts)  # type: ignore[arg-type]
+
 
 # Captured from the embedded tritonserver 2.51 (trimmed).
 TRITON_TEXT = """\

@@ -61,7 +61,8 @@ UPLOAD_BODY = {
                     "sample": {
                         "type": "string",
                         "format": "binary",
-                        "description": "Input rows for the parity check (.npz)",
+                        "description": "Input rows (.npz): the parity check runs on them and they "
+                        "become the model's drift baseline",
                     },
                 },
             }

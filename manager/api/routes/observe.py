@@ -2,29 +2,82 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
+from fastapi import Path as PathParam
 
 from manager import store
 from manager.api.deps import CallerDep, PageDep, PlatformDep, ViewerScope, next_cursor
+from manager.api.metric_schemas import PipelineMetrics, ScrapeResult
 from manager.api.routes import ERRORS, WRITE_ERRORS
-from manager.api.schemas import (
-    AuditEventPublic,
-    MetricPublic,
-    Page,
-    ScrapeResult,
-    SystemEventPublic,
-)
+from manager.api.schemas import AuditEventPublic, MetricPublic, Page, SystemEventPublic
 from manager.errors import Forbidden, InvalidInput
 from manager.names import NAME_RE
+from manager.services import metrics_charts, metrics_view
 
 router = APIRouter(prefix="/api/v1", tags=["observability"])
 
 
 @router.get(
+    "/workspaces/{workspace}/pipelines/{pipeline}/metrics",
+    summary="A pipeline's figures per variant: the latest, and a summary over the period",
+    responses=ERRORS,
+)
+def pipeline_metrics(
+    scope: ViewerScope,
+    platform: PlatformDep,
+    pipeline: Annotated[str, PathParam(pattern=NAME_RE.pattern, max_length=63)],
+    since: Annotated[
+        str, Query(max_length=16, description="The period: 30s, 15m, 2h, 7d (up to 400d)")
+    ] = "15m",
+    variant: Annotated[
+        str | None, Query(max_length=80, description="One version: 2, v2 or <pipeline>/2")
+    ] = None,
+    source: Annotated[
+        Literal["direct", "prometheus"],
+        Query(description="direct: Lastmile's own scrapes; prometheus: read from "
+              "LASTMILE_PROMETHEUS_URL"),
+    ] = "direct",
+) -> PipelineMetrics:  # fmt: skip
+    info = metrics_view.pipeline_metrics(
+        platform,
+        workspace=scope.workspace,
+        pipeline=pipeline,
+        since=since,
+        variant=variant,
+        source=source,
+    )
+    return PipelineMetrics.model_validate(info)
+
+
+@router.get(
+    "/workspaces/{workspace}/pipelines/{pipeline}/metrics/chart",
+    summary="A chart of one live figure per variant over time (SVG or PNG)",
+    response_class=Response,
+    responses={**ERRORS, 200: {"content": {"image/svg+xml": {}, "image/png": {}}}},
+)
+def pipeline_metrics_chart(
+    scope: ViewerScope,
+    platform: PlatformDep,
+    pipeline: Annotated[str, PathParam(pattern=NAME_RE.pattern, max_length=63)],
+    figure: Annotated[
+        str, Query(max_length=16, description="p50, p95, p99, requests or errors")
+    ] = "p99",
+    since: Annotated[str, Query(max_length=16, description="30s, 15m, 2h, 7d")] = "1h",
+    source: Literal["direct", "prometheus"] = "direct",
+    fmt: Literal["svg", "png"] = "svg",
+) -> Response:
+    body = metrics_charts.render(
+        platform, workspace=scope.workspace, pipeline=pipeline, figure=figure, since=since,
+        source=source, fmt=fmt,
+    )  # fmt: skip
+    return Response(content=body, media_type="image/svg+xml" if fmt == "svg" else "image/png")
+
+
+@router.get(
     "/workspaces/{workspace}/metrics",
-    summary="The latest scraped Triton metrics of this workspace's models",
+    summary="The latest raw Triton samples of this workspace's models (cumulative counters)",
     responses=ERRORS,
 )
 def metrics(
@@ -57,7 +110,8 @@ def scrape_now(request: Request, caller: CallerDep) -> ScrapeResult:
     scraper = request.app.state.system.scraper
     if scraper is None:
         raise InvalidInput("no scraper runs in this process", hint="start with lastmile up")
-    return ScrapeResult(samples=scraper.scrape_once())
+    recorded = scraper.scrape_once()
+    return ScrapeResult(samples=recorded.samples, points=recorded.points)
 
 
 @router.get(

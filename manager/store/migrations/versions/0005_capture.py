@@ -35,6 +35,7 @@ def upgrade() -> None:
         sa.Column("rows", sa.Integer(), nullable=False),
         sa.Column("pooled", sa.JSON(), nullable=False),
         sa.Column("elements", sa.JSON(), nullable=False),
+        sa.Column("assay_counts", sa.JSON(), nullable=False),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("workspace", "pipeline", "version", "side", "tensor", "window_start"),
     )
