@@ -32,6 +32,7 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ SEGMENT_S = 2.0  # a segment is closed (readable) at most this long after it was
 PART_SUFFIX = ".seg.part"
 
 Chunks = Sequence[bytes | memoryview]
+_now = time.time
 
 
 class Sampler:
@@ -84,10 +86,6 @@ class Record:
     response_hlen: int
 
 
-def _size(chunks: Chunks) -> int:
-    return sum(len(c) for c in chunks)
-
-
 class CaptureSpool:
     """The gateway side: `offer` on the event loop, a thread writes segments."""
 
@@ -103,7 +101,10 @@ class CaptureSpool:
         self.max_pending_bytes = max_pending_bytes
         self.max_disk_bytes = max_disk_bytes
         self.segment_s = segment_s
-        self._queue: deque[tuple[float, int, str, str, Chunks, int, Chunks, int, int]] = deque()
+        # (ts, protocol, route, variant, request, its hlen, response, its hlen, their sizes)
+        self._queue: deque[tuple[float, int, str, str, Chunks, int, Chunks, int, int, int]] = (
+            deque()
+        )
         # Written by one thread each, so neither needs a lock: pending = offered - written.
         self._offered_bytes = 0
         self._written_bytes = 0
@@ -114,6 +115,8 @@ class CaptureSpool:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._seq = 0
+        self._max_pending = max_pending_bytes
+        self._names: dict[str, bytes] = {}  # route and variant names, encoded once
 
     # -- the event loop's side ---------------------------------------------------------------
     def offer(
@@ -127,26 +130,17 @@ class CaptureSpool:
         response_hlen: int,
     ) -> bool:
         """Queue one call for writing; False (and counted) when a bound is reached."""
-        size = _size(request) + _size(response)
-        pending = self._offered_bytes - self._written_bytes
-        if self._disk_full or pending + size > self.max_pending_bytes:
+        req_size, resp_size = sum(map(len, request)), sum(map(len, response))
+        size = req_size + resp_size
+        if self._disk_full or self._offered_bytes - self._written_bytes + size > self._max_pending:
             self.dropped[route] = self.dropped.get(route, 0) + 1
             return False
         self._offered_bytes += size
         self.captured[route] = self.captured.get(route, 0) + 1
         self._queue.append(
-            (
-                time.time(),
-                protocol,
-                route,
-                variant,
-                request,
-                request_hlen,
-                response,
-                response_hlen,
-                size,
-            )
-        )
+            (_now(), protocol, route, variant, request, request_hlen, response, response_hlen,
+             req_size, resp_size)
+        )  # fmt: skip
         return True
 
     # -- the writer thread ---------------------------------------------------------------------
@@ -179,14 +173,12 @@ class CaptureSpool:
             flush = self._wake.is_set()
             self._wake.clear()
             try:
-                while self._queue:
-                    item = self._queue.popleft()
+                if self._queue:
                     if handle is None:
                         part = self._new_part()
                         handle = part.open("wb", buffering=1 << 20)
                         opened = time.monotonic()
-                    self._write(handle, item)
-                    self._written_bytes += item[-1]
+                    self._drain(handle)
                 if handle is not None and (
                     stopping or flush or time.monotonic() - opened >= self.segment_s
                 ):
@@ -200,7 +192,8 @@ class CaptureSpool:
             except OSError as exc:  # a full or vanished disk: drop what is queued, keep going
                 log.warning("capture spool: %s", exc)
                 while self._queue:
-                    self._written_bytes += self._queue.popleft()[-1]
+                    item = self._queue.popleft()
+                    self._written_bytes += item[-2] + item[-1]
                 handle = None
             if stopping:
                 return
@@ -211,22 +204,23 @@ class CaptureSpool:
         stamp = time.time_ns()
         return self.directory / f"{stamp:020d}-{os.getpid()}-{self._seq:06d}{PART_SUFFIX}"
 
-    @staticmethod
-    def _write(handle: object, item: tuple) -> None:  # type: ignore[type-arg]
-        ts, protocol, route, variant, request, req_hlen, response, resp_hlen, _ = item
-        route_b, variant_b = route.encode(), variant.encode()
-        head = _HEAD.pack(
-            MAGIC,
-            protocol,
-            ts,
-            req_hlen,
-            resp_hlen,
-            len(route_b),
-            len(variant_b),
-            _size(request),
-            _size(response),
-        )
-        handle.writelines([head, route_b, variant_b, *request, *response])  # type: ignore[attr-defined]
+    def _drain(self, handle: Any) -> None:
+        """Frame every queued record and hand them to the file in one call."""
+        queue, names = self._queue, self._names
+        parts: list[bytes | memoryview] = []
+        pack, written = _HEAD.pack, 0
+        for _ in range(len(queue)):
+            ts, protocol, route, variant, request, req_hlen, response, resp_hlen, lq, la = (
+                queue.popleft()
+            )
+            route_b = names.get(route) or names.setdefault(route, route.encode())
+            variant_b = names.get(variant) or names.setdefault(variant, variant.encode())
+            parts.append(pack(MAGIC, protocol, ts, req_hlen, resp_hlen, len(route_b),
+                              len(variant_b), lq, la))  # fmt: skip
+            parts += (route_b, variant_b, *request, *response)
+            written += lq + la
+        handle.writelines(parts)
+        self._written_bytes += written
 
     def _disk_usage(self) -> int:
         total = 0
