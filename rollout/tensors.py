@@ -8,6 +8,7 @@ summariser decode here, the gateway only moves bytes.
 from __future__ import annotations
 
 import json
+import math
 import struct
 from typing import Any
 
@@ -41,7 +42,8 @@ def _shaped(array: np.ndarray, shape: Any, name: str) -> np.ndarray:
         dims = tuple(int(d) for d in shape)
     except (TypeError, ValueError) as exc:
         raise DecodeError(f"tensor {name!r}: bad shape {shape!r}") from exc
-    if any(d < 0 for d in dims) or int(np.prod(dims, dtype=np.int64)) != array.size:
+    # math.prod: exact on Python ints, and a tenth of np.prod's cost on a short tuple
+    if any(d < 0 for d in dims) or math.prod(dims) != array.size:
         raise DecodeError(f"tensor {name!r}: {array.size} elements do not fill shape {dims}")
     return array.reshape(dims)
 
@@ -124,7 +126,7 @@ def decode_http(
     if not 0 <= split <= len(view):
         raise DecodeError(f"header length {header_length} outside a {len(view)}-byte body")
     try:
-        header = json.loads(bytes(view[:split]))
+        header = json.loads(str(view[:split], "utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise DecodeError(f"header is not JSON: {exc}") from exc
     tensors = header.get(side) if isinstance(header, dict) else None
@@ -181,3 +183,55 @@ def decode_grpc(body: bytes | memoryview, *, side: str = "outputs") -> dict[str,
         else:
             decoded[name] = _shaped(np.asarray(values, dtype=_DTYPES[datatype]), shape, name)
     return decoded
+
+
+def decode_json_batch(bodies: list[bytes], side: str) -> dict[str, np.ndarray] | None:
+    """Tensor name -> one array of shape (len(bodies), *shape) for many pure-JSON HTTP bodies
+    that carry the same tensors with the same datatype and shape (the common case: one
+    client's traffic), parsed in one `json.loads` and converted in one `np.asarray` per tensor
+    instead of one of each per body. None when the batch is not that regular (a BYTES
+    tensor, binary data, a shape or datatype that differs, data that does not fill its shape,
+    anything `decode_http` would refuse): decode those bodies one by one instead."""
+    if not bodies:
+        return None
+    try:
+        docs = json.loads("[" + ",".join(str(b, "utf-8") for b in bodies) + "]")
+    except (ValueError, UnicodeDecodeError):
+        return None
+    layout: list[tuple[Any, Any, tuple[int, ...]]] | None = None
+    columns: list[list[Any]] = []
+    for doc in docs:
+        tensors = doc.get(side) if isinstance(doc, dict) else None
+        if not isinstance(tensors, list):
+            return None
+        mine = []
+        for t in tensors:
+            if not isinstance(t, dict) or "data" not in t or t.get("parameters"):
+                return None
+            shape = t.get("shape")
+            if not isinstance(shape, list) or not all(
+                isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+            ):
+                return None
+            mine.append((t.get("name"), t.get("datatype"), tuple(shape)))
+        if layout is None:
+            layout = mine
+            columns = [[] for _ in mine]
+        elif mine != layout:
+            return None
+        for column, t in zip(columns, tensors, strict=True):
+            column.append(t["data"])
+    assert layout is not None
+    out: dict[str, np.ndarray] = {}
+    for (name, datatype, shape), column in zip(layout, columns, strict=True):
+        dtype = np.dtype(np.float32) if datatype == "BF16" else _DTYPES.get(str(datatype))
+        if not isinstance(name, str) or dtype is None:
+            return None  # BYTES, or not a datatype: the one-by-one path says which
+        try:
+            array = np.asarray(column, dtype=dtype)
+        except (TypeError, ValueError, OverflowError):
+            return None  # ragged or not numbers
+        if array.size != len(bodies) * math.prod(shape):
+            return None
+        out[name] = array.reshape((len(bodies), *shape))
+    return out

@@ -65,7 +65,12 @@ def create(
         None,
         "--health",
         help="A health assay on a live figure instead: p50_ms, p95_ms, p99_ms, error_rate, "
-        "queue_ms, request_ms.",
+        "queue_ms, compute_ms, request_ms.",
+    ),
+    step: str = typer.Option(
+        "",
+        "--step",
+        help="Health: one step's figure (the model it runs): queue_ms, compute_ms, request_ms.",
     ),
     baseline: str | None = typer.Option(
         None, "--baseline", help="Baseline name (default: the model's import baseline)."
@@ -93,6 +98,7 @@ def create(
     spec: dict[str, Any] = {
         "kind": "health" if health else "drift",
         "figure": health or "",
+        "step": step,
         "side": side,
         "tensor": tensor,
         "element": element,
@@ -119,7 +125,7 @@ def _row(a: dict[str, Any]) -> list[str]:
         f"{target['side']}/{target['tensor']}"
         + (f"[{target['element']}]" if target.get("element") is not None else "")
         if a["kind"] == "drift"
-        else target["figure"]
+        else target["figure"] + (f" @{target['step']}" if target.get("step") else "")
     )
     latest = a.get("latest") or {}
     return [

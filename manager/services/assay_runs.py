@@ -102,8 +102,16 @@ def _health_window(
         names=names,
         after=start,
         until=end,
-        version=assay.version,
+        # a shared step's figures belong to no version: a step assay takes them all
+        version=None if assay.step else assay.version,
     )
+    if assay.step:
+        points = [
+            p
+            for p in points
+            if p.step == assay.step
+            and (assay.version is None or p.version in (None, assay.version))
+        ]
     if not points:
         return None, 0, [], {}
     score: float | None
@@ -115,6 +123,8 @@ def _health_window(
         requests = sum(p.value * p.interval_s for p in points if p.name == names[1])
         score = errors / requests if requests > 0 else None
         return score, len(points), [], {"errors": errors, "requests": requests}
+    elif assay.step:  # one step's figure: its mean over the window's intervals (and servers)
+        score = sum(p.value for p in points) / len(points)
     elif how == "ensemble_mean":
         values = [p.value for p in points if p.step == ""]
         score = sum(values) / len(values) if values else None

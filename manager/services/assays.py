@@ -35,8 +35,10 @@ HEALTH_FIGURES: dict[str, tuple[tuple[str, ...], str]] = {
     "p99_ms": (("gateway_latency_p99_ms",), "max"),
     "error_rate": (("gateway_errors_per_s", "gateway_requests_per_s"), "ratio"),
     "queue_ms": (("queue_ms_avg",), "step_sum_mean"),
+    "compute_ms": (("compute_ms_avg",), "step_sum_mean"),
     "request_ms": (("request_ms_avg",), "ensemble_mean"),
 }
+STEP_FIGURES = ("queue_ms", "compute_ms", "request_ms")  # what Triton measures per step
 MAX_WINDOW_S = 30 * 86400
 
 
@@ -52,6 +54,7 @@ class AssaySpec:
     element: int | None = None
     version: int | None = None
     figure: str = ""
+    step: str = ""
     baseline: str | None = None
     binning: dict[str, Any] | None = None
     metric: str = "psi"
@@ -199,6 +202,12 @@ def create(
             created_by=principal,
         )
         if kind == "drift":
+            if spec.step:
+                raise InvalidInput(
+                    "a drift assay watches the pipeline's own inputs or outputs, not a step's",
+                    hint="the tensors between steps are not captured: leave --step out, or "
+                    "watch a step's live figures with a health assay (--health queue_ms)",
+                )
             row.side = _choice(spec.side, SIDES, "side")
             row.tensor = check_tensor_name(spec.tensor, where="assay tensor")
             if spec.element is not None and (isinstance(spec.element, bool) or spec.element < 0):
@@ -211,9 +220,32 @@ def create(
         else:
             row.figure = _choice(spec.figure, tuple(HEALTH_FIGURES), "health figure")
             row.metric = row.figure
+            if spec.step:
+                row.step = _check_step(session, pipe, spec.step, row.figure)
         store.add_assay(session, row)
         session.commit()
         return describe(session, row)
+
+
+def _check_step(session: Any, pipe: store.Pipeline, step: str, figure: str) -> str:
+    """A health assay's step: a model some version of the pipeline runs, and a figure
+    Triton measures per step."""
+    if figure not in STEP_FIGURES:
+        raise InvalidInput(
+            f"{figure} is measured for the whole pipeline at the gateway, not per step",
+            hint=f"per step: {', '.join(STEP_FIGURES)}; or leave --step out",
+        )
+    models = {
+        str(s["model"])
+        for pv in store.list_pipeline_versions(session, pipeline=pipe)
+        for s in pv.spec.get("steps", [])
+    }
+    if step not in models:
+        raise InvalidInput(
+            f"pipeline {pipe.name!r} has no step running model {step!r}",
+            hint=f"its steps run: {', '.join(sorted(models)) or 'nothing'}",
+        )
+    return step
 
 
 def _get(session: Any, workspace: str, name: str) -> tuple[store.Workspace, store.Assay]:
@@ -240,7 +272,7 @@ def describe(session: Any, assay: store.Assay) -> dict[str, Any]:
             "version": assay.version,
         }
         if assay.kind == "drift"
-        else {"figure": assay.figure, "version": assay.version},
+        else {"figure": assay.figure, "step": assay.step, "version": assay.version},
         "baseline": baseline.name if baseline else None,
         "binning": assay.binning,
         "edges": assay.edges,

@@ -38,7 +38,7 @@ from manager import store
 from manager.assays.binning import bin_counts_values
 from manager.assays.sketch import Summary, summarise
 from rollout.capture import GRPC, HTTP, SEGMENT_S, Record, closed_segments, read_segment
-from rollout.tensors import DecodeError, decode_grpc, decode_http
+from rollout.tensors import DecodeError, decode_grpc, decode_http, decode_json_batch
 
 log = logging.getLogger(__name__)
 
@@ -110,9 +110,23 @@ def window_start(ts: float, width_s: int) -> datetime:
     return datetime.fromtimestamp(start, tz=timezone.utc)
 
 
+def _batch_rows(batch: np.ndarray) -> np.ndarray:
+    """What `rows_of` gives for each body's tensor, for all bodies at once."""
+    n, shape = batch.shape[0], batch.shape[1:]
+    if len(shape) >= 2:
+        return batch.reshape(n * shape[0], -1).astype(np.float64, copy=False)
+    return batch.reshape(n, -1).astype(np.float64, copy=False)
+
+
 def collect(records: list[Record], width_s: int, result: PassResult) -> dict[Key, list[np.ndarray]]:
-    """The decoded tensors of `records`, grouped by summary key (no I/O)."""
+    """The decoded tensors of `records`, grouped by summary key (no I/O).
+
+    Pure-JSON HTTP calls of one pipeline version and window are decoded together
+    (rollout.tensors.decode_json_batch: one parse, one conversion per tensor), which is most
+    of the traffic of small JSON requests; anything else, one by one."""
     groups: dict[Key, list[np.ndarray]] = defaultdict(list)
+    batches: dict[tuple[str, str, int, datetime], list[Record]] = defaultdict(list)
+    singles: list[tuple[tuple[str, str, int], datetime, Record]] = []
     for record in records:
         result.records += 1
         identity = _identity(record)
@@ -120,6 +134,28 @@ def collect(records: list[Record], width_s: int, result: PassResult) -> dict[Key
             result.undecodable += 1
             continue
         start = window_start(record.ts, width_s)
+        if record.protocol == HTTP and record.request_hlen < 0 and record.response_hlen < 0:
+            batches[(*identity, start)].append(record)
+        else:
+            singles.append((identity, start, record))
+    for (workspace, pipeline, version, start), batch in batches.items():
+        decoded = {
+            side: decode_json_batch([r.request if side == "inputs" else r.response
+                                     for r in batch], side)
+            for side in SIDES
+        }  # fmt: skip
+        if any(tensors is None for tensors in decoded.values()):
+            # not regular: one by one, so that each refusal is counted and said
+            singles += [((workspace, pipeline, version), start, r) for r in batch]
+            continue
+        for side, tensors in decoded.items():
+            assert tensors is not None
+            for name, array in tensors.items():
+                taken = _batch_rows(array)
+                if taken.size:
+                    groups[(workspace, pipeline, version, side, name, start)].append(taken)
+                    result.values += taken.size
+    for identity, start, record in singles:
         for side in SIDES:
             try:
                 tensors = _decode(record, side)

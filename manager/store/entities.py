@@ -338,6 +338,7 @@ class Assay(SQLModel, table=True):
     element: int | None = None  # None: every element pooled
     version: int | None = None  # the pipeline version watched; None: all together
     figure: str = Field(default="", max_length=32)  # health: which live figure
+    step: str = Field(default="", max_length=63)  # health: one step's figure ("" pipeline)
     baseline_id: int | None = Field(default=None, foreign_key="baseline.id")
     binning: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     edges: list[float] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))

@@ -60,6 +60,14 @@ def _figures(api: Api, end: datetime) -> None:
                             name=name, value=value,
                         )
                     )  # fmt: skip
+            # the shared step "double" (no version of its own): queueing from minute 5 on
+            session.add(
+                store.MetricPoint(
+                    ts=ts, interval_s=60.0, source="triton", server="t", workspace="default",
+                    pipeline="fraud", version=None, step="double", name="queue_ms_avg",
+                    value=40.0 if minute > 4 else 1.0,
+                )
+            )  # fmt: skip
         session.commit()
     engine.dispose()
 
@@ -72,7 +80,7 @@ def test_health_assays_judge_the_live_figures_of_one_version(api: Api) -> None:
             "version": 2, "window_s": 60, "alert": alert,
         })  # fmt: skip
         assert r.status_code == 201, r.text
-        assert r.json()["target"] == {"figure": figure, "version": 2}
+        assert r.json()["target"] == {"figure": figure, "step": "", "version": 2}
         r = api.call("POST", f"{WS}/assays/{name}/backfill", json={
             "since": T0.isoformat(), "until": (T0 + timedelta(minutes=6)).isoformat(),
         })  # fmt: skip
@@ -93,6 +101,30 @@ def test_health_assays_judge_the_live_figures_of_one_version(api: Api) -> None:
     })  # fmt: skip
     # both versions, windows of 3 minutes every minute: the worst interval of each
     assert [x["score"] for x in r.json()["results"]] == [14.0, 480.0, 480.0, 480.0]
+
+    r = api.call("POST", f"{WS}/assays", json={
+        "name": "queueing", "pipeline": "fraud", "kind": "health", "figure": "queue_ms",
+        "step": "double", "version": 2, "window_s": 60, "alert": 20,
+    })  # fmt: skip
+    assert r.status_code == 201, r.text
+    assert r.json()["target"] == {"figure": "queue_ms", "step": "double", "version": 2}
+    r = api.call("POST", f"{WS}/assays/queueing/backfill", json={
+        "since": T0.isoformat(), "until": (T0 + timedelta(minutes=6)).isoformat(),
+    })  # fmt: skip
+    assert [x["score"] for x in r.json()["results"]] == [1.0] * 4 + [40.0] * 2
+    for spec, words in (
+        ({"figure": "p99_ms", "step": "double"}, "measured for the whole pipeline"),
+        ({"figure": "queue_ms", "step": "ghost"}, "has no step running model 'ghost'"),
+    ):
+        r = api.call("POST", f"{WS}/assays", json={
+            "name": "bad", "pipeline": "fraud", "kind": "health", "window_s": 60,
+            "alert": 1, **spec,
+        })  # fmt: skip
+        assert r.status_code == 422 and words in r.json()["detail"], r.text
+    r = api.call("POST", f"{WS}/assays", json={
+        "name": "bad", "pipeline": "fraud", "tensor": "x", "step": "double", "alert": 1,
+    })  # fmt: skip
+    assert r.status_code == 422 and "not a step's" in r.json()["detail"], r.text
 
 
 def test_live_figures_chart_one_line_per_variant(api: Api) -> None:

@@ -233,3 +233,69 @@ def test_a_capture_rate_outside_0_1_is_refused(bad: object) -> None:
         },
     }
     assert RoutingTable.from_json(json.dumps(raw)).routes["default/d"].capture == 0.25
+
+
+def test_json_calls_decoded_together_equal_one_by_one() -> None:
+    """The summariser's batch path (rollout.tensors.decode_json_batch) gives what decoding
+    each call gives, and declines anything irregular so each call is decoded on its own."""
+    from rollout.tensors import decode_json_batch
+
+    rows = [[[i, i + 0.5, -i, 2.0 * i]] for i in range(5)]
+    bodies = [
+        json.dumps({"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": r},
+                               {"name": "k", "shape": [1], "datatype": "INT64", "data": [i]}]})
+        .encode()
+        for i, r in enumerate(rows)
+    ]  # fmt: skip
+    batch = decode_json_batch(bodies, "inputs")
+    assert batch is not None and set(batch) == {"x", "k"}
+    for i, body in enumerate(bodies):
+        one = decode_http(body, None, side="inputs")
+        np.testing.assert_array_equal(batch["x"][i], one["x"])
+        np.testing.assert_array_equal(batch["k"][i], one["k"])
+        assert batch["x"].dtype == one["x"].dtype and batch["k"].dtype == one["k"].dtype
+    flat = json.dumps({"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32",
+                                   "data": [9, 9, 9, 9]},
+                                  {"name": "k", "shape": [1], "datatype": "INT64",
+                                   "data": [7]}]}).encode()  # fmt: skip
+    flats = decode_json_batch([flat, flat], "inputs")  # flat data fills the shape too
+    assert flats is not None and flats["x"][-1].tolist() == [[9.0, 9.0, 9.0, 9.0]]
+    assert decode_json_batch([*bodies, flat], "inputs") is None  # flat and nested: one by one
+
+    def body(**tensor: object) -> bytes:
+        return json.dumps({"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32",
+                                       "data": [1, 2, 3, 4], **tensor}]}).encode()  # fmt: skip
+
+    for odd in (
+        body(shape=[1, 3]),  # another shape
+        body(datatype="FP64"),  # another datatype
+        body(datatype="BYTES", data=["a", "b", "c", "d"]),
+        body(data=[1, 2, 3]),  # does not fill its shape
+        body(parameters={"binary_data_size": 16}),
+        b"not json",
+        json.dumps({"outputs": []}).encode(),  # no inputs
+    ):
+        assert decode_json_batch([body(), odd], "inputs") is None, odd
+    assert decode_json_batch([], "inputs") is None
+
+
+def test_the_summariser_decodes_irregular_batches_call_by_call() -> None:
+    """One bad call in a window: the others are still summarised, the bad one is counted."""
+    from manager.services.capture import PassResult, collect
+
+    def record(data: list[float], ts: float) -> Record:
+        request = json.dumps(
+            {"inputs": [{"name": "x", "shape": [1, len(data)], "datatype": "FP32", "data": data}]}
+        ).encode()
+        answer = json.dumps(
+            {"outputs": [{"name": "y", "shape": [1, len(data)], "datatype": "FP32", "data": data}]}
+        ).encode()
+        return Record(HTTP, ts, "default/p", "p/1", request, -1, answer, -1)  # fmt: skip
+
+    good = [record([1.0, 2.0, 3.0, 4.0], 1.8e9 + i) for i in range(3)]
+    bad = Record(HTTP, 1.8e9 + 5, "default/p", "p/1", b"{oops", -1, b"{}", -1)
+    result = PassResult()
+    groups = collect([*good, bad], 60, result)
+    (x_key,) = [k for k in groups if k[3] == "inputs"]
+    assert sum(a.shape[0] for a in groups[x_key]) == 3
+    assert result.records == 4 and result.undecodable == 2 and result.values == 24

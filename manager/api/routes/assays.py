@@ -38,6 +38,7 @@ class AssayCreate(BaseModel):
     element: int | None = Field(default=None, ge=0, le=2**31 - 1)
     version: int | None = Field(default=None, ge=1, le=2**31 - 1)
     figure: str = Field(default="", max_length=32)
+    step: str = Field(default="", max_length=63)
     baseline: str | None = Field(default=None, pattern=NAME_RE.pattern, max_length=63)
     binning: BinningIn = Field(default_factory=BinningIn)
     metric: str = Field(default="psi", max_length=16)

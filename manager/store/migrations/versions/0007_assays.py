@@ -54,6 +54,7 @@ def upgrade() -> None:
         sa.Column("element", sa.Integer(), nullable=True),
         sa.Column("version", sa.Integer(), nullable=True),
         sa.Column("figure", sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
+        sa.Column("step", sqlmodel.sql.sqltypes.AutoString(length=63), nullable=False),
         sa.Column("baseline_id", sa.Integer(), nullable=True),
         sa.Column("binning", sa.JSON(), nullable=False),
         sa.Column("edges", sa.JSON(), nullable=False),
