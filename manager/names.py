@@ -52,3 +52,7 @@ def step_model_name(workspace: str, model: str, prefix: str | None = None) -> st
     """Triton name of a pipeline step's model: the workspace's shared one, or with ``prefix``
     (``copy_prefix``) the pipeline version's own copy ``<ws>.<pipeline>.v<N>.<model>``."""
     return f"{prefix}.{model}" if prefix else triton_model_name(workspace, model)
+
+
+# An API key: "lm_" + the key id (12 hex digits) + "_" + 32 random bytes, base64url.
+KEY_RE = re.compile(r"lm_([0-9a-f]{12})_([A-Za-z0-9_-]{43})")

@@ -26,6 +26,11 @@ def write_private(path: Path, data: bytes, *, mode: int = 0o600) -> None:
         raise
 
 
+def write_secret(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` readable by its owner only (0600 from the first byte)."""
+    write_private(path, (text + "\n").encode())
+
+
 def secure_tree(root: Path) -> None:
     """Folders 0700, files 0600 (0700 when executable) under ``root``: the home holds the
     store, models, keys and logs of one user."""

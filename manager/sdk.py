@@ -115,7 +115,7 @@ def read_credentials(path: Path) -> dict[str, Any]:
 
 def resolve_connection(settings: Settings) -> tuple[str, str | None, str | None]:
     """(API URL, API key, gateway URL) from settings, ``lastmile login`` and the state file."""
-    from manager.system import read_state
+    from manager.state_file import read_state
 
     state = read_state(settings)
     api_url = settings.api_url or (state["api"]["url"] if state else None)

@@ -23,7 +23,7 @@ import httpx
 from manager.errors import Conflict, RuntimeSetupError
 from manager.procs import CHILDREN_FILE, kill_group, reap_orphans
 from manager.settings import Settings
-from manager.system import read_state, state_path
+from manager.state_file import read_state, state_path
 
 log = logging.getLogger(__name__)
 

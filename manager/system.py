@@ -18,7 +18,6 @@ import sys
 import time
 from collections.abc import Callable
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -33,25 +32,13 @@ from manager.services.capture import Summariser
 from manager.services.context import Platform
 from manager.services.prometheus_source import PrometheusSource, Puller
 from manager.settings import Settings
+from manager.state_file import state_path
 from manager.triton.client import TritonClient
 from manager.triton.fleet import TritonFleet
 from manager.triton.runtime import EmbeddedTriton, ExternalTriton, TritonRuntime
 from manager.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
-
-STATE_FILE = "state.json"
-
-
-def state_path(settings: Settings) -> Path:
-    return settings.run_dir / STATE_FILE
-
-
-def read_state(settings: Settings) -> dict[str, Any] | None:
-    try:
-        return dict(json.loads(state_path(settings).read_text()))
-    except (OSError, ValueError):
-        return None
 
 
 def make_runtime(settings: Settings) -> TritonFleet:

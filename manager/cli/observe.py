@@ -145,7 +145,8 @@ def _raw(model: str | None, scrape: bool, workspace: str | None, as_json: bool) 
 def scrape_targets() -> tuple[list[Target], str]:
     """This system's Triton servers and gateway: from the running system's state file, else
     from the settings (what `lastmile up` would start)."""
-    from manager.system import make_runtime, read_state
+    from manager.state_file import read_state
+    from manager.system import make_runtime
 
     s = settings()
     state = read_state(s)

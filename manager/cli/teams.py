@@ -9,8 +9,9 @@ import typer
 
 from manager.cli.common import JsonOpt, WorkspaceOpt, client, emit, err, kv_table, settings, table
 from manager.errors import InvalidInput
+from manager.names import KEY_RE
+from manager.private_files import write_secret
 from manager.sdk import Lastmile, read_credentials
-from manager.services.auth import KEY_RE, write_secret
 
 workspace_app = typer.Typer(help="Workspaces: one per team.", no_args_is_help=True)
 member_app = typer.Typer(help="Who is in a workspace, with which role.", no_args_is_help=True)

@@ -17,25 +17,22 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import re
 import secrets
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
 
 from sqlmodel import Session
 
 from manager import store
 from manager.errors import Forbidden, InvalidInput, NotFound, Unauthenticated
-from manager.names import check_name
-from manager.private_files import write_private
+from manager.names import KEY_RE, check_name
+from manager.private_files import write_secret
 from manager.services.context import Platform
 
 log = logging.getLogger(__name__)
 
 ROLE_RANK = {"viewer": 1, "editor": 2, "admin": 3}
-KEY_RE = re.compile(r"lm_([0-9a-f]{12})_([A-Za-z0-9_-]{43})")
 OWNER_NAME = "owner"
 OWNER_KEY_FILE = "admin.key"
 MAX_KEY_DAYS = 3650
@@ -172,11 +169,6 @@ def ensure_owner(platform: Platform) -> str | None:
         session.commit()
     log.warning("server owner created; its API key is in %s", path)
     return key
-
-
-def write_secret(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` readable by its owner only (0600 from the first byte)."""
-    write_private(path, (text + "\n").encode())
 
 
 def check_role(role: str) -> str:
