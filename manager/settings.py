@@ -64,6 +64,12 @@ class Settings(BaseSettings):
     gateway_admin_port: int = Field(
         default=8003, description="Loopback-only port where the control plane pushes routes."
     )
+    gateway_pull_token: SecretStr | None = Field(
+        default=None,
+        description="Token that gateways the control plane cannot push to (replicas on a "
+        "cluster, started with --routes-url) send to GET /api/v1/gateway/routes as 'Bearer "
+        "TOKEN'. Unset: that route refuses every caller.",
+    )
     api_port: int = Field(default=8080, description="Management API port.")
     triton_url: str | None = Field(
         default=None,

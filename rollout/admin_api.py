@@ -126,6 +126,20 @@ class AdminApi:
         self.gateway.set_table(table)
         logger.info("loaded routing table generation %d from %s", table.generation, path)
 
+    async def install(self, table: RoutingTable) -> None:
+        """Admit `table`, save it in the routes file, then serve it (TableRefused: nothing
+        changed). Pushed (PUT /routes) and pulled (--routes-url) tables both come here."""
+        gateway = self.gateway
+        async with self._lock:
+            self.admit(table)
+            routes_file = gateway.config.routes_file
+            if routes_file is not None:
+                await asyncio.to_thread(write_atomically, routes_file, table.to_json())
+            gateway.set_table(table)
+        logger.info(
+            "routing table generation %d installed: %s", table.generation, gateway.routing.deployed
+        )
+
     # -- requests ---------------------------------------------------------------------------
     async def handle(self, request: SimpleRequest) -> SimpleResponse:
         if not self.authorized(request):
@@ -151,19 +165,11 @@ class AdminApi:
             table = RoutingTable.from_json(request.body)
         except ValueError as exc:
             return SimpleResponse(400, json_error(str(exc)))
-        async with self._lock:
-            try:
-                self.admit(table)
-            except TableRefused as exc:
-                logger.warning("routing table refused: %s", exc)
-                return SimpleResponse(exc.status, json_error(str(exc)))
-            routes_file = gateway.config.routes_file
-            if routes_file is not None:
-                await asyncio.to_thread(write_atomically, routes_file, table.to_json())
-            gateway.set_table(table)
-        logger.info(
-            "routing table generation %d installed: %s", table.generation, gateway.routing.deployed
-        )
+        try:
+            await self.install(table)
+        except TableRefused as exc:
+            logger.warning("routing table refused: %s", exc)
+            return SimpleResponse(exc.status, json_error(str(exc)))
         body = json.dumps({"generation": table.generation, "routes": sorted(table.routes)})
         return SimpleResponse(200, body.encode())
 

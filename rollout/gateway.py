@@ -14,7 +14,9 @@ splits, shadows and blue/green switches happen without touching clients. Four li
 - metrics port: Prometheus text at /metrics (rollout.gateway_metrics);
 - admin port: GET/PUT /routes (rollout.admin_api: bearer token, allowed upstreams,
   generation window; with --routes-file the table survives restarts), GET/DELETE /shadow (the
-  output-diff reports of shadow routes, rollout.shadow_diff).
+  output-diff reports of shadow routes, rollout.shadow_diff). A gateway the control plane
+  cannot reach there (a replica on a cluster) pulls the table instead: --routes-url
+  (rollout.routes_pull), through the same admission.
 
 Request bodies are checked before they reach Triton (rollout.body_guard: bounded inflation of
 gzip/deflate, no shared memory, JSON or nothing) and Triton's errors are mapped and sanitized
@@ -50,6 +52,7 @@ from rollout.http_routing import CompiledRouting
 from rollout.http_shadow import ShadowMirrors
 from rollout.proxy import ClientConnection
 from rollout.public_config import EXTENSIONS
+from rollout.routes_pull import RoutesPuller
 from rollout.routing import RoutingTable
 from rollout.shadow_diff import DEFAULT_MAX_RATE, DiffCollector
 from rollout.upstream import UpstreamPool, probe_ready
@@ -77,6 +80,11 @@ class GatewayConfig:
     admin_port: int = 8003
     metrics_host: str | None = None  # default: same as host (Prometheus may scrape remotely)
     routes_file: Path | None = None
+    # Pull the routing table from the control plane (GET, bearer token) every routes_poll_s,
+    # for gateways it cannot push to (replicas on a cluster); None: wait for PUT /routes.
+    routes_url: str | None = None
+    routes_token: str | None = field(default=None, repr=False)
+    routes_poll_s: float = 2.0
     max_header_bytes: int = 64 * 1024
     max_body_bytes: int = 256 * 1024 * 1024
     # A gzip/deflate body is inflated by the gateway up to this many bytes (413 past it);
@@ -173,6 +181,11 @@ class Gateway:
         self._tasks: list[asyncio.Task[None]] = []
         self._health_wake = asyncio.Event()
         self.admin = AdminApi(self)
+        self.puller = (
+            RoutesPuller(self.admin, config.routes_url, config.routes_token, config.routes_poll_s)
+            if config.routes_url
+            else None
+        )
         self.ports: dict[str, int] = {}
 
     @property
@@ -225,6 +238,8 @@ class Gateway:
             self.loop.create_task(self._sweep()),
             self.loop.create_task(self._check_health()),
         ]
+        if self.puller is not None:
+            self._tasks.append(self.loop.create_task(self.puller.run()))
         logger.info(
             "lastmile gateway listening: http %s:%d, grpc %s, metrics %s:%d, admin %s:%d; "
             "routes: %s",
@@ -438,6 +453,21 @@ def parse_args(argv: list[str] | None = None) -> tuple[GatewayConfig, str]:
         default=None,
         help="load the routing table from here at start, rewrite it on each PUT",
     )
+    p.add_argument(
+        "--routes-url",
+        default=None,
+        help="pull the routing table from the control plane here (e.g. "
+        "http://lastmile-manager:8080/api/v1/gateway/routes) every --routes-poll-s, for "
+        "gateways it cannot push to",
+    )
+    p.add_argument(
+        "--routes-token-file",
+        type=Path,
+        default=None,
+        help="file holding the token sent as 'Authorization: Bearer TOKEN' to --routes-url "
+        "(the manager's LASTMILE_GATEWAY_PULL_TOKEN)",
+    )
+    p.add_argument("--routes-poll-s", type=float, default=defaults.routes_poll_s)
     p.add_argument("--max-body-bytes", type=int, default=defaults.max_body_bytes)
     p.add_argument(
         "--max-inflated-bytes",
@@ -503,6 +533,19 @@ def parse_args(argv: list[str] | None = None) -> tuple[GatewayConfig, str]:
             token = read_token_file(a.admin_token_file)
         except ValueError as exc:
             p.error(f"--admin-token-file: {exc}")
+    routes_token = None
+    if a.routes_token_file is not None:
+        if a.routes_url is None:
+            p.error("--routes-token-file needs --routes-url")
+        try:
+            routes_token = read_token_file(a.routes_token_file)
+        except ValueError as exc:
+            p.error(f"--routes-token-file: {exc}")
+    if a.routes_url is not None:
+        if not a.routes_url.startswith(("http://", "https://")):
+            p.error(f"--routes-url must be an http:// or https:// URL, got {a.routes_url!r}")
+        if not a.routes_poll_s > 0:
+            p.error(f"--routes-poll-s must be > 0 seconds, got {a.routes_poll_s:g}")
     config = GatewayConfig(
         host=a.host,
         http_port=a.http_port,
@@ -512,6 +555,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[GatewayConfig, str]:
         admin_port=a.admin_port,
         metrics_host=a.metrics_host,
         routes_file=a.routes_file,
+        routes_url=a.routes_url,
+        routes_token=routes_token,
+        routes_poll_s=a.routes_poll_s,
         max_body_bytes=a.max_body_bytes,
         max_inflated_bytes=a.max_inflated_bytes,
         admin_token=token,

@@ -24,6 +24,7 @@ from manager.api.routes import (
     baselines,
     capture,
     deployments,
+    gateway,
     models,
     observe,
     pipelines,
@@ -104,6 +105,7 @@ def create_app(settings: Settings, *, system: System | None = None) -> FastAPI:
         capture,
         assays,
         baselines,
+        gateway,
     ):
         app.include_router(module.router)
 

@@ -13,7 +13,9 @@ confirmed the table, so nothing is reported live that the gateway does not route
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -154,6 +156,38 @@ def endpoints(platform: Platform) -> list[Endpoint]:
 def build_table(platform: Platform, session: Any, generation: int = 0) -> RoutingTable:
     """The table the store describes (generation 0 unless given: for comparisons)."""
     return routing_table(generation, served_pipelines(session), endpoints(platform))
+
+
+class PulledTable:
+    """The table served to pulling gateways, built at most once per ``max_age_s``: every
+    gateway polls, and building reads the whole store (about 7 statements a pipeline), so
+    one build answers every poll of that window; polls during a build wait for it."""
+
+    def __init__(self, max_age_s: float = 1.0) -> None:
+        self.max_age_s = max_age_s
+        self.builds = 0
+        self._lock = threading.Lock()
+        self._cached: tuple[float, bytes, str] | None = None
+
+    def get(self, platform: Platform) -> tuple[bytes, str]:
+        """(table JSON, ETag)."""
+        with self._lock:
+            now = time.monotonic()
+            if self._cached is None or now - self._cached[0] >= self.max_age_s:
+                table = current_table(platform)
+                body = table.to_json()
+                digest = hashlib.sha256(body).hexdigest()[:16]
+                self._cached = (time.monotonic(), body, f'"{table.generation}-{digest}"')
+                self.builds += 1
+            return self._cached[1], self._cached[2]
+
+
+def current_table(platform: Platform) -> RoutingTable:
+    """The table the store describes, stamped with the generation last given out: what
+    gateways that pull (``--routes-url``) install."""
+    with platform.session() as session:
+        row = session.get(store.RoutingGeneration, 1)
+        return build_table(platform, session, row.generation if row is not None else 0)
 
 
 def push_routes(platform: Platform, session: Any | None = None) -> int | None:

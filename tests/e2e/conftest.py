@@ -44,6 +44,7 @@ class RunningSystem:
                 # the sklearn e2e test uploads a pickle as the owner (a workspace admin)
                 "LASTMILE_ALLOW_PICKLE_UPLOADS": "true",
                 "COLUMNS": "200",
+                "LASTMILE_PROFILE": s.profile,
             }
         )
         if s.triton_url:
@@ -53,6 +54,8 @@ class RunningSystem:
         if s.prometheus_url:
             env["LASTMILE_PROMETHEUS_URL"] = s.prometheus_url
             env["LASTMILE_PROMETHEUS_STEP_S"] = str(s.prometheus_step_s)
+        if s.gateway_pull_token is not None:
+            env["LASTMILE_GATEWAY_PULL_TOKEN"] = s.gateway_pull_token.get_secret_value()
         if s.triton_control_header is not None:
             env["LASTMILE_TRITON_CONTROL_HEADER"] = s.triton_control_header.get_secret_value()
         # what the tests tune for themselves reaches the `lastmile up` they start

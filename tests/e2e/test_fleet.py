@@ -1,4 +1,4 @@
-"""A pool of Triton replicas (`lastmile up --replicas 2`): a deploy reaches every replica, the
+"""A pool of Triton replicas (`lastmile up --replicas 4`): a deploy reaches every replica, the
 gateway spreads the load over them, and a replica killed under load costs only the requests it
 was running, then comes back and takes load again.
 
@@ -13,10 +13,13 @@ import os
 import re
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -31,6 +34,8 @@ pytestmark = pytest.mark.e2e
 
 BODY = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
 STRIDE = 3
+REPLICAS = 4
+PULL_TOKEN = "pull-" + "7" * 32  # what gateways the manager cannot push to present
 
 
 def _port_block(size: int) -> int:
@@ -56,16 +61,17 @@ def _port_block(size: int) -> int:
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSystem]:
-    base = _port_block(2 * STRIDE)
+    base = _port_block(REPLICAS * STRIDE)
     settings = make_settings(
         tmp_path_factory.mktemp("fleet") / "home",
-        triton_replicas=2,
+        triton_replicas=REPLICAS,
         triton_port_stride=STRIDE,
         triton_http_port=base,
         triton_grpc_port=base + 1,
         triton_metrics_port=base + 2,
         supervise_interval_s=0.5,
         reconcile_interval_s=0,
+        gateway_pull_token=PULL_TOKEN,
     )
     running = RunningSystem(settings=settings, state={})
     running.state = json.loads(running.cli("up", "--detach", "--json").stdout)
@@ -157,7 +163,7 @@ def test_a_deploy_reaches_every_replica_and_the_gateway_spreads_the_load(
     fleet: RunningSystem,
 ) -> None:
     replicas = _status(fleet)["triton"]
-    assert [r["replica"] for r in replicas] == [0, 1]
+    assert [r["replica"] for r in replicas] == list(range(REPLICAS))
     assert all(r["state"] == "up" and (r["serving"], r["of"]) == (1, 1) for r in replicas)
     before = [_served(fleet, r["metrics"]) for r in replicas]
     sent = 400
@@ -182,7 +188,8 @@ def test_a_deploy_reaches_every_replica_and_the_gateway_spreads_the_load(
     assert codes == {200: sent}
     shares = [_served(fleet, r["metrics"]) - b for r, b in zip(replicas, before, strict=True)]
     assert sum(shares) == sent
-    assert min(shares) >= 0.25 * sent, shares  # least outstanding spreads concurrent clients
+    # least outstanding (ties rotate) spreads concurrent clients: each at least half its share
+    assert min(shares) >= 0.5 * sent / REPLICAS, shares
 
 
 def test_a_replica_killed_under_load_costs_only_its_running_requests_and_comes_back(
@@ -213,3 +220,67 @@ def test_a_replica_killed_under_load_costs_only_its_running_requests_and_comes_b
     # at most what was in flight on the killed replica: one request per client
     assert sum(failed.values()) <= clients + grpc_clients, failed
     assert load.codes[200] > 0
+
+
+def test_a_gateway_that_pulls_its_routes_serves_the_pool_and_follows_changes(
+    fleet: RunningSystem, tmp_path: Path
+) -> None:
+    """A gateway the manager does not push to (a replica on a cluster) reads the routing table
+    from the API with the pull token, serves the pipeline from every replica, and picks up a
+    change to the table on its next poll."""
+    api = fleet.state["api"]["url"]
+    url = f"{api}/api/v1/gateway/routes"
+    assert httpx.get(url, timeout=5).status_code == 401
+    wrong = httpx.get(url, headers={"authorization": "Bearer not-it"}, timeout=5)
+    assert wrong.status_code == 401 and "token" in wrong.json()["detail"]
+    good = httpx.get(url, headers={"authorization": f"Bearer {PULL_TOKEN}"}, timeout=5)
+    assert good.status_code == 200 and "default/pooled" in good.json()["routes"]
+    again = httpx.get(
+        url,
+        headers={"authorization": f"Bearer {PULL_TOKEN}", "if-none-match": good.headers["etag"]},
+        timeout=5,
+    )
+    assert again.status_code == 304
+
+    token_file = tmp_path / "token"
+    token_file.write_text(PULL_TOKEN + "\n")
+    http, metrics, admin = (_port_block(1) for _ in range(3))
+    gateway = subprocess.Popen(
+        [sys.executable, "-m", "rollout.gateway", "--http-port", str(http), "--grpc-port", "0",
+         "--metrics-port", str(metrics), "--admin-port", str(admin), "--routes-url", url,
+         "--routes-token-file", str(token_file), "--routes-poll-s", "0.2"],
+        stdout=subprocess.DEVNULL, stderr=(tmp_path / "gateway.log").open("wb"),
+    )  # fmt: skip
+    try:
+        infer = f"http://127.0.0.1:{http}/v2/models/pooled/infer"
+
+        def serves() -> bool:
+            try:
+                return httpx.post(infer, json=BODY, timeout=5).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until("the pulling gateway serves the pipeline", serves, 30)
+        answer = httpx.post(infer, json=BODY, timeout=5)
+        assert answer.headers["lastmile-variant"] == "pooled/1"
+        assert answer.json()["outputs"][0]["data"] == [2.0, 4.0, 6.0, 8.0]
+        variants = _routes(admin)["routes"]["default/pooled"]["variants"]
+        replicas = {t["url"] for v in variants for t in v["targets"]}
+        assert len(replicas) == REPLICAS, replicas  # the whole pool, as the manager sees it
+
+        fleet.cli("capture", "set", "pooled", "--rate", "0.25")
+        try:
+            wait_until(
+                "the pulled table carries the new capture rate",
+                lambda: _routes(admin)["routes"]["default/pooled"].get("capture") == 0.25,
+                30,
+            )
+        finally:
+            fleet.cli("capture", "set", "pooled", "--rate", "0")
+    finally:
+        gateway.terminate()
+        gateway.wait(timeout=30)
+
+
+def _routes(admin_port: int) -> dict[str, Any]:
+    return dict(httpx.get(f"http://127.0.0.1:{admin_port}/routes", timeout=5).json())
