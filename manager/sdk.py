@@ -768,6 +768,28 @@ class Lastmile:
         models = sorted(p.name for p in out.iterdir() if (p / "config.pbtxt").is_file())
         return {"pipeline": pipeline, "path": str(out), "models": models}
 
+    def export_k8s(
+        self, pipeline: str, out_dir: str | Path, *, version: int | None = None, **params: Any
+    ) -> dict[str, Any]:
+        """Write the pipeline as a Kustomize folder (``kubectl apply -k out_dir``) into
+        ``out_dir`` (new or empty). ``params``: overlay, replicas, gpus, gateway_replicas,
+        namespace, image, repository_url."""
+        check_name(pipeline, kind="pipeline")
+        out = Path(out_dir)
+        if out.exists() and any(out.iterdir()):
+            raise InvalidInput(f"{out} is not empty", hint="export into a new or empty folder")
+        query = {k: v for k, v in params.items() if v is not None}
+        if version is not None:
+            query["version"] = version
+        response = self._request(
+            "GET", f"{self._ws()}/pipelines/{pipeline}/export/k8s", params=query
+        )
+        out.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(fileobj=io.BytesIO(response.content), mode="r:gz") as tar:
+            tar.extractall(out, filter="data")
+        files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+        return {"pipeline": pipeline, "path": str(out), "files": files}
+
     def import_repository(self, root: str | Path) -> dict[str, Any]:
         """Register a Triton repository folder: models with versions, ensembles as pipelines."""
         root = Path(root)

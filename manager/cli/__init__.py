@@ -42,6 +42,7 @@ app = typer.Typer(
 repo_app = typer.Typer(
     help="Triton model repositories: validate, import, export.", no_args_is_help=True
 )
+export_app = typer.Typer(help="Export a pipeline to run elsewhere.", no_args_is_help=True)
 for sub, name in (
     (models.model_app, "model"),
     (pipelines.pipeline_app, "pipeline"),
@@ -51,6 +52,7 @@ for sub, name in (
     (assays.assay_app, "assay"),
     (baselines.baseline_app, "baseline"),
     (repo_app, "repo"),
+    (export_app, "export"),
     (teams.workspace_app, "workspace"),
     (teams.member_app, "member"),
     (teams.key_app, "key"),
@@ -245,6 +247,41 @@ def repo_export(
     with client(workspace) as lm:
         info = lm.export_pipeline(pipeline, directory, version=version, profile=profile)
     emit(info, as_json, f"wrote {', '.join(info['models'])} to {directory}")
+
+
+@export_app.command("k8s")
+def export_k8s(
+    pipeline: str = typer.Argument(..., help="Pipeline to export."),
+    out_dir: Path = typer.Option(..., "--out", help="New or empty folder to write."),
+    overlay: str = typer.Option("gpu", "--overlay", help="gpu (GPU nodes) or cpu-dev."),
+    version: int | None = typer.Option(None, "--version", help="Pipeline version (latest)."),
+    replicas: int = typer.Option(1, "--replicas", help="Triton pods."),
+    gpus: int = typer.Option(1, "--gpus", help="GPUs per Triton pod (gpu overlay)."),
+    gateway_replicas: int = typer.Option(2, "--gateway-replicas", help="Gateway pods (HPA min)."),
+    namespace: str = typer.Option("lastmile", "--namespace", help="Kubernetes namespace."),
+    image: str | None = typer.Option(None, "--image", help="Gateway image (pinned tag)."),
+    repository_url: str | None = typer.Option(
+        None,
+        "--repository-url",
+        help="Serve the repository from s3:// gs:// or as:// instead "
+        "of ConfigMaps (upload model_repository/ there).",
+    ),
+    workspace: str | None = typer.Option(None, "--workspace", "-w", help="Workspace."),
+    as_json: JsonOpt = False,
+) -> None:
+    """Write a pipeline as a Kustomize folder: Triton on GPU nodes, the gateway, its routes;
+    then `kubectl apply -k DIR`."""
+    if overlay not in ("gpu", "cpu-dev"):
+        raise InvalidInput(f"unknown overlay {overlay!r}", hint="use --overlay gpu or cpu-dev")
+    with client(workspace) as lm:
+        info = lm.export_k8s(
+            pipeline, out_dir, version=version, overlay=overlay, replicas=replicas, gpus=gpus,
+            gateway_replicas=gateway_replicas, namespace=namespace, image=image,
+            repository_url=repository_url,
+        )  # fmt: skip
+    emit(
+        info, as_json, f"wrote {len(info['files'])} files to {out_dir}: kubectl apply -k {out_dir}"
+    )
 
 
 @repo_app.command("import")

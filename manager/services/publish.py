@@ -125,9 +125,13 @@ def _write_model(writer: RepositoryWriter, item: _Needed, config: Any, versions:
 
 
 def model_config_for(
-    platform: Platform, item: _Needed, profile: Literal["cpu", "gpu"] | None = None
+    platform: Platform,
+    item: _Needed,
+    profile: Literal["cpu", "gpu"] | None = None,
+    template: str | None = None,
 ) -> Any:
-    """The config of one Triton model serving every version in ``item``."""
+    """The config of one Triton model serving every version in ``item`` (``template``: a
+    backend preset instead of the profile's, e.g. ``onnxruntime-cpu``)."""
     settings = platform.settings
     return model_config(
         triton_name=item.triton_name,
@@ -136,6 +140,7 @@ def model_config_for(
         max_batch_size=settings.max_batch_size,
         versions=sorted(item.files),
         options=item.options,
+        template=template,
         template_dirs=settings.template_dir,
     )
 
@@ -145,9 +150,11 @@ def write_models(
     writer: RepositoryWriter,
     needed: dict[str, _Needed],
     profile: Literal["cpu", "gpu"] | None = None,
+    template: str | None = None,
 ) -> None:
     for item in needed.values():
-        _write_model(writer, item, model_config_for(platform, item, profile), set(item.files))
+        config = model_config_for(platform, item, profile, template)
+        _write_model(writer, item, config, set(item.files))
 
 
 @dataclass

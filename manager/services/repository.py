@@ -47,8 +47,10 @@ def export_pipeline(
     out_dir: Path,
     version: int | None = None,
     profile: Literal["cpu", "gpu"] = "gpu",
+    template: str | None = None,
 ) -> dict[str, Any]:
-    """Write pipeline ``pipeline`` (latest or ``version``) as a Triton repository in out_dir."""
+    """Write pipeline ``pipeline`` (latest or ``version``) as a Triton repository in out_dir
+    (``template``: the models' backend preset instead of the profile's)."""
     check_name(workspace, kind="workspace")
     check_name(pipeline, kind="pipeline")
     if out_dir.exists() and any(out_dir.iterdir()):
@@ -61,7 +63,7 @@ def export_pipeline(
         needed = deployments.collect_models(session, ws, [spec])
         ensemble = triton_ensemble_name(ws.name, pipe.name, pv.version)
     writer = RepositoryWriter(out_dir)
-    deployments.write_models(platform, writer, needed, profile=profile)
+    deployments.write_models(platform, writer, needed, profile=profile, template=template)
     deployments.write_ensemble(platform, writer, ws.name, spec, ensemble, needed)
     problems = errors(validate_repository(out_dir))  # warnings do not make it unusable
     if problems:  # a bug of ours, never the user's: say so plainly

@@ -11,6 +11,8 @@ import pytest
 import tritonclient.http as httpclient
 
 from manager import supervisor
+from manager.k8s import build, check, find_kustomize
+from manager.k8s.render import KustomizeNotFound
 from manager.triton.runtime import EmbeddedTriton
 from tests.conftest import free_ports, make_settings
 from tests.e2e.conftest import RunningSystem
@@ -53,6 +55,25 @@ def test_export_loads_on_triton_and_reimport_gives_the_same_configs(
     assert 'backend: "onnxruntime"' in (gpu / "default.double" / "config.pbtxt").read_text()
     assert (gpu / "default.double" / "1" / "model.onnx").is_file()
     assert system.cli("repo", "validate", str(gpu)).returncode == 0
+
+    # `lastmile export k8s` ships the same builder's repository inside a Kustomize folder
+    bundle = tmp_path / "k8s"
+    info = json.loads(
+        system.cli(
+            "export", "k8s", "diamond", "--out", str(bundle), "--replicas", "2", "--json"
+        ).stdout
+    )
+    assert "kustomization.yaml" in info["files"]
+    assert _files(bundle / "model_repository") == _files(gpu)
+    assert system.cli("repo", "validate", str(bundle / "model_repository")).returncode == 0
+    cpu_dev = tmp_path / "k8s-cpu"  # no GPU there: the same builder with the CPU preset
+    system.cli("export", "k8s", "diamond", "--out", str(cpu_dev), "--overlay", "cpu-dev")
+    config = (cpu_dev / "model_repository" / "default.double" / "config.pbtxt").read_text()
+    assert 'backend: "onnxruntime"' in config and "KIND_CPU" in config
+    assert "KIND_GPU" not in config
+    if (kustomize := _kustomize()) is not None:
+        assert check(build(bundle, command=kustomize)) == []
+        assert check(build(cpu_dev, command=kustomize)) == []
 
     # the embedded profile's export loads on a Triton that has never seen Lastmile
     cpu = tmp_path / "export-cpu"
@@ -118,3 +139,15 @@ def test_broken_repository_is_listed_and_import_registers_nothing(
     proc = system.cli("repo", "import", str(repo), check=False)
     assert proc.returncode == 6 and "problem(s)" in proc.stderr
     assert system.cli("model", "list", "--json").stdout == before
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def _kustomize() -> list[str] | None:
+    """kustomize to build the export with (tests/unit/test_k8s_export.py needs it on CI)."""
+    try:
+        return find_kustomize()
+    except KustomizeNotFound:
+        return None

@@ -12,6 +12,7 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 
+from manager import __version__
 from manager.api.deps import (
     EditorScope,
     PageDep,
@@ -25,8 +26,9 @@ from manager.api.routes import ERRORS, WRITE_ERRORS, problems
 from manager.api.schemas import INT32, Page, PipelineValidation, PipelineVersionPublic
 from manager.api.scratch import scratch
 from manager.errors import BadRequest, InvalidInput, PayloadTooLarge
+from manager.k8s.export import ExportSettings
 from manager.names import NAME_RE
-from manager.services import pipelines, repository
+from manager.services import k8s_export, pipelines, repository
 
 router = APIRouter(prefix="/api/v1/workspaces/{workspace}", tags=["pipelines"])
 
@@ -236,5 +238,53 @@ async def export_pipeline(
             with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
                 tar.add(work / "repository", arcname=".")
             return buffer.getvalue()
+
+    return Response(await run_in_threadpool(build), media_type="application/gzip")
+
+
+@router.get(
+    "/pipelines/{name}/export/k8s",
+    summary="The pipeline as a Kustomize folder for a Kubernetes cluster (tar.gz)",
+    response_class=Response,
+    responses={200: {"content": {"application/gzip": {}}, "description": "tar.gz"}, **ERRORS},
+)
+async def export_pipeline_k8s(
+    name: PipelineName,
+    scope: ViewerScope,
+    platform: PlatformDep,
+    version: Annotated[int | None, Query(ge=1, le=INT32)] = None,
+    overlay: Literal["gpu", "cpu-dev"] = "gpu",
+    replicas: Annotated[int, Query(ge=1, le=64, description="Triton pods")] = 1,
+    gpus: Annotated[int, Query(ge=1, le=8, description="GPUs per Triton pod (gpu)")] = 1,
+    gateway_replicas: Annotated[int, Query(ge=1, le=64)] = 2,
+    namespace: Annotated[str, Query(max_length=63)] = "lastmile",
+    image: Annotated[str | None, Query(max_length=300, description="gateway image")] = None,
+    repository_url: Annotated[str | None, Query(max_length=1000)] = None,
+) -> Response:
+    settings = ExportSettings(
+        overlay=overlay,
+        replicas=replicas,
+        gpus=gpus,
+        gateway_replicas=gateway_replicas,
+        namespace=namespace,
+        gateway_image=image or f"ghcr.io/lastmile-ai/lastmile:{__version__}",
+        repository_url=repository_url,
+    )
+
+    def build() -> bytes:
+        files = k8s_export.export_k8s(
+            platform, workspace=scope.workspace, pipeline=name, version=version, settings=settings
+        )
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+            for path, data in sorted(files.items()):
+                member = tarfile.TarInfo(path)
+                if data is None:  # an empty folder (an ensemble's version folder)
+                    member.type, member.mode = tarfile.DIRTYPE, 0o755
+                    tar.addfile(member)
+                else:
+                    member.size, member.mode = len(data), 0o644
+                    tar.addfile(member, io.BytesIO(data))
+        return buffer.getvalue()
 
     return Response(await run_in_threadpool(build), media_type="application/gzip")
