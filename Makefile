@@ -95,12 +95,14 @@ bench-deps:
 
 # Benchmarks print side-by-side ratios measured in one run (never timed unit tests).
 # bench_gateway.py: direct Triton vs gateway vs nginx, HTTP JSON/binary and gRPC, canary, shadow.
+# bench_scale.py: routing tables for 1,000 pipelines pushed/pulled, 4 Tritons x 1,000 models.
 bench: install bench-deps
 	$(PY) loadtests/bench_gateway.py
 	$(PY) loadtests/bench_grpc_designs.py
 	$(PY) loadtests/bench_assays.py
 	$(PY) loadtests/bench_repository.py
 	$(PY) loadtests/bench_converters.py
+	$(PY) loadtests/bench_scale.py
 
 # Faults under load (SIGKILL Triton / the gateway, a gzip bomb): recovery times and answers;
 # rollouts and a replica kill under locust load (loadtests/scenarios.py, one line each).
