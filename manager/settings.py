@@ -141,6 +141,12 @@ class Settings(BaseSettings):
     triton_request_timeout_s: float = Field(
         default=30.0, description="Timeout of each control call to Triton."
     )
+    triton_gpu_metrics: bool | None = Field(
+        default=None,
+        description="Whether embedded tritonservers report GPU figures (utilisation, memory, "
+        "power, energy per GPU, through DCGM). Unset: on where a GPU is visible "
+        "(/dev/nvidiactl or nvidia-smi).",
+    )
     triton_stub_memory_bytes: int = Field(
         default=8 * 1024**3,
         ge=0,

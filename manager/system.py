@@ -106,6 +106,7 @@ def make_runtime(settings: Settings) -> TritonFleet:
                 start_timeout_s=settings.triton_start_timeout_s,
                 response_cache_bytes=settings.triton_response_cache_bytes,
                 stub_memory_bytes=settings.triton_stub_memory_bytes,
+                gpu_metrics=settings.triton_gpu_metrics,
             )
         )
     return TritonFleet(replicas)

@@ -108,6 +108,12 @@ def check_libpython() -> None:
     )
 
 
+def gpu_visible() -> bool:
+    """Whether an NVIDIA GPU is visible to processes started here (its driver's control
+    device, as the container runtime mounts it, or ``nvidia-smi`` on the PATH)."""
+    return Path("/dev/nvidiactl").exists() or shutil.which("nvidia-smi") is not None
+
+
 class EmbeddedTriton:
     """A ``tritonserver`` child process on loopback, explicit model control."""
 
@@ -127,8 +133,10 @@ class EmbeddedTriton:
         response_cache_bytes: int = 64 * 1024 * 1024,
         stub_memory_bytes: int = 0,
         restrict_apis: bool = True,
+        gpu_metrics: bool | None = None,
     ) -> None:
         self.response_cache_bytes = response_cache_bytes
+        self.gpu_metrics = gpu_visible() if gpu_metrics is None else gpu_metrics
         self.stub_memory_bytes = stub_memory_bytes
         self.restrict_apis = restrict_apis
         self.control_secret = secrets.token_urlsafe(32)
@@ -209,7 +217,10 @@ class EmbeddedTriton:
             f"--grpc-port={grpc_port}",
             f"--metrics-port={metrics_port}",
             "--allow-metrics=true",
-            "--allow-gpu-metrics=false",
+            # Triton reads GPU figures through DCGM (nv_gpu_utilization, memory, power, energy
+            # per gpu_uuid: seen on an H200 with this very binary); without a GPU, DCGM only
+            # logs start-up errors, so it is asked for where a GPU is visible.
+            f"--allow-gpu-metrics={'true' if self.gpu_metrics else 'false'}",
             "--strict-readiness=false",
             # Every config we load is complete. With auto-complete on, the Python backend starts
             # one more stub per model load just to ask model.py for a config (it imports

@@ -4,6 +4,7 @@ counter resets that never give a negative rate, failure reasons kept, GPU famili
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import pytest
 
@@ -208,3 +209,28 @@ def test_figures_compare_equal_when_labels_come_in_any_order() -> None:
         == triton_figures(None, b)
         == [Figure("cpu_utilization", 1.0, "", "", (("a", "1"), ("b", "2")))]
     )
+
+
+# A whole scrape of the embedded tritonserver (nvidia-pytriton 0.7.0, Triton 2.51) on an
+# NVIDIA H200, GPU metrics on, serving the CPU-profile fraud chain and a KIND_GPU copy of its
+# scaler after a few calls (two of them failed in the ensemble): the real exposition, unedited.
+H200_SCRAPE = Path(__file__).parent / "data" / "triton_2_51_h200.metrics"
+H200 = "GPU-edd528de-7af6-c7fe-d933-6d5c0078a48d"
+
+
+def test_a_real_scrape_on_an_h200_gives_gpu_figures_per_gpu_and_model_rates() -> None:
+    text = H200_SCRAPE.read_text()
+    got = figures(Scrape.empty(90.0), Scrape.parse(text, ts=100.0))
+    gpu = (("gpu", H200),)
+    assert got[("", "gpu_utilization", gpu)] == 0
+    assert got[("", "gpu_memory_used_bytes", gpu)] == 620756992
+    assert got[("", "gpu_memory_total_bytes", gpu)] == 150754820096
+    assert got[("", "gpu_power_w", gpu)] == pytest.approx(122.175)
+    assert got[("", "gpu_power_limit_w", gpu)] == 700
+    # per-model figures carry no GPU, even for the model whose instance runs on it
+    assert got[("default.scaler_gpu", "requests_per_s", ())] == pytest.approx(1 / 10)
+    assert got[("default.scaler_gpu", "batch_size_avg", ())] == 2
+    assert got[("default.scaler_gpu", "queue_ms_avg", ())] == pytest.approx(0.266)
+    assert got[("default.fraud.v1", "failures_per_s", (("reason", "OTHER"),))] == 2 / 10
+    assert not [k for k in got if k[2] and k[2] != gpu and k[1] != "failures_per_s"]
+    assert {s.family for s in parse_samples(text)} >= {"nv_energy_consumption"}
