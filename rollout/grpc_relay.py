@@ -45,7 +45,7 @@ from rollout.grpc_requests import (
 from rollout.grpc_routing import GrpcRoute, GrpcTarget, GrpcUpstream, GrpcVariant
 from rollout.grpc_shadow import ShadowPair
 from rollout.grpc_wire import WireError, mentions, scan_name_version
-from rollout.h2_conn import Flusher, H2Conn, Headers, Stream
+from rollout.h2_conn import MAX_HEADER_LIST, Flusher, H2Conn, Headers, Stream
 from rollout.h2_wire import (
     CANCEL,
     INTERNAL_ERROR,
@@ -102,6 +102,14 @@ def _reply_headers(label: str) -> Headers:
 
 def _status_headers(code: StatusCode, details: str) -> Headers:
     return [(b"grpc-status", b"%d" % code.value[0]), (b"grpc-message", percent_encode(details))]
+
+
+def _metadata_too_large(size: int) -> Headers:
+    """What grpc itself answers a call whose metadata is over the limit: that call fails."""
+    return _GRPC_HEAD + _status_headers(
+        StatusCode.RESOURCE_EXHAUSTED,
+        f"received metadata of {size} bytes; the limit is {MAX_HEADER_LIST} bytes",
+    )
 
 
 class UpstreamPool:
@@ -511,7 +519,7 @@ class GrpcRelay:
     def _client(self) -> H2Conn:
         conn = H2Conn(
             self.flusher, client=False, on_stream=lambda stream: Call(self, stream),
-            on_closed=self._client_closed,
+            on_closed=self._client_closed, too_large=_metadata_too_large,
         )  # fmt: skip
         self.clients.add(conn)
         self.idle.clear()

@@ -32,11 +32,13 @@ from rollout.h2_wire import (
     ENABLE_PUSH,
     END_HEADERS,
     END_STREAM,
+    ENHANCE_YOUR_CALM,
     FLOW_CONTROL_ERROR,
     FRAME_SIZE_ERROR,
     GOAWAY,
     HEADERS,
     INITIAL_WINDOW_SIZE,
+    INTERNAL_ERROR,
     MAX_CONCURRENT_STREAMS,
     MAX_FRAME_SIZE,
     MAX_HEADER_LIST_SIZE,
@@ -73,7 +75,8 @@ Headers = list[tuple[bytes, bytes]]
 STREAM_WINDOW = 1 << 20  # what one stream may send us before we credit it
 CONNECTION_WINDOW = 1 << 30
 MAX_STREAMS = 256  # concurrent streams a client may open on one connection
-MAX_HEADER_LIST = 64 * 1024
+MAX_HEADER_LIST = 64 * 1024  # advertised: a header list over it fails its own stream
+HARD_HEADER_LIST = 16 * MAX_HEADER_LIST  # a peer that far past it loses the connection
 
 
 class Leg(Protocol):
@@ -204,6 +207,7 @@ class H2Conn(asyncio.Protocol):
         client: bool,
         on_stream: Callable[[Stream], Leg] | None = None,
         on_closed: Callable[[H2Conn], None] | None = None,
+        too_large: Callable[[int], Headers] | None = None,
         stream_window: int = STREAM_WINDOW,
         max_streams: int = MAX_STREAMS,
     ) -> None:
@@ -211,6 +215,9 @@ class H2Conn(asyncio.Protocol):
         self.client = client
         self.on_stream = on_stream
         self.on_closed = on_closed
+        # server side: the whole answer (trailers-only) to a request whose header list had
+        # this many bytes, over MAX_HEADER_LIST; without it such a stream is refused
+        self.too_large = too_large
         self.stream_window = stream_window
         self.max_streams = max_streams
         self.transport: asyncio.Transport | None = None
@@ -218,7 +225,7 @@ class H2Conn(asyncio.Protocol):
         self.dirty = False
         self.buffer = b""
         self.preface_seen = client  # a server first reads the client's preface
-        self.decoder = HeaderDecoder(MAX_HEADER_LIST)
+        self.decoder = HeaderDecoder(HARD_HEADER_LIST)
         self.streams: dict[int, Stream] = {}
         self.last_peer_stream = 0  # the highest stream id the peer opened (server side)
         self.next_stream = 1  # client side
@@ -482,8 +489,8 @@ class H2Conn(asyncio.Protocol):
         if pending is None or pending[0] != stream_id:
             raise ProtocolError("CONTINUATION without its HEADERS")
         pending[2].append(payload)
-        if sum(len(p) for p in pending[2]) > MAX_HEADER_LIST * 2:
-            raise ProtocolError("header block too large")
+        if sum(len(p) for p in pending[2]) > HARD_HEADER_LIST:
+            raise ProtocolError("header block too large", ENHANCE_YOUR_CALM)
         if flags & END_HEADERS:
             self.continuing = None
             self._header_block(pending[1], stream_id, b"".join(pending[2]))
@@ -492,6 +499,10 @@ class H2Conn(asyncio.Protocol):
         headers = self.decoder.decode(block)  # always: the peer's HPACK table moves with it
         end = bool(flags & END_STREAM)
         stream = self.streams.get(stream_id)
+        size = sum(len(name) + len(value) + 32 for name, value in headers)  # RFC 9113 §6.5.2
+        if size > MAX_HEADER_LIST:
+            self._too_large(stream_id, stream, size, end)
+            return
         if stream is None:
             if self.client:
                 return  # a stream we reset or forgot: its answer is dropped
@@ -506,10 +517,40 @@ class H2Conn(asyncio.Protocol):
         if end and stream.local_closed:
             self.forget(stream)
 
-    def _new_stream(self, stream_id: int, headers: Headers, end: bool) -> None:
+    def _too_large(self, stream_id: int, stream: Stream | None, size: int, end: bool) -> None:
+        """A header list over the size we advertised fails its own stream, not the connection
+        (it was decoded all the same, so the HPACK tables stay in step): a new request gets
+        `too_large`'s answer, a stream under way is reset."""
+        logger.info("stream %d: header list of %d bytes refused", stream_id, size)
+        if stream is not None:
+            self.streams.pop(stream_id, None)
+            stream.remote_closed = stream.local_closed = True
+            self.blocked.discard(stream)
+            self.out.append(rst_stream(stream_id, CANCEL))
+            self.mark()
+            if stream.leg is not None:  # not REFUSED_STREAM: the peer may have processed it
+                stream.leg.on_reset(stream, INTERNAL_ERROR)
+            self.stream_done()
+            return
+        if self.client:
+            return  # a stream we reset or forgot
+        self._check_new_id(stream_id)
+        if self.too_large is None:
+            self.out.append(rst_stream(stream_id, REFUSED_STREAM))
+        else:
+            answer = encode(self.too_large(size))
+            self.out.append(headers_frames(stream_id, answer, True, self.peer_max_frame))
+            if not end:  # the rest of the request is not wanted (RFC 9113 §8.1)
+                self.out.append(rst_stream(stream_id, NO_ERROR))
+        self.mark()
+
+    def _check_new_id(self, stream_id: int) -> None:
         if stream_id % 2 == 0 or stream_id <= self.last_peer_stream:
             raise ProtocolError(f"stream {stream_id} cannot be opened by the client")
         self.last_peer_stream = stream_id
+
+    def _new_stream(self, stream_id: int, headers: Headers, end: bool) -> None:
+        self._check_new_id(stream_id)
         if self.draining or len(self.streams) >= self.max_streams or self.on_stream is None:
             self.out.append(rst_stream(stream_id, REFUSED_STREAM))
             self.mark()

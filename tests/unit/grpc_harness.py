@@ -44,6 +44,7 @@ class FakeGrpcTriton:
         self.gate = gate
         self.requests: list[pb.ModelInferRequest] = []
         self.metadata: list[dict[str, str]] = []
+        self.trailing: tuple[tuple[str, str], ...] = ()  # trailing metadata of each answer
         self.calls: list[tuple[str, str, str]] = []  # (method, model, version) of ready/metadata
         self.arrived = asyncio.Event()
         self.server: Any = None
@@ -88,6 +89,8 @@ class FakeGrpcTriton:
             await self.gate.wait()
         if self.delay:
             await asyncio.sleep(self.delay)
+        if self.trailing:
+            context.set_trailing_metadata(self.trailing)
         if self.fail is not None:
             await context.abort(grpc.StatusCode[self.fail[0]], self.fail[1])
         if request.inputs[0].name != "x":

@@ -291,6 +291,61 @@ def test_large_metadata_crosses_in_continuation_frames() -> None:
     uvloop.run(main())
 
 
+def test_metadata_over_the_limit_fails_that_call_alone() -> None:
+    """A call whose metadata is over the advertised 64 KiB gets RESOURCE_EXHAUSTED, as from
+    grpc itself; the calls beside it on the same connection go on being served."""
+
+    async def main() -> None:
+        async with (
+            fakes(FakeGrpcTriton()) as (fake,),
+            frontend(one_route(fake)) as (gw, _stats, _client),
+        ):
+            async with grpc.aio.insecure_channel(
+                f"127.0.0.1:{gw.port}",
+                options=[("grpc.max_metadata_size", 1 << 20)],  # let the client send it
+            ) as channel:
+                call = channel.unary_unary(INFER)
+                assert pb.ModelInferResponse.FromString(await call(raw_request())).model_name
+                assert gw.relay is not None
+                connections = set(gw.relay.clients)
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await call(raw_request(), metadata=(("x-huge", "h" * 100_000),))
+                assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                assert "metadata" in (refused.value.details() or "")
+                for _ in range(3):  # the same connection still serves
+                    raw = await call(raw_request(), metadata=(("x-ok", "o" * 1000),))
+                    assert pb.ModelInferResponse.FromString(raw).model_name == "d"
+                assert set(gw.relay.clients) == connections  # not closed and reopened
+            assert len(fake.metadata) == 4  # the refused call never reached Triton
+            assert all("x-huge" not in m for m in fake.metadata)
+
+    uvloop.run(main())
+
+
+def test_an_answer_with_metadata_over_the_limit_fails_that_call_alone() -> None:
+    """Triton's answer over the limit: that call fails (it ran: it is not retried elsewhere), the
+    upstream connection and the client's go on serving."""
+
+    async def main() -> None:
+        async with (
+            fakes(FakeGrpcTriton()) as (fake,),
+            frontend(one_route(fake)) as (gw, _stats, _client),
+        ):
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{gw.port}") as channel:
+                call = channel.unary_unary(INFER)
+                fake.trailing = (("x-huge", "h" * 100_000),)
+                with pytest.raises(grpc.aio.AioRpcError) as failed:
+                    await call(raw_request())
+                assert failed.value.code() == grpc.StatusCode.UNAVAILABLE, failed.value
+                fake.trailing = ()
+                for _ in range(3):
+                    assert pb.ModelInferResponse.FromString(await call(raw_request())).model_name
+            assert len(fake.requests) == 4  # the failed call ran once: never handed over
+            assert gw.relay is not None and gw.relay.counts["fast"] == 4
+
+    uvloop.run(main())
+
+
 def test_a_client_that_is_not_http2_gets_goaway_and_the_port_keeps_serving() -> None:
     async def main() -> None:
         async with (
