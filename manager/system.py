@@ -37,6 +37,7 @@ from manager.triton.client import TritonClient
 from manager.triton.fleet import TritonFleet
 from manager.triton.runtime import EmbeddedTriton, ExternalTriton, TritonRuntime
 from manager.watchdog import Watchdog
+from rollout.addresses import expand_ordinals
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ def make_runtime(settings: Settings) -> TritonFleet:
                     hint="the header and value given to tritonserver --http-restricted-api",
                 )
             control = {name.strip(): value.strip()}
-        urls = [u.strip() for u in settings.triton_url.split(",") if u.strip()]
+        urls = _expanded("LASTMILE_TRITON_URL", settings.triton_url)
         if len(set(urls)) != len(urls):
             raise RuntimeSetupError(
                 f"LASTMILE_TRITON_URL lists a server twice: {settings.triton_url!r}",
@@ -69,7 +70,7 @@ def make_runtime(settings: Settings) -> TritonFleet:
             )
         grpc_urls: list[str | None] = [None] * len(urls)
         if settings.triton_grpc_url:
-            given = [u.strip() for u in settings.triton_grpc_url.split(",") if u.strip()]
+            given = _expanded("LASTMILE_TRITON_GRPC_URL", settings.triton_grpc_url)
             if len(given) != len(urls) or len(set(given)) != len(given):
                 raise RuntimeSetupError(
                     f"LASTMILE_TRITON_GRPC_URL lists {len(set(given))} distinct address(es) for "
@@ -272,8 +273,11 @@ class System:
         self.platform.triton = make_runtime(self.settings)
         try:
             fleet = self.platform.triton
-            for index in range(len(fleet.replicas)):
-                self.start_triton(index)
+            if self.owns_triton:
+                for index in range(len(fleet.replicas)):
+                    self.start_triton(index)
+            else:  # servers we do not own: start with those that answer, the rest join later
+                fleet.start_external(self.settings.triton_start_timeout_s)
             self.gateway = GatewayProcess(
                 self.settings,
                 upstreams=[
@@ -355,7 +359,11 @@ class System:
         fleet = self.platform.triton
         if fleet is None:
             return {}
-        return {r.endpoints.http_url: r.client(5.0) for r in fleet.replicas}
+        return {
+            r.endpoints.http_url: r.client(5.0)
+            for r, up in zip(fleet.replicas, fleet.up, strict=True)
+            if up
+        }
 
     def stop(self) -> None:
         if self.assay_loop:
@@ -416,6 +424,18 @@ class System:
     def unserved(self) -> dict[str, str]:
         """Live deployments' ensembles that are not served right now, with the reason."""
         return self.watchdog.unserved() if self.watchdog else {}
+
+
+def _expanded(variable: str, text: str) -> list[str]:
+    """A comma-separated list of servers, each entry one address or a range of them
+    (``http://triton-{0..7}.triton-headless:8000``: a StatefulSet's pods, up to as many as it
+    may scale to)."""
+    try:
+        return [one for u in text.split(",") if u.strip() for one in expand_ordinals(u.strip())]
+    except ValueError as exc:
+        raise RuntimeSetupError(
+            f"{variable}: {exc}", hint="write a range as {FIRST..LAST}, e.g. triton-{0..7}"
+        ) from None
 
 
 def prometheus_puller(settings: Settings) -> Puller | None:

@@ -66,6 +66,9 @@ class Watchdog:
             Component("triton" if i == 0 else f"triton-{i}", replica.endpoints.http_url)
             for i, replica in enumerate(fleet.replicas if fleet else [])
         ]
+        for comp, up in zip(self.replicas, fleet.up if fleet else [], strict=True):
+            if not up:  # an external server that did not answer at start: it joins when it does
+                comp.state, comp.last_error = "external-down", "not up when the system started"
         self.gateway = Component(
             "gateway", system.gateway.admin_url if system.gateway else "", state="up"
         )
@@ -130,13 +133,22 @@ class Watchdog:
             if healthy:
                 was = comp.state
                 self._healthy(comp)
-                if was == "external-down":  # someone else restarted it: load what is live
+                fleet = self.system.platform.triton
+                if was == "external-down":  # restarted by someone else, or a pod that joined
                     self.event("recovered", comp, "the external Triton answers again")
+                    if fleet is not None:  # routed to once it has what is live (reconcile)
+                        fleet.up[index] = True
                     self._reconcile("the external Triton came back")
                 return
             self._failed(comp, "tritonserver failed its liveness check", dead=False)
         if not self.system.owns_triton:
+            was = comp.state
             comp.state = "external-down"
+            fleet = self.system.platform.triton
+            if fleet is not None and fleet.up[index]:  # gone, or scaled away: route around it
+                fleet.up[index] = False
+                if was == "up":
+                    self._reconcile("an external Triton stopped answering")
             return
         self._maybe_restart(comp, lambda: self._restart_triton(index))
 
@@ -258,7 +270,7 @@ class Watchdog:
         if self.gateway.state != "up":
             reason = f"the gateway is {self.gateway.state}: {self.gateway.last_error}"
             return dict.fromkeys(live, reason)
-        per_replica = self._ready_per_replica()
+        per_replica = self._ready_per_replica(live)
         answered = [ready for ready in per_replica if not isinstance(ready, str)]
         if not answered:
             errors = [r for r in per_replica if isinstance(r, str)]
@@ -271,7 +283,7 @@ class Watchdog:
         lacks (a replica that restarted catches up at the next reconciliation)."""
         live = self._live_ensembles()
         out: list[dict[str, Any]] = []
-        for ready in self._ready_per_replica():
+        for ready in self._ready_per_replica(live):
             if isinstance(ready, str):
                 out.append({"serving": None, "of": len(live), "error": ready})
             else:
@@ -285,8 +297,10 @@ class Watchdog:
         with self.system.platform.session() as session:
             return [d.ensemble for d in store.list_deployments(session) if d.state == "live"]
 
-    def _ready_per_replica(self) -> list[set[str] | str]:
-        """Each replica's READY models, or why it could not tell (down, no answer)."""
+    def _ready_per_replica(self, live: list[str]) -> list[set[str] | str]:
+        """Each replica's READY models among ``live``, or why it could not tell (down, no
+        answer). A server we push models to lists in its index only its own repository's, so
+        it is asked model by model."""
         fleet = self.system.platform.triton
         out: list[set[str] | str] = []
         for replica, comp in zip(fleet.replicas if fleet else [], self.replicas, strict=True):
@@ -295,6 +309,9 @@ class Watchdog:
                 continue
             try:
                 with replica.client(2.0) as client:
+                    if not replica.shares_repository:
+                        out.append({name for name in live if client.is_model_ready(name)})
+                        continue
                     index = client.repository_index()
             except LastmileError as exc:
                 out.append(str(exc))

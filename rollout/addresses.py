@@ -68,3 +68,27 @@ def valid_host(host: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+_ORDINALS = re.compile(r"\{(\d+)\.\.(\d+)\}")
+MAX_ORDINALS = 256
+
+
+def expand_ordinals(text: str) -> list[str]:
+    """``triton-{0..7}.triton-headless:8000`` -> the 8 addresses with 0 to 7 in its place, in
+    order; text without a range -> ``[text]``. A StatefulSet's pods, as many as it may scale
+    to: the ones that do not exist (yet) are servers that are down. ValueError for a range
+    that is backwards, holds more than MAX_ORDINALS, or comes twice."""
+    found = list(_ORDINALS.finditer(text))
+    if not found:
+        return [text]
+    if len(found) > 1:
+        raise ValueError(f"at most one {{A..B}} range per address, got {text!r}")
+    match = found[0]
+    first, last = int(match.group(1)), int(match.group(2))
+    if last < first or last - first + 1 > MAX_ORDINALS:
+        raise ValueError(
+            f"the range {match.group(0)} in {text!r} must go up and hold at most "
+            f"{MAX_ORDINALS} members"
+        )
+    return [f"{text[: match.start()]}{i}{text[match.end() :]}" for i in range(first, last + 1)]

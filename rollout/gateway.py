@@ -40,6 +40,7 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from rollout.addresses import expand_ordinals
 from rollout.admin_api import AdminApi, read_token_file
 from rollout.admin_http import SimpleRequest, SimpleResponse, start_simple_server
 from rollout.admission import parse_address
@@ -484,10 +485,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[GatewayConfig, str]:
     p.add_argument(
         "--allowed-upstream",
         action="append",
-        type=_address,
+        type=_addresses,
         default=None,
         metavar="HOST:PORT",
-        help="an address (Triton HTTP or gRPC) routing tables may point at; repeat it; "
+        help="an address (Triton HTTP or gRPC) routing tables may point at, or a range of "
+        "them (triton-{0..7}.triton-headless:8000: a StatefulSet's pods); repeat it; "
         "default: any",
     )
     p.add_argument(
@@ -561,7 +563,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[GatewayConfig, str]:
         max_body_bytes=a.max_body_bytes,
         max_inflated_bytes=a.max_inflated_bytes,
         admin_token=token,
-        allowed_upstreams=frozenset(a.allowed_upstream) if a.allowed_upstream else None,
+        allowed_upstreams=(
+            frozenset(one for given in a.allowed_upstream for one in given)
+            if a.allowed_upstream
+            else None
+        ),
         generation_window_ms=a.generation_window_ms,
         max_header_bytes=a.max_header_bytes,
         idle_timeout=a.idle_timeout,
@@ -577,9 +583,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[GatewayConfig, str]:
     return config, a.log_level
 
 
-def _address(text: str) -> tuple[str, int]:
+def _addresses(text: str) -> list[tuple[str, int]]:
+    """HOST:PORT, or a range of them (``triton-{0..7}.triton-headless:8000``)."""
     try:
-        return parse_address(text)
+        return [parse_address(one) for one in expand_ordinals(text)]
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 

@@ -1,9 +1,10 @@
 """What only Lastmile's own manifests must agree on, and Kubernetes cannot see:
 
-- every Triton server the manager lists in LASTMILE_TRITON_URL is a pod of a StatefulSet,
-  named through its headless Service, and every pod of that StatefulSet is listed (a pod the
-  manager does not know serves no model); an HPA on that StatefulSet keeps to exactly that many
-  pods (the manager reads the list once and waits for every listed server when it starts);
+- every Triton server the manager lists in LASTMILE_TRITON_URL (ranges such as
+  ``triton-{0..7}`` expanded) is a pod of a StatefulSet, named through its headless Service,
+  and every pod that StatefulSet may have — its replicas, or its HPA's maxReplicas — is listed
+  (a pod the manager does not know serves no model; a listed pod that does not exist is a
+  server that is down until it answers); an HPA on it keeps at least one pod;
 - those Triton pods restrict their repository API (HTTP and gRPC) to the header the manager
   sends (LASTMILE_TRITON_CONTROL_HEADER), its value read from the same Secret key on both
   sides, or every load is refused (or the API is open);
@@ -29,6 +30,7 @@ from manager.k8s.objects import (
     namespace_of,
     pod_templates,
 )
+from rollout.addresses import expand_ordinals
 
 GATEWAY_MODULE = "rollout.gateway"
 
@@ -61,8 +63,8 @@ def _env(container: Mapping[str, Any]) -> dict[str, str]:
 
 def servers(env: Mapping[str, str]) -> list[Server]:
     """The Triton servers the manager's environment lists (as manager.system reads them)."""
-    urls = [u.strip() for u in env.get("LASTMILE_TRITON_URL", "").split(",") if u.strip()]
-    grpcs = [g.strip() for g in env.get("LASTMILE_TRITON_GRPC_URL", "").split(",") if g.strip()]
+    urls = _listed(env.get("LASTMILE_TRITON_URL", ""))
+    grpcs = _listed(env.get("LASTMILE_TRITON_GRPC_URL", ""))
     result = []
     for i, url in enumerate(urls):
         parts = urlsplit(url if "://" in url else f"http://{url}")
@@ -70,6 +72,38 @@ def servers(env: Mapping[str, str]) -> list[Server]:
         grpc = grpcs[i].removeprefix("grpc://") if i < len(grpcs) else f"{host}:{port + 1}"
         result.append(Server(host=host, port=port, grpc=grpc))
     return result
+
+
+def _listed(text: str) -> list[str]:
+    """A comma-separated server list, ranges (``triton-{0..7}``) expanded; a malformed range
+    is kept as written (it then names no pod, which is reported)."""
+    out: list[str] = []
+    for entry in (e.strip() for e in text.split(",")):
+        if entry:
+            try:
+                out += expand_ordinals(entry)
+            except ValueError:
+                out.append(entry)
+    return out
+
+
+def _capacity(sts: Manifest, manifests: list[Manifest]) -> int:
+    """The most pods a StatefulSet may have: its replicas, or an HPA's maxReplicas above."""
+    most = int((sts.get("spec") or {}).get("replicas", 1))
+    for hpa in _hpas_of(sts, manifests):
+        most = max(most, int((hpa.get("spec") or {}).get("maxReplicas") or 0))
+    return most
+
+
+def _hpas_of(sts: Manifest, manifests: list[Manifest]) -> list[Manifest]:
+    return [
+        m
+        for m in manifests
+        if m.get("kind") == "HorizontalPodAutoscaler"
+        and namespace_of(m) == namespace_of(sts)
+        and ((m.get("spec") or {}).get("scaleTargetRef") or {}).get("kind") == "StatefulSet"
+        and ((m.get("spec") or {}).get("scaleTargetRef") or {}).get("name") == name_of(sts)
+    ]
 
 
 def _triton_servers(
@@ -97,19 +131,21 @@ def _triton_servers(
             if m.get("kind") == "StatefulSet" and name_of(m) == sts_name
             and namespace_of(m) == pod.namespace
         )  # fmt: skip
-        replicas = int((sts.get("spec") or {}).get("replicas", 1))
-        if ordinals != set(range(replicas)):
+        capacity = _capacity(sts, manifests)
+        if not set(range(capacity)) <= ordinals:
             findings.append(
                 finding(
                     "triton-servers",
                     pod.owner,
                     f"LASTMILE_TRITON_URL lists pods {sorted(ordinals)} of StatefulSet "
-                    f"{sts_name!r}, which has {replicas} replica(s): a pod the manager does not "
-                    "list serves no model",
-                    f"list {sts_name}-0 to {sts_name}-{replicas - 1}, or change its replicas",
+                    f"{sts_name!r}, which may have {capacity} pod(s): a pod the manager does "
+                    "not list serves no model",
+                    f"list {sts_name}-0 to {sts_name}-{capacity - 1} (a range: "
+                    f"http://{sts_name}-{{0..{capacity - 1}}}.<headless service>:<port>), or "
+                    "lower its replicas and its HPA's maxReplicas",
                 )
             )
-        findings += _triton_hpa(sts, len(ordinals), manifests)
+        findings += _triton_hpa(sts, manifests)
         findings += _triton_control(manager, sts)
     return findings
 
@@ -215,8 +251,8 @@ def _statefulset_pod(
         if spec.get("serviceName") != service or not pod_name.startswith(prefix):
             continue
         ordinal = pod_name.removeprefix(prefix)
-        if not ordinal.isdigit() or int(ordinal) >= int(spec.get("replicas", 1)):
-            return f"but StatefulSet {name_of(m)!r} has {spec.get('replicas', 1)} replica(s)"
+        if not ordinal.isdigit():
+            return f"which is not a pod of StatefulSet {name_of(m)!r}"
         ports = {
             p.get("containerPort")
             for template in pod_templates([m])
@@ -231,27 +267,19 @@ def _statefulset_pod(
     return f"but no StatefulSet of this namespace has the governing Service {service!r}"
 
 
-def _triton_hpa(sts: Manifest, listed: int, manifests: list[Manifest]) -> list[Finding]:
+def _triton_hpa(sts: Manifest, manifests: list[Manifest]) -> list[Finding]:
     findings = []
-    for m in manifests:
+    for m in _hpas_of(sts, manifests):
         spec = m.get("spec") or {}
-        ref = spec.get("scaleTargetRef") or {}
-        if m.get("kind") != "HorizontalPodAutoscaler" or (ref.get("kind"), ref.get("name")) != (
-            "StatefulSet",
-            name_of(sts),
-        ):
-            continue
-        low, high = spec.get("minReplicas", 1), spec.get("maxReplicas")
-        if low != listed or high != listed:
+        low = int(spec.get("minReplicas", 1))
+        if low < 1:
             findings.append(
                 finding(
                     "triton-servers",
                     m,
-                    f"scales StatefulSet {name_of(sts)!r} between {low} and {high} pods, but the "
-                    f"manager lists {listed} server(s) in LASTMILE_TRITON_URL: pods beyond the "
-                    "list serve nothing, and a listed pod scaled away blocks the manager's start",
-                    f"set minReplicas and maxReplicas to {listed}, or grow the list, the "
-                    "StatefulSet's replicas and the gateways' --allowed-upstream together",
+                    f"scales StatefulSet {name_of(sts)!r} down to {low} pods: nothing would "
+                    "serve, and the manager waits for at least one Triton when it starts",
+                    "set minReplicas to 1 or more",
                 )
             )
     return findings
@@ -280,7 +308,7 @@ def _gateway(
 ) -> list[Finding]:
     findings = []
     flags = flags_of(container)
-    allowed = {a.lower() for a in flags.get("--allowed-upstream", [])}
+    allowed = {a.lower() for given in flags.get("--allowed-upstream", []) for a in _listed(given)}
     if allowed:  # none given: the gateway accepts any upstream
         for other in pods:
             if other.namespace != pod.namespace:

@@ -244,7 +244,7 @@ def load_beside(
         write_ensemble(platform, writer, ws.name, spec, ensemble, needed, prefix)
         with platform.triton.client(platform.settings.triton_load_timeout_s) as client:
             _load_models_then_dependents(
-                platform, client, writer, own_models, [*dependents, ensemble]
+                platform, client, writer, own_models, dependents, new=[ensemble]
             )
     except LastmileError as exc:
         log.error("loading %s failed, rolling back: %s", ensemble, exc)

@@ -7,6 +7,7 @@ compose these; ``reconcile`` and the repository export reuse them."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -276,12 +277,24 @@ def _load_models_then_dependents(
     writer: RepositoryWriter,
     models: set[str],
     dependents: list[str],
+    new: Sequence[str] = (),
 ) -> None:
-    """Load composing models, then reload the ensembles using them: Triton unloads an
-    ensemble whose composing model is reloaded."""
+    """Load composing models, then the ensembles using them: ``new`` ones (written by this
+    change) always, ``dependents`` (unchanged, already serving) only where they are not ready.
+
+    Triton reloads a serving ensemble itself when one of its composing models is reloaded
+    (an ensemble load starts no process, but each one is a moment of re-validation); one that
+    it could not reload (a pushed ensemble: its own repository does not hold the composing
+    models) is no longer ready, and is loaded here.
+    """
     for name in sorted(models):
         _load(platform, client, writer, name)
     for name in dependents:
+        if client.is_model_ready(name):
+            log.debug("%s was reloaded by Triton with its composing models", name)
+            continue
+        _load(platform, client, writer, name)
+    for name in new:
         _load(platform, client, writer, name)
 
 
@@ -290,18 +303,8 @@ def _load(platform: Platform, client: FleetClient, writer: RepositoryWriter, nam
     assert platform.triton is not None
     if platform.triton.shares_repository:
         client.load_model(name)
-    else:
-        try:
-            client.load_model(
-                name, config=writer.read_config(name), files=writer.files_for_push(name)
-            )
-        except TritonError as exc:
-            # Triton 2.51 loads a pushed ensemble, then also tries to poll its composing models
-            # from its own repository (where pushed models are not) and reports that as a
-            # failure. The ensemble itself is loaded; readiness below is the real check.
-            if "failed to poll" not in exc.message or not client.is_model_ready(name):
-                raise
-            log.info("%s loaded; ignoring Triton's poll error for pushed models", name)
+    else:  # (Triton's poll error on a pushed ensemble is the fleet client's to judge)
+        client.load_model(name, config=writer.read_config(name), files=writer.files_for_push(name))
     if not client.is_model_ready(name):
         raise TritonError(f"Triton loaded {name!r} but it is not ready")
 

@@ -145,11 +145,12 @@ def served_pipelines(session: Any) -> list[ServedPipeline]:
 
 
 def endpoints(platform: Platform) -> list[Endpoint]:
-    """Every replica of the Triton pool: each variant's targets, balanced by the gateway."""
+    """The replicas of the Triton pool that are up: each variant's targets, balanced by the
+    gateway (a server that joins or leaves the pool changes the table)."""
     assert platform.triton is not None
     return [
         Endpoint(http_url=r.endpoints.http_url, grpc=r.endpoints.grpc_url)
-        for r in platform.triton.replicas
+        for r in platform.triton.serving_replicas()
     ]
 
 

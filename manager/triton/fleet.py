@@ -19,10 +19,11 @@ watchdog supervises each replica on its own (``manager.watchdog``).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Collection, Sequence
 from typing import Any
 
-from manager.errors import TritonUnavailable
+from manager.errors import TritonError, TritonUnavailable
 from manager.triton.client import TritonClient
 from manager.triton.runtime import TritonEndpoints, TritonRuntime
 
@@ -38,6 +39,41 @@ class TritonFleet:
         if not replicas:
             raise ValueError("a Triton fleet needs at least one server")
         self.replicas = list(replicas)
+        # which replicas are up, as last seen (start-up, then the watchdog's checks): the
+        # gateway is routed to those only
+        self.up = [True] * len(self.replicas)
+
+    def serving_replicas(self) -> list[TritonRuntime]:
+        """The replicas to route to: those up (all of them while none is, so that a table
+        still names the pool and the gateway answers 'unavailable' on its own)."""
+        up = [r for r, is_up in zip(self.replicas, self.up, strict=True) if is_up]
+        return up or list(self.replicas)
+
+    def start_external(self, timeout_s: float) -> None:
+        """Wait until at least one of servers we do not own is ready; the others are down
+        until they answer (a pod not scheduled yet, or scaled away). TritonUnavailable when
+        none answers in ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            for index, replica in enumerate(self.replicas):
+                with replica.client(2.0) as client:
+                    self.up[index] = client.is_ready()
+            if any(self.up):
+                down = [
+                    r.endpoints.http_url
+                    for r, ok in zip(self.replicas, self.up, strict=True)
+                    if not ok
+                ]
+                if down:
+                    log.info("Triton servers not up yet (they join when they answer): %s", down)
+                return
+            if time.monotonic() >= deadline:
+                listed = ", ".join(r.endpoints.http_url for r in self.replicas)
+                raise TritonUnavailable(
+                    f"none of the Triton servers became ready within {timeout_s:.0f} s: {listed}",
+                    hint="check that they run and that LASTMILE_TRITON_URL names them",
+                )
+            time.sleep(0.5)
 
     @property
     def endpoints(self) -> TritonEndpoints:
@@ -133,7 +169,17 @@ class FleetClient:
         for client in self._live():
             if self._serves(client, name):
                 continue
-            client.load_model(name, config=config, files=files)
+            try:
+                client.load_model(name, config=config, files=files)
+            except TritonError as exc:
+                # Triton 2.51 loads a pushed ensemble, then also tries to poll its composing
+                # models from its own repository (where pushed models are not) and reports
+                # that as a failure: the ensemble is loaded on this server when it is ready.
+                if files is None or "failed to poll" not in exc.message:
+                    raise
+                if not client.is_model_ready(name):
+                    raise
+                log.info("%s loaded on %s; ignoring Triton's poll error", name, client.url)
 
     def unload_model(self, name: str, *, unload_dependents: bool = False) -> None:
         for client in self._live():

@@ -9,6 +9,7 @@ for the whole load, and a gRPC one does not, is measured in ``loadtests/bench_sw
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections import Counter
@@ -71,6 +72,22 @@ def _started_stubs(repository: Path) -> Iterator[Counter[str]]:
         thread.join(timeout=10)
 
 
+@contextmanager
+def _triton_loads(system: RunningSystem) -> Iterator[Counter[str]]:
+    """Counts the model loads Triton reports in its log inside the block (one line per model
+    version it made ready)."""
+    log_path = system.settings.logs_dir / "tritonserver.log"
+    start = log_path.stat().st_size
+    loads: Counter[str] = Counter()
+    yield loads
+    with open(log_path, "rb") as log:
+        log.seek(start)
+        for line in log.read().decode(errors="replace").splitlines():
+            found = re.search(r"successfully loaded '([^']+)'", line)
+            if found:
+                loads[found.group(1)] += 1
+
+
 def test_a_deploy_starts_one_stub_for_the_changed_model_and_none_for_what_serves(
     system: RunningSystem, tmp_path: Path
 ) -> None:
@@ -86,9 +103,19 @@ def test_a_deploy_starts_one_stub_for_the_changed_model_and_none_for_what_serves
     serving = {pid for pid, model in _stubs(repository).items() if model == "default.counted/1"}
     assert len(serving) == 1
 
-    with _started_stubs(repository) as started:
+    with _started_stubs(repository) as started, _triton_loads(system) as loads:
         system.cli("deploy", "moved", "--version", "2")
     assert dict(started) == {"default.counted/2": 1}
+    # the changed model and the new ensemble are loaded once each. (Triton 2.51 itself reloads
+    # the ensembles that serve from a model whenever any model it depends on is loaded or
+    # unloaded: a re-validation in microseconds that starts no stub, as many times as it likes.)
+    assert loads["default.counted"] == 1 and loads["default.moved.v2"] == 1, loads
+    assert set(loads) == {
+        "default.counted",
+        "default.moved.v2",
+        "default.kept.v1",
+        "default.moved.v1",
+    }
     # version 1 went on serving in the stub it had (not restarted by the new version policy)
     assert serving <= set(_stubs(repository))
     # nothing was written into a published version folder while it loaded

@@ -5,6 +5,7 @@ are in tests/e2e/test_fleet.py)."""
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 import pytest
@@ -88,6 +89,20 @@ def test_the_pool_is_made_from_the_settings(tmp_path: Any) -> None:
     )
     with pytest.raises(RuntimeSetupError, match="names one server"):
         make_runtime(metrics)
+    # a StatefulSet's pods as a range, gRPC addresses too
+    pods = Settings(
+        home=tmp_path,
+        triton_url="http://t-{0..2}.h:8000",
+        triton_grpc_url="t-{0..2}.h:9001",
+    )
+    fleet = make_runtime(pods)
+    assert [r.endpoints.http_url for r in fleet.replicas] == [
+        f"http://t-{i}.h:8000" for i in range(3)
+    ]
+    assert [r.endpoints.grpc_url for r in fleet.replicas] == [f"t-{i}.h:9001" for i in range(3)]
+    for bad in ("http://t-{2..0}.h:8000", "http://t-{0..1000}.h:8000"):
+        with pytest.raises(RuntimeSetupError, match=r"LASTMILE_TRITON_URL: the range"):
+            make_runtime(Settings(home=tmp_path, triton_url=bad))
 
 
 def test_external_grpc_addresses_and_the_control_protocol(tmp_path: Any) -> None:
@@ -117,3 +132,20 @@ def test_external_grpc_addresses_and_the_control_protocol(tmp_path: Any) -> None
     ):
         with pytest.raises(RuntimeSetupError, match=message):
             make_runtime(Settings(home=tmp_path, triton_url=two, triton_grpc_url=bad))
+
+
+def test_a_pool_of_external_servers_none_of_which_answers_does_not_start() -> None:
+    from manager.errors import TritonUnavailable
+    from manager.triton.fleet import TritonFleet
+    from manager.triton.runtime import ExternalTriton
+
+    closed = []
+    for _ in range(2):
+        with socket.socket() as s:  # a port nothing listens on once closed
+            s.bind(("127.0.0.1", 0))
+            closed.append(s.getsockname()[1])
+    fleet = TritonFleet([ExternalTriton(f"http://127.0.0.1:{p}") for p in closed])
+    with pytest.raises(TritonUnavailable, match="none of the Triton servers became ready"):
+        fleet.start_external(timeout_s=0.0)
+    assert fleet.up == [False, False]
+    assert fleet.serving_replicas() == fleet.replicas  # none up: the table still names the pool

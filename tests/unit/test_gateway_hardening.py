@@ -163,6 +163,15 @@ def test_cli_refuses_a_malformed_allowed_upstream(capsys: pytest.CaptureFixture[
         with pytest.raises(SystemExit):
             parse_args(["--allowed-upstream", bad])
         assert "must be HOST:PORT" in capsys.readouterr().err
+    for bad in ("t-{3..1}.h:8000", "t-{0..999}.h:8000", "t-{0..1}.h-{0..1}:8000"):
+        with pytest.raises(SystemExit):
+            parse_args(["--allowed-upstream", bad])
+        assert "range" in capsys.readouterr().err
+
+
+def test_an_allowed_upstream_range_allows_each_pod_of_it() -> None:
+    config, _ = parse_args(["--allowed-upstream", "triton-{0..2}.triton-headless:8001"])
+    assert config.allowed_upstreams == {(f"triton-{i}.triton-headless", 8001) for i in range(3)}
 
 
 # -- 2. routing-table admission ---------------------------------------------------------------

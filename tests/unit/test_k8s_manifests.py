@@ -251,11 +251,15 @@ def _statefulset_service_missing(ms: Manifests) -> None:
 
 
 def _triton_replicas_unlisted(ms: Manifests) -> None:
-    get(ms, "StatefulSet", "triton")["spec"]["replicas"] = 3
+    get(ms, "StatefulSet", "triton")["spec"]["replicas"] = 9  # the range lists triton-{0..7}
 
 
 def _triton_hpa_beyond_list(ms: Manifests) -> None:
-    get(ms, "HorizontalPodAutoscaler", "triton")["spec"]["maxReplicas"] = 4
+    get(ms, "HorizontalPodAutoscaler", "triton")["spec"]["maxReplicas"] = 12
+
+
+def _triton_hpa_to_zero(ms: Manifests) -> None:
+    get(ms, "HorizontalPodAutoscaler", "triton")["spec"]["minReplicas"] = 0
 
 
 def _triton_hpa_unknown_metric(ms: Manifests) -> None:
@@ -275,7 +279,8 @@ def _triton_header_renamed(ms: Manifests) -> None:
 
 def _gateway_upstream_missing(ms: Manifests) -> None:
     args = container(ms, "Deployment", "lastmile-gateway", "gateway")["args"]
-    args.remove("--allowed-upstream=triton-1.triton-headless:8001")
+    args.remove("--allowed-upstream=triton-{0..7}.triton-headless:8001")
+    args.append("--allowed-upstream=triton-{0..6}.triton-headless:8001")
 
 
 def _routes_url_elsewhere(ms: Manifests) -> None:
@@ -386,11 +391,15 @@ BREAKAGES: dict[str, tuple[str, Callable[[Manifests], None], str, str, str, str]
     ),
     "Triton pods the manager does not list": (
         "gpu", _triton_replicas_unlisted, "Deployment", "lastmile-manager", "triton-servers",
-        "StatefulSet 'triton', which has 3 replica(s)",
+        "StatefulSet 'triton', which may have 9 pod(s)",
     ),
     "a Triton HPA beyond the manager's list": (
-        "gpu", _triton_hpa_beyond_list, "HorizontalPodAutoscaler", "triton", "triton-servers",
-        "between 2 and 4 pods, but the manager lists 2 server(s)",
+        "gpu", _triton_hpa_beyond_list, "Deployment", "lastmile-manager", "triton-servers",
+        "StatefulSet 'triton', which may have 12 pod(s)",
+    ),
+    "a Triton HPA down to no pod": (
+        "gpu", _triton_hpa_to_zero, "HorizontalPodAutoscaler", "triton", "triton-servers",
+        "down to 0 pods",
     ),
     "an HPA on a metric no adapter rule exposes": (
         "gpu", _triton_hpa_unknown_metric, "HorizontalPodAutoscaler", "triton", "hpa-metric",
@@ -407,7 +416,7 @@ BREAKAGES: dict[str, tuple[str, Callable[[Manifests], None], str, str, str, str]
     ),
     "a Triton the gateway may not route to": (
         "gpu", _gateway_upstream_missing, "Deployment", "lastmile-gateway", "gateway-upstreams",
-        "routes to triton-1.triton-headless:8001",
+        "routes to triton-7.triton-headless:8001",
     ),
     "a gateway pulling routes from no Service": (
         "cpu-dev", _routes_url_elsewhere, "Deployment", "lastmile-gateway", "gateway-routes-url",
@@ -495,13 +504,25 @@ def test_every_lastmile_variable_is_a_setting_that_parses(
     assert "lastmile-manager" in settings.api_allowed_hosts
     assert settings.triton_control_protocol == "grpc"
     fleet = make_runtime(settings)  # parses the Triton list and the control header, no I/O
-    expected = 2 if overlay == "gpu" else 1
+    expected = _most_triton_pods(rendered[overlay])  # every pod the HPA may run
+    assert expected == (8 if overlay == "gpu" else 1)
     assert [r.endpoints.http_url for r in fleet.replicas] == [
         f"http://triton-{i}.triton-headless:8000" for i in range(expected)
     ]
     assert fleet.replicas[0].control_headers == {
         "lastmile-control": "stand-in-triton-control-token"
     }
+
+
+def _most_triton_pods(ms: Manifests) -> int:
+    """The Triton StatefulSet's replicas, or its HPA's maxReplicas where one scales it."""
+    replicas = int(get(ms, "StatefulSet", "triton")["spec"]["replicas"])
+    hpas = [
+        m
+        for m in ms
+        if m["kind"] == "HorizontalPodAutoscaler" and m["metadata"]["name"] == "triton"
+    ]
+    return max([replicas, *(int(h["spec"]["maxReplicas"]) for h in hpas)])
 
 
 @pytest.mark.parametrize("overlay", list(OVERLAYS))
@@ -523,9 +544,9 @@ def test_the_gateway_flags_parse(
     assert config.routes_token == "stand-in-gateway-token"
     assert config.routes_url == "http://lastmile-manager:8080/api/v1/gateway/routes"
     assert config.capture_dir is None
-    replicas = get(rendered[overlay], "StatefulSet", "triton")["spec"]["replicas"]
+    pods = _most_triton_pods(rendered[overlay])
     assert config.allowed_upstreams == {
-        (f"triton-{i}.triton-headless", port) for i in range(replicas) for port in (8000, 8001)
+        (f"triton-{i}.triton-headless", port) for i in range(pods) for port in (8000, 8001)
     }
 
 

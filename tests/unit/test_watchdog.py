@@ -124,7 +124,13 @@ def test_an_external_triton_is_reported_not_restarted(tmp_path: Path) -> None:
     dog = Watchdog(system, reconcile=lambda: reconciled.append(1) or {})  # type: ignore[arg-type]
     dog.check_once()
     assert triton.starts == 0 and dog.triton.state == "external-down"
+    # routed around: the pool marks it down and a reconciliation pushes the table without it
+    assert system.platform.triton is not None and system.platform.triton.up == [False]
+    assert reconciled == [1]
+    dog.check_once()  # still down: nothing more to do
+    assert reconciled == [1]
     triton.code = None  # its owner restarted it: what is live is loaded there again
     dog.check_once()
-    assert dog.triton.state == "up" and reconciled == [1]
+    assert dog.triton.state == "up" and reconciled == [1, 1]
+    assert system.platform.triton.up == [True]
     assert [kind for kind, _ in _events(system)] == ["recovered"]
