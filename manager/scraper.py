@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 
 from manager.errors import GatewayError, LastmileError
-from manager.services import gateway_figures, metrics
+from manager.services import gateway_pool, metrics
 from manager.services.context import Platform
 from manager.services.metrics import GatewayReadings
 from manager.services.prometheus_source import Puller
@@ -54,10 +54,10 @@ class Scraper:
         self.collector.restarted(server, time.time())
 
     def _gateway(self) -> GatewayReadings | None:
-        if not self.platform.gateway_metrics_url:
+        if not gateway_pool.attached(self.platform):
             return None
         try:
-            readings = gateway_figures.read(self.platform)
+            readings = gateway_pool.read(self.platform)
         except GatewayError as exc:
             log.debug("gateway scrape failed: %s", exc)
             return None

@@ -70,6 +70,14 @@ class Settings(BaseSettings):
         "cluster, started with --routes-url) send to GET /api/v1/gateway/routes as 'Bearer "
         "TOKEN'. Unset: that route refuses every caller.",
     )
+    gateway_metrics_urls: str | None = Field(
+        default=None,
+        description="Metrics endpoints of gateways this system does not run (replicas on a "
+        "cluster), comma-separated; {A..B} stands for A to B, and dns+http://NAME:PORT/PATH "
+        "for every address NAME resolves to (a headless Service's pods). Their per-variant "
+        "figures are added to this system's gateway's: canary gates, drains, rollout "
+        "reports and lastmile metrics count the traffic of every gateway.",
+    )
     api_port: int = Field(default=8080, description="Management API port.")
     triton_url: str | None = Field(
         default=None,

@@ -30,6 +30,7 @@ from manager.scraper import Scraper
 from manager.services import assay_runs, reconcile, rollouts
 from manager.services.capture import Summariser
 from manager.services.context import Platform
+from manager.services.gateway_pool import GatewayPool
 from manager.services.prometheus_source import PrometheusSource, Puller
 from manager.settings import Settings
 from manager.state_file import state_path
@@ -291,6 +292,7 @@ class System:
                 on_spawn=lambda pid: self.children.add("gateway", pid),
             )
             self.start_gateway()
+            self.platform.gateway_pool = gateway_pool_of(self.settings)
             self.reconcile()
             self.scraper = Scraper(
                 platform=self.platform,
@@ -424,6 +426,19 @@ class System:
     def unserved(self) -> dict[str, str]:
         """Live deployments' ensembles that are not served right now, with the reason."""
         return self.watchdog.unserved() if self.watchdog else {}
+
+
+def gateway_pool_of(settings: Settings) -> GatewayPool:
+    """The gateways whose figures count with this system's own (LASTMILE_GATEWAY_METRICS_URLS);
+    RuntimeSetupError for a malformed list."""
+    try:
+        return GatewayPool(settings.gateway_metrics_urls)
+    except ValueError as exc:
+        raise RuntimeSetupError(
+            f"LASTMILE_GATEWAY_METRICS_URLS: {exc}",
+            hint="comma-separated http://HOST:PORT/metrics, {A..B} ranges, or "
+            "dns+http://NAME:PORT/metrics for every address of a headless Service",
+        ) from None
 
 
 def _expanded(variable: str, text: str) -> list[str]:

@@ -10,7 +10,9 @@
   sides, or every load is refused (or the API is open);
 - each gateway's --allowed-upstream flags allow every listed server's HTTP and gRPC address
   (the gateway refuses a routing table naming any other), and its --routes-url names a
-  Service port of these manifests.
+  Service port of these manifests;
+- a ``dns+`` entry of the manager's LASTMILE_GATEWAY_METRICS_URLS names a headless Service
+  with that port in front of gateway pods (so that every gateway's traffic counts in gates).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from manager.k8s.objects import (
     name_of,
     namespace_of,
     pod_templates,
+    selects_map,
 )
 from rollout.addresses import expand_ordinals
 
@@ -52,8 +55,61 @@ def check_lastmile(manifests: list[Manifest]) -> list[Finding]:
             env = _env(container)
             if "LASTMILE_TRITON_URL" in env:
                 findings += _triton_servers(pod, container, manifests)
+            if env.get("LASTMILE_GATEWAY_METRICS_URLS"):
+                findings += _gateway_metrics(
+                    pod, env["LASTMILE_GATEWAY_METRICS_URLS"], pods, manifests
+                )
             if GATEWAY_MODULE in [*container.get("command", []), *container.get("args", [])]:
                 findings += _gateway(pod, container, manifests, pods)
+    return findings
+
+
+def _gateway_metrics(
+    pod: PodTemplate, listed: str, pods: list[PodTemplate], manifests: list[Manifest]
+) -> list[Finding]:
+    """Each ``dns+http://NAME:PORT/...`` entry names a headless Service of this namespace with
+    that port, in front of gateway pods (the manager reads every pod's figures through it)."""
+    findings = []
+    for entry in (e.strip() for e in listed.split(",")):
+        if not entry.startswith("dns+"):
+            continue
+        parts = urlsplit(entry.removeprefix("dns+"))
+        labels = (parts.hostname or "").split(".")
+        name = labels[0]
+        service = next(
+            (
+                m for m in manifests
+                if m.get("kind") == "Service" and name_of(m) == name
+                and namespace_of(m) == pod.namespace
+            ),
+            None,
+        )  # fmt: skip
+        spec = (service or {}).get("spec") or {}
+        gateways = [
+            p for p in pods
+            if p.namespace == pod.namespace and selects_map(spec.get("selector") or {}, p.labels)
+            and any(GATEWAY_MODULE in [*c.get("command", []), *c.get("args", [])]
+                    for c, _init in p.containers(init=False))
+        ]  # fmt: skip
+        problem = None
+        if service is None:
+            problem = f"names Service {name!r}, which no manifest of this namespace defines"
+        elif spec.get("clusterIP") != "None":
+            problem = f"names Service {name!r}, which is not headless: it resolves to one address"
+        elif parts.port not in {p.get("port") for p in spec.get("ports") or []}:
+            problem = f"names port {parts.port} of Service {name!r}, which has no such port"
+        elif not gateways or not spec.get("selector"):
+            problem = f"names Service {name!r}, which selects no gateway pod"
+        if problem:
+            findings.append(
+                finding(
+                    "gateway-metrics",
+                    pod.owner,
+                    f"LASTMILE_GATEWAY_METRICS_URLS entry {entry!r} {problem}",
+                    "point it at a headless Service (clusterIP: None) that selects the gateway "
+                    "pods and exposes their metrics port",
+                )
+            )
     return findings
 
 

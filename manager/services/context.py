@@ -6,7 +6,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
@@ -15,6 +15,9 @@ from manager.errors import Conflict
 from manager.repository.digests import DigestCache
 from manager.settings import Settings
 from manager.triton.fleet import TritonFleet
+
+if TYPE_CHECKING:
+    from manager.services.gateway_pool import GatewayPool
 
 
 @dataclass
@@ -27,6 +30,8 @@ class Platform:
     gateway_admin_url: str | None = None
     # The gateway's Prometheus endpoint: live per-variant figures for rollout gates.
     gateway_metrics_url: str | None = None
+    # Every gateway's per-variant figures as one (this one's and LASTMILE_GATEWAY_METRICS_URLS)
+    gateway_pool: GatewayPool | None = None
     # Secret the gateway's admin endpoint requires (``Authorization: Bearer``), made per start.
     gateway_admin_token: str | None = None
     # Set by the running system: live ensembles that are not served right now, and why.

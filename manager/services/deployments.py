@@ -27,7 +27,7 @@ from manager.repository.config import (
     validate_pipeline,
 )
 from manager.repository.writer import RepositoryWriter
-from manager.services import gateway_figures, serving
+from manager.services import gateway_pool, serving
 from manager.services.context import Platform
 from manager.services.publish import (  # noqa: F401  (kept importable from here)
     _load,
@@ -267,7 +267,7 @@ def warm_up(platform: Platform, ensemble: str, spec: PipelineSpec) -> None:
 def drain(platform: Platform, *, workspace: str, pipeline: str, version: int) -> None:
     """Wait (bounded) until the gateway has no request in flight to a variant it no longer
     routes to, so unloading it fails no request that was already on its way."""
-    gateway_figures.wait_drained(
+    gateway_pool.wait_drained(
         platform,
         route=f"{workspace}/{pipeline}",
         variant=f"{pipeline}/{version}",

@@ -9,16 +9,12 @@ again from zero); this module only reads and reshapes them.
 from __future__ import annotations
 
 import math
-import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from manager.errors import GatewayError
-from manager.services.context import Platform
 from rollout import windows
 
 REQUESTS = "lastmile_gateway_requests"
@@ -113,32 +109,3 @@ def parse(text: str) -> dict[tuple[str, str], VariantCounters]:
     for key, by_bound in buckets.items():
         out[key].buckets = sorted(by_bound.items(), key=lambda kv: float(kv[0]))
     return dict(out)
-
-
-def read(platform: Platform, timeout_s: float = 5.0) -> dict[tuple[str, str], VariantCounters]:
-    if not platform.gateway_metrics_url:
-        raise GatewayError("no gateway is attached to this control plane")
-    try:
-        response = httpx.get(platform.gateway_metrics_url, timeout=timeout_s)
-        response.raise_for_status()
-    except httpx.HTTPError as exc:
-        raise GatewayError(f"the gateway's metrics could not be read: {exc}") from exc
-    return parse(response.text)
-
-
-def wait_drained(platform: Platform, *, route: str, variant: str, timeout_s: float) -> bool:
-    """True once the gateway has no request in flight to (route, variant); False at timeout
-    or when no gateway is attached (nothing to wait for)."""
-    if not platform.gateway_metrics_url:
-        return False
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            counters = read(platform).get((route, variant))
-        except GatewayError:
-            return False
-        if counters is None or counters.inflight <= 0:
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.05)

@@ -14,7 +14,7 @@ import httpx
 
 from manager import store
 from manager.errors import GatewayError, NotFound
-from manager.services import gateway_figures
+from manager.services import gateway_figures, gateway_pool
 from manager.services.context import Platform
 from rollout import windows
 
@@ -101,7 +101,7 @@ def report(platform: Platform, *, workspace: str, pipeline: str) -> dict[str, An
         assert row is not None
         start = (row.window or {}).get("start") or {}
     try:
-        figures = gateway_figures.read(platform)
+        figures = gateway_pool.read(platform)
         source = "gateway"
     except GatewayError as exc:
         figures, source = {}, f"unavailable: {exc.message}"

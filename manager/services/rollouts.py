@@ -31,7 +31,14 @@ from manager import store
 from manager.domain import PipelineSpec
 from manager.errors import Conflict, GatewayError, InvalidInput, LastmileError, NotFound
 from manager.names import check_name, copy_prefix, triton_ensemble_name
-from manager.services import deployments, gateway_figures, rollout_checks, rollout_report, serving
+from manager.services import (
+    deployments,
+    gateway_figures,
+    gateway_pool,
+    rollout_checks,
+    rollout_report,
+    serving,
+)
 from manager.services.context import Platform
 from rollout import controller, windows
 
@@ -207,7 +214,7 @@ def _read_figures(platform: Platform) -> Figures:
     """The gateway's figures now; none when they cannot be read (a window that starts then
     counts from the gateway's start)."""
     try:
-        return gateway_figures.read(platform)
+        return gateway_pool.read(platform)
     except GatewayError as exc:
         log.warning("no gateway figures for a rollout window's start: %s", exc)
         return {}
@@ -266,7 +273,7 @@ def tick(platform: Platform, now: float | None = None) -> list[dict[str, Any]]:
     if not running:
         return taken
     try:
-        figures = gateway_figures.read(platform)
+        figures = gateway_pool.read(platform)
     except GatewayError as exc:
         log.warning("rollout gates not evaluated: %s", exc)
         return taken

@@ -54,6 +54,8 @@ class RunningSystem:
         if s.prometheus_url:
             env["LASTMILE_PROMETHEUS_URL"] = s.prometheus_url
             env["LASTMILE_PROMETHEUS_STEP_S"] = str(s.prometheus_step_s)
+        if s.gateway_metrics_urls:
+            env["LASTMILE_GATEWAY_METRICS_URLS"] = s.gateway_metrics_urls
         if s.gateway_pull_token is not None:
             env["LASTMILE_GATEWAY_PULL_TOKEN"] = s.gateway_pull_token.get_secret_value()
         if s.triton_control_header is not None:

@@ -36,6 +36,7 @@ BODY = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1
 STRIDE = 3
 REPLICAS = 4
 PULL_TOKEN = "pull-" + "7" * 32  # what gateways the manager cannot push to present
+PULLED: dict[str, int] = {}  # ports of the gateway the manager does not run (chosen up front)
 
 
 def _port_block(size: int) -> int:
@@ -62,6 +63,7 @@ def _port_block(size: int) -> int:
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSystem]:
     base = _port_block(REPLICAS * STRIDE)
+    PULLED.update(http=_port_block(1), metrics=_port_block(1), admin=_port_block(1))
     settings = make_settings(
         tmp_path_factory.mktemp("fleet") / "home",
         triton_replicas=REPLICAS,
@@ -72,6 +74,8 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSystem]:
         supervise_interval_s=0.5,
         reconcile_interval_s=0,
         gateway_pull_token=PULL_TOKEN,
+        # the manager counts that gateway's traffic with its own gateway's
+        gateway_metrics_urls=f"http://127.0.0.1:{PULLED['metrics']}/metrics",
     )
     running = RunningSystem(settings=settings, state={})
     running.state = json.loads(running.cli("up", "--detach", "--json").stdout)
@@ -244,7 +248,7 @@ def test_a_gateway_that_pulls_its_routes_serves_the_pool_and_follows_changes(
 
     token_file = tmp_path / "token"
     token_file.write_text(PULL_TOKEN + "\n")
-    http, metrics, admin = (_port_block(1) for _ in range(3))
+    http, metrics, admin = PULLED["http"], PULLED["metrics"], PULLED["admin"]
     gateway = subprocess.Popen(
         [sys.executable, "-m", "rollout.gateway", "--http-port", str(http), "--grpc-port", "0",
          "--metrics-port", str(metrics), "--admin-port", str(admin), "--routes-url", url,
@@ -277,6 +281,26 @@ def test_a_gateway_that_pulls_its_routes_serves_the_pool_and_follows_changes(
             )
         finally:
             fleet.cli("capture", "set", "pooled", "--rate", "0")
+
+        # a rollout's figures are every gateway's: 30 calls through the manager's own gateway
+        # and 50 through this one are 80 for the variant that served them
+        again = make_affine(tmp_path / "b.onnx", 4, 3.0, 0.0)
+        fleet.cli("model", "import", str(again), "--name", "pooled")  # the model's version 2
+        fleet.cli("pipeline", "create", "pooled", "--step", "pooled:2")  # the pipeline's
+        fleet.cli(
+            "rollout", "start", "pooled", "--strategy", "ab", "--candidate", "2",
+            "--weight", "1=100", "--weight", "2=0",
+        )  # fmt: skip
+        try:
+            with httpx.Client(timeout=30) as client:
+                for url, n in ((f"http://{fleet.gateway}/v2/models/pooled/infer", 30), (infer, 50)):
+                    for _ in range(n):
+                        assert client.post(url, json=BODY).status_code == 200
+            report = json.loads(fleet.cli("rollout", "report", "pooled", "--json").stdout)
+            counts = {v["variant"]: v["requests"] for v in report["variants"]}
+            assert counts == {"pooled/1": 80, "pooled/2": 0}, report
+        finally:
+            fleet.cli("rollout", "abort", "pooled")
     finally:
         gateway.terminate()
         gateway.wait(timeout=30)

@@ -283,6 +283,10 @@ def _gateway_upstream_missing(ms: Manifests) -> None:
     args.append("--allowed-upstream=triton-{0..6}.triton-headless:8001")
 
 
+def _gateway_metrics_not_headless(ms: Manifests) -> None:
+    del get(ms, "Service", "lastmile-gateway-headless")["spec"]["clusterIP"]
+
+
 def _routes_url_elsewhere(ms: Manifests) -> None:
     c = container(ms, "Deployment", "lastmile-gateway", "gateway")
     c["args"] = [a.replace("lastmile-manager:8080", "lastmile-manager:8081") for a in c["args"]]
@@ -418,6 +422,10 @@ BREAKAGES: dict[str, tuple[str, Callable[[Manifests], None], str, str, str, str]
         "gpu", _gateway_upstream_missing, "Deployment", "lastmile-gateway", "gateway-upstreams",
         "routes to triton-7.triton-headless:8001",
     ),
+    "gateway metrics read through a Service that is not headless": (
+        "gpu", _gateway_metrics_not_headless, "Deployment", "lastmile-manager", "gateway-metrics",
+        "'lastmile-gateway-headless', which is not headless",
+    ),
     "a gateway pulling routes from no Service": (
         "cpu-dev", _routes_url_elsewhere, "Deployment", "lastmile-gateway", "gateway-routes-url",
         "--routes-url http://lastmile-manager:8081/api/v1/gateway/routes names no Service port",
@@ -488,7 +496,7 @@ def test_every_lastmile_variable_is_a_setting_that_parses(
     rendered: dict[str, Manifests], overlay: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from manager.settings import Settings
-    from manager.system import make_runtime
+    from manager.system import gateway_pool_of, make_runtime
 
     env = _env_values(container(rendered[overlay], "Deployment", "lastmile-manager", "manager"))
     named = [name for name in env if name.startswith("LASTMILE_")]
@@ -504,6 +512,8 @@ def test_every_lastmile_variable_is_a_setting_that_parses(
     assert "lastmile-manager" in settings.api_allowed_hosts
     assert settings.triton_control_protocol == "grpc"
     fleet = make_runtime(settings)  # parses the Triton list and the control header, no I/O
+    gateway_pool_of(settings)  # and the gateways whose figures count too
+    assert settings.gateway_metrics_urls == "dns+http://lastmile-gateway-headless:8002/metrics"
     expected = _most_triton_pods(rendered[overlay])  # every pod the HPA may run
     assert expected == (8 if overlay == "gpu" else 1)
     assert [r.endpoints.http_url for r in fleet.replicas] == [
