@@ -272,6 +272,7 @@ class System:
         secure_tree(self.settings.home)
         reap_orphans(self.settings.run_dir)
         self.platform.triton = make_runtime(self.settings)
+        started_at = time.time()  # what this system starts counts from zero from here
         try:
             fleet = self.platform.triton
             if self.owns_triton:
@@ -300,6 +301,12 @@ class System:
                 interval_s=self.settings.scrape_interval_s,
                 prometheus=prometheus_puller(self.settings),
             )
+            # Servers started here counted from zero: their first scrape is an interval, not a
+            # baseline (or the warm-ups and first calls of a fast deploy would go uncounted).
+            own = [r.endpoints.http_url for r in fleet.replicas] if self.owns_triton else []
+            for server in [*own, self.platform.gateway_metrics_url]:
+                if server:
+                    self.scraper.collector.restarted(server, started_at)
             self.scraper.start()
             self.summariser = Summariser(
                 engine=self.platform.engine,
