@@ -22,6 +22,7 @@ the API answers with; the handlers in ``manager.api.problems`` turns them into
     │   └── TritonUnavailable (503) not running / not ready in time
     ├── GatewayError (502)          the gateway refused or is unreachable
     ├── PrometheusError (502)       LASTMILE_PROMETHEUS_URL refused a query or is unreachable
+    ├── StorageFull (507)           a folder of the manager is at its bound; try again later
     └── RuntimeSetupError (500)     missing system library, missing wheel
 """
 
@@ -117,6 +118,11 @@ class GatewayError(LastmileError):
 class PrometheusError(LastmileError):
     status_code = 502
     title = "Prometheus error"
+
+
+class StorageFull(LastmileError):
+    status_code = 507
+    title = "Insufficient storage"
 
 
 class RuntimeSetupError(LastmileError):

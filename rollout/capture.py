@@ -25,6 +25,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
+import secrets
 import struct
 import threading
 import time
@@ -42,6 +44,8 @@ _HEAD = struct.Struct("<4sBdqqHHII")
 SEGMENT_SUFFIX = ".seg"
 SEGMENT_S = 2.0  # a segment is closed (readable) at most this long after it was opened
 PART_SUFFIX = ".seg.part"
+# a closed segment's name: the time it was opened (ns), then what makes it unique
+SEGMENT_NAME_RE = re.compile(r"^[0-9]{20}-[0-9A-Za-z-]{1,80}\.seg$")
 
 Chunks = Sequence[bytes | memoryview]
 _now = time.time
@@ -115,6 +119,9 @@ class CaptureSpool:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._seq = 0
+        # in segment names: gateways in pods all run as pid 1, and their segments may meet in
+        # one folder (the manager's, once sent there: rollout.capture_ship)
+        self._instance = secrets.token_hex(4)
         self._max_pending = max_pending_bytes
         self._names: dict[str, bytes] = {}  # route and variant names, encoded once
 
@@ -202,7 +209,8 @@ class CaptureSpool:
     def _new_part(self) -> Path:
         self._seq += 1
         stamp = time.time_ns()
-        return self.directory / f"{stamp:020d}-{os.getpid()}-{self._seq:06d}{PART_SUFFIX}"
+        name = f"{stamp:020d}-{os.getpid()}-{self._instance}-{self._seq:06d}{PART_SUFFIX}"
+        return self.directory / name
 
     def _drain(self, handle: Any) -> None:
         """Frame every queued record and hand them to the file in one call."""

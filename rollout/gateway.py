@@ -46,6 +46,7 @@ from rollout.admin_http import SimpleRequest, SimpleResponse, start_simple_serve
 from rollout.admission import parse_address
 from rollout.balance import Replica
 from rollout.capture import CaptureSpool
+from rollout.capture_ship import SegmentShipper
 from rollout.exchange import Exchange, json_error
 from rollout.gateway_metrics import GatewayStats, GaugeSource, make_registry
 from rollout.grpc_gateway import GrpcFrontend
@@ -108,6 +109,7 @@ class GatewayConfig:
     shadow_diff_rate: float = DEFAULT_MAX_RATE  # shadow pairs compared per s and route/mirror
     capture_dir: str | None = None  # the capture spool's folder (None: routes capture nothing)
     capture_max_bytes: int = 512 << 20  # the spool's bound on disk; past it, drop and count
+    capture_url: str | None = None  # send closed segments to the control plane here
 
     def __post_init__(self) -> None:
         if self.max_inflated_bytes <= 0:
@@ -142,10 +144,15 @@ class Gateway:
         self.shadow_diff = DiffCollector(max_rate=config.shadow_diff_rate)
         self.mirrors = ShadowMirrors(self.loop, self.stats, self.shadow_diff)
         self.capture: CaptureSpool | None = None
+        self.shipper: SegmentShipper | None = None
         if config.capture_dir:
             self.capture = CaptureSpool(
                 Path(config.capture_dir), max_disk_bytes=config.capture_max_bytes
             )
+            if config.capture_url:  # the same gateway token as the routes it pulls
+                self.shipper = SegmentShipper(
+                    Path(config.capture_dir), config.capture_url, config.routes_token
+                )
         self.server_metadata = json.dumps(
             {
                 "name": "lastmile-gateway",
@@ -200,6 +207,8 @@ class Gateway:
         self.shadow_diff.start()
         if self.capture is not None:
             self.capture.start()
+        if self.shipper is not None:
+            self.shipper.start()
         if config.http_fd is not None:
             # A listening socket handed down by a supervisor that keeps it open across our
             # restarts: clients that connect while we are down wait in its backlog instead of
@@ -283,6 +292,8 @@ class Gateway:
         await asyncio.to_thread(self.shadow_diff.stop, 5.0)
         if self.capture is not None:
             await asyncio.to_thread(self.capture.stop)
+        if self.shipper is not None:  # after the spool: what it closed as it stopped goes too
+            await asyncio.to_thread(self.shipper.stop)
         await asyncio.sleep(0)  # let transports run their close callbacks
         logger.info("gateway stopped")
 
@@ -524,6 +535,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[GatewayConfig, str]:
         default=defaults.capture_max_bytes,
         help="bytes the capture spool may hold on disk; past it, captures are dropped",
     )
+    p.add_argument(
+        "--capture-url",
+        default=None,
+        help="send each closed capture segment to the control plane here (e.g. "
+        "http://lastmile-manager:8080/api/v1/gateway/capture, with the token of "
+        "--routes-token-file), for gateways that share no folder with it; needs --capture-dir",
+    )
     p.add_argument("--shutdown-timeout", type=float, default=defaults.shutdown_timeout)
     p.add_argument("--log-level", default="INFO")
     a = p.parse_args(argv)
@@ -536,9 +554,14 @@ def parse_args(argv: list[str] | None = None) -> tuple[GatewayConfig, str]:
         except ValueError as exc:
             p.error(f"--admin-token-file: {exc}")
     routes_token = None
+    if a.capture_url is not None:
+        if a.capture_dir is None:
+            p.error("--capture-url needs --capture-dir (the folder segments wait in)")
+        if not a.capture_url.startswith(("http://", "https://")):
+            p.error(f"--capture-url must be an http:// or https:// URL, got {a.capture_url!r}")
     if a.routes_token_file is not None:
-        if a.routes_url is None:
-            p.error("--routes-token-file needs --routes-url")
+        if a.routes_url is None and a.capture_url is None:
+            p.error("--routes-token-file needs --routes-url or --capture-url")
         try:
             routes_token = read_token_file(a.routes_token_file)
         except ValueError as exc:
@@ -579,6 +602,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[GatewayConfig, str]:
         shadow_diff_rate=a.shadow_diff_rate,
         capture_dir=a.capture_dir,
         capture_max_bytes=a.capture_max_bytes,
+        capture_url=a.capture_url,
     )
     return config, a.log_level
 

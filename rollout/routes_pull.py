@@ -53,12 +53,18 @@ def fetch(url: str, token: str | None, etag: str | None, timeout_s: float) -> Pu
     except urllib.error.HTTPError as exc:
         if exc.code == 304:
             return Pulled(None, etag)
+        raise control_plane_failure(url, exc) from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise control_plane_failure(url, exc) from None
+
+
+def control_plane_failure(url: str, exc: OSError) -> ValueError:
+    """What went wrong calling the control plane, said once for the gateway's log."""
+    if isinstance(exc, urllib.error.HTTPError):
         detail = exc.read(500).decode("utf-8", "replace").strip()
         hint = " (check --routes-token-file)" if exc.code in (401, 403) else ""
-        raise ValueError(f"{url} answered HTTP {exc.code}{hint}: {detail}") from None
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise ValueError(f"cannot reach {url}: {reason}") from None
+        return ValueError(f"{url} answered HTTP {exc.code}{hint}: {detail}")
+    return ValueError(f"cannot reach {url}: {getattr(exc, 'reason', exc)}")
 
 
 class RoutesPuller:

@@ -29,6 +29,8 @@ from manager.settings import Settings
 log = logging.getLogger(__name__)
 
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# Data-plane calls audited only when refused: gateways send capture segments every few seconds
+AUDITED_WHEN_REFUSED = frozenset({"/api/v1/gateway/capture"})
 BODY_TYPES = frozenset(
     {
         "application/json",
@@ -83,9 +85,11 @@ class GuardAndAudit:
                 headers = list(message.get("headers", []))
                 headers.append((b"x-request-id", request_id.encode()))
                 message["headers"] = headers
-                if mutating and not audited:
+                status = int(message["status"])
+                quiet = status < 400 and request.url.path in AUDITED_WHEN_REFUSED
+                if mutating and not audited and not quiet:
                     audited = True
-                    await self._audit(scope, request, int(message["status"]))
+                    await self._audit(scope, request, status)
             await send(message)
 
         if refusal is not None:

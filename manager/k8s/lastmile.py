@@ -9,8 +9,8 @@
   sends (LASTMILE_TRITON_CONTROL_HEADER), its value read from the same Secret key on both
   sides, or every load is refused (or the API is open);
 - each gateway's --allowed-upstream flags allow every listed server's HTTP and gRPC address
-  (the gateway refuses a routing table naming any other), and its --routes-url names a
-  Service port of these manifests;
+  (the gateway refuses a routing table naming any other), and its --routes-url and
+  --capture-url name a Service port of these manifests;
 - a ``dns+`` entry of the manager's LASTMILE_GATEWAY_METRICS_URLS names a headless Service
   with that port in front of gateway pods (so that every gateway's traffic counts in gates).
 """
@@ -383,12 +383,13 @@ def _gateway(
                                     f"add --allowed-upstream={address}",
                                 )
                             )
-    for url in flags.get("--routes-url", []):
-        findings += _routes_url(pod, url, manifests)
+    for flag in ("--routes-url", "--capture-url"):
+        for url in flags.get(flag, []):
+            findings += _manager_url(pod, flag, url, manifests)
     return findings
 
 
-def _routes_url(pod: PodTemplate, url: str, manifests: list[Manifest]) -> list[Finding]:
+def _manager_url(pod: PodTemplate, flag: str, url: str, manifests: list[Manifest]) -> list[Finding]:
     parts = urlsplit(url)
     host = (parts.hostname or "").split(".")
     port = parts.port or 80
@@ -403,7 +404,7 @@ def _routes_url(pod: PodTemplate, url: str, manifests: list[Manifest]) -> list[F
         finding(
             "gateway-routes-url",
             pod.owner,
-            f"--routes-url {url} names no Service port of these manifests",
+            f"{flag} {url} names no Service port of these manifests",
             "point it at the manager's Service (http://lastmile-manager:8080/...)",
         )
     ]

@@ -4,15 +4,17 @@ gateway's routes) and the per-window summaries the summariser stored."""
 from __future__ import annotations
 
 import math
+import os
 from datetime import datetime
 from typing import Any
 
 from manager import store
 from manager.assays.sketch import Summary, merge_all
-from manager.errors import InvalidInput
+from manager.errors import InvalidInput, StorageFull
 from manager.names import check_name
 from manager.services import serving
 from manager.services.context import Platform
+from rollout.capture import MAGIC, SEGMENT_NAME_RE, closed_segments
 
 
 def _pipeline(session: Any, workspace: str, name: str) -> store.Pipeline:
@@ -88,3 +90,36 @@ def view(
             }
         )
     return {"pipeline": pipeline, "rate": rate, "tensors": out}
+
+
+MAX_SEGMENT_BYTES = 64 << 20  # a spool closes segments every 2 s and holds at most 32 MiB
+
+
+def receive_segment(platform: Platform, *, name: str, body: bytes) -> bool:
+    """Put a capture segment a gateway sent (rollout.capture_ship) into this system's capture
+    folder, where the summariser reads it; False when it was there already (a resend after a
+    lost answer). Written whole under a temporary name, then renamed: the summariser never
+    sees part of one."""
+    if not SEGMENT_NAME_RE.fullmatch(name):
+        raise InvalidInput(
+            f"{name!r} is not a capture segment name",
+            hint="send the name the gateway's spool gave it (Lastmile-Segment header)",
+        )
+    if body and not body.startswith(MAGIC):
+        raise InvalidInput(f"{name} is not a capture segment (it does not start with {MAGIC!r})")
+    folder = platform.settings.capture_dir
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / name
+    if final.exists():
+        return False
+    used = sum(p.stat().st_size for p in closed_segments(folder) if p.exists())
+    if used + len(body) > platform.settings.capture_max_bytes:
+        raise StorageFull(
+            f"the capture folder holds {used} bytes; {name} would pass "
+            f"LASTMILE_CAPTURE_MAX_BYTES ({platform.settings.capture_max_bytes})",
+            hint="the summariser empties it as it reads; the gateway sends it again later",
+        )
+    part = final.with_name(name + ".incoming")
+    part.write_bytes(body)
+    os.replace(part, final)
+    return True

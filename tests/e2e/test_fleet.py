@@ -252,7 +252,9 @@ def test_a_gateway_that_pulls_its_routes_serves_the_pool_and_follows_changes(
     gateway = subprocess.Popen(
         [sys.executable, "-m", "rollout.gateway", "--http-port", str(http), "--grpc-port", "0",
          "--metrics-port", str(metrics), "--admin-port", str(admin), "--routes-url", url,
-         "--routes-token-file", str(token_file), "--routes-poll-s", "0.2"],
+         "--routes-token-file", str(token_file), "--routes-poll-s", "0.2",
+         "--capture-dir", str(tmp_path / "spool"),
+         "--capture-url", f"{api}/api/v1/gateway/capture"],
         stdout=subprocess.DEVNULL, stderr=(tmp_path / "gateway.log").open("wb"),
     )  # fmt: skip
     try:
@@ -279,6 +281,19 @@ def test_a_gateway_that_pulls_its_routes_serves_the_pool_and_follows_changes(
                 lambda: _routes(admin)["routes"]["default/pooled"].get("capture") == 0.25,
                 30,
             )
+            # what it captures reaches the manager's summariser: every 4th of 40 calls
+            before = _captured_rows(fleet)
+            with httpx.Client(timeout=30) as client:
+                for _ in range(40):
+                    assert client.post(infer, json=BODY).status_code == 200
+
+            def summarised() -> bool:
+                fleet.cli("capture", "summarise")
+                return _captured_rows(fleet) - before >= 10
+
+            wait_until("the pulled gateway's captures are summarised", summarised, 60)
+            assert _captured_rows(fleet) - before == 10
+            assert not list((tmp_path / "spool").glob("*.seg"))  # sent, then deleted there
         finally:
             fleet.cli("capture", "set", "pooled", "--rate", "0")
 
@@ -304,6 +319,12 @@ def test_a_gateway_that_pulls_its_routes_serves_the_pool_and_follows_changes(
     finally:
         gateway.terminate()
         gateway.wait(timeout=30)
+
+
+def _captured_rows(system: RunningSystem) -> int:
+    """Rows of the pipeline's input x in the capture summaries so far."""
+    shown = json.loads(system.cli("capture", "show", "pooled", "--since", "1h", "--json").stdout)
+    return sum(t["rows"] for t in shown["tensors"] if (t["side"], t["tensor"]) == ("inputs", "x"))
 
 
 def _routes(admin_port: int) -> dict[str, Any]:

@@ -3,11 +3,15 @@ with the owner's key and helpers to make users with roles."""
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import uvicorn
 from fastapi.testclient import TestClient
 
 from manager.api import create_app
@@ -52,3 +56,26 @@ def running_api(home: Path, database_url: str, **overrides: Any) -> Iterator[Api
         key = settings.owner_key_path.read_text().strip()
         yield Api(client=client, settings=settings, owner_key=key)
     system.stop()
+
+
+@contextmanager
+def served_api(settings: Settings) -> Iterator[Settings]:
+    """The API on a real port (uvicorn in a thread), as the CLI and gateways reach it."""
+    system = System(settings, with_runtime=False)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(settings, system=system), port=settings.api_port, log_level="warning"
+        )
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "the API did not start"
+        time.sleep(0.05)
+    try:
+        yield settings
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        system.stop()

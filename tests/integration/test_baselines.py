@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import io
 import json
-import threading
-import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -16,13 +14,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-import uvicorn
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, create_engine
 from typer.testing import CliRunner
 
 from manager import store
-from manager.api import create_app
 from manager.assays.sketch import Summary
 from manager.cli import app as cli_app
 from manager.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge
@@ -32,9 +28,8 @@ from manager.services import baselines, models, pipelines
 from manager.services.capture import summaries_of
 from manager.services.context import Platform
 from manager.settings import Settings
-from manager.system import System
 from tests.conftest import make_settings
-from tests.integration.api_harness import Api, running_api
+from tests.integration.api_harness import Api, running_api, served_api
 from tests.onnx_models import make_affine
 
 WS = "/api/v1/workspaces/default"
@@ -540,26 +535,8 @@ def test_parse_when_takes_durations_and_iso_datetimes() -> None:
 
 @pytest.fixture
 def served(tmp_path: Path, database_url: str) -> Iterator[Settings]:
-    """The API on a real port (uvicorn in a thread), as the CLI reaches it."""
-    settings = make_settings(tmp_path / "home", database_url=database_url)
-    system = System(settings, with_runtime=False)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(settings, system=system), port=settings.api_port, log_level="warning"
-        )
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "the API did not start"
-        time.sleep(0.05)
-    try:
+    with served_api(make_settings(tmp_path / "home", database_url=database_url)) as settings:
         yield settings
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        system.stop()
 
 
 def test_the_cli_uploads_lists_shows_and_deletes_baselines(

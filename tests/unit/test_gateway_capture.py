@@ -299,3 +299,22 @@ def test_the_summariser_decodes_irregular_batches_call_by_call() -> None:
     (x_key,) = [k for k in groups if k[3] == "inputs"]
     assert sum(a.shape[0] for a in groups[x_key]) == 3
     assert result.records == 4 and result.undecodable == 2 and result.values == 24
+
+
+def test_capture_url_flags_are_checked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from rollout.gateway import parse_args
+
+    url = "http://manager:8080/api/v1/gateway/capture"
+    for argv, message in (
+        (["--capture-url", url], "--capture-url needs --capture-dir"),
+        (["--capture-dir", str(tmp_path), "--capture-url", "manager:8080"], "http:// or https://"),
+    ):
+        with pytest.raises(SystemExit):
+            parse_args(argv)
+        assert message in capsys.readouterr().err
+    token = tmp_path / "token"
+    token.write_text("t" * 24)
+    config, _ = parse_args(
+        ["--capture-dir", str(tmp_path), "--capture-url", url, "--routes-token-file", str(token)]
+    )
+    assert (config.capture_url, config.routes_token) == (url, "t" * 24)

@@ -430,6 +430,10 @@ BREAKAGES: dict[str, tuple[str, Callable[[Manifests], None], str, str, str, str]
         "cpu-dev", _routes_url_elsewhere, "Deployment", "lastmile-gateway", "gateway-routes-url",
         "--routes-url http://lastmile-manager:8081/api/v1/gateway/routes names no Service port",
     ),
+    "a gateway sending captures to no Service": (
+        "cpu-dev", _routes_url_elsewhere, "Deployment", "lastmile-gateway", "gateway-routes-url",
+        "--capture-url http://lastmile-manager:8081/api/v1/gateway/capture names no Service port",
+    ),
     "a typo in a ServiceMonitor": (
         "gpu", _service_monitor_unknown_field, "ServiceMonitor", "triton", "crd-schema",
         "spec.endpoints[0].intervall: unknown field 'intervall'",
@@ -553,7 +557,13 @@ def test_the_gateway_flags_parse(
     assert config.admin_token == "stand-in-gateway-token"
     assert config.routes_token == "stand-in-gateway-token"
     assert config.routes_url == "http://lastmile-manager:8080/api/v1/gateway/routes"
-    assert config.capture_dir is None
+    # captured calls wait in the pod's emptyDir, then go to the manager's summariser
+    assert config.capture_dir == "/var/lib/lastmile/capture"
+    assert config.capture_url == "http://lastmile-manager:8080/api/v1/gateway/capture"
+    mounts = container(rendered[overlay], "Deployment", "lastmile-gateway", "gateway")[
+        "volumeMounts"
+    ]
+    assert config.capture_dir in {m["mountPath"] for m in mounts}
     pods = _most_triton_pods(rendered[overlay])
     assert config.allowed_upstreams == {
         (f"triton-{i}.triton-headless", port) for i in range(pods) for port in (8000, 8001)

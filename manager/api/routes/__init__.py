@@ -24,6 +24,7 @@ def problems(*codes: int) -> dict[int | str, dict[str, Any]]:
         422: "Invalid input; the fields are named",
         502: "Triton or the gateway failed",
         503: "Triton unavailable",
+        507: "A folder of the manager is at its bound; try again later",
     }
     return {code: {"model": Problem, "description": text[code]} for code in codes}
 

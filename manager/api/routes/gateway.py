@@ -5,7 +5,10 @@ Not an API-key route: a gateway holds LASTMILE_GATEWAY_PULL_TOKEN, which lets it
 table and nothing else. The answer carries an ETag; a gateway that sends it back in
 If-None-Match gets 304 while nothing changed. One build of the table answers every poll
 within a second (``serving.PulledTable``): a change reaches the gateways within a second plus
-their poll interval."""
+their poll interval.
+
+The same token lets such a gateway send its capture segments (``--capture-url``,
+rollout.capture_ship) into the manager's capture folder, where the summariser reads them."""
 
 from __future__ import annotations
 
@@ -17,8 +20,8 @@ from fastapi.concurrency import run_in_threadpool
 
 from manager.api.deps import PlatformDep
 from manager.api.routes import problems
-from manager.errors import Unauthenticated
-from manager.services import serving
+from manager.errors import InvalidInput, PayloadTooLarge, Unauthenticated
+from manager.services import data_capture, serving
 
 router = APIRouter(tags=["gateway"])
 
@@ -70,3 +73,40 @@ async def gateway_routes(
     if if_none_match == etag:
         return Response(status_code=304, headers={"ETag": etag})
     return Response(body, media_type="application/json", headers={"ETag": etag})
+
+
+@router.post(
+    "/api/v1/gateway/capture",
+    summary="A capture segment from a gateway that shares no folder with the manager "
+    "(gateway token, not an API key)",
+    status_code=201,
+    responses={
+        200: {"description": "the segment was here already (a resend)"},
+        201: {"description": "the segment is in the capture folder"},
+        **problems(401, 413, 422, 507),
+    },
+)
+async def gateway_capture(
+    request: Request,
+    platform: PlatformDep,
+    authorization: Annotated[str | None, Header()] = None,
+    lastmile_segment: Annotated[str | None, Header()] = None,
+) -> Response:
+    secret = platform.settings.gateway_pull_token
+    _check_token(secret.get_secret_value() if secret is not None else None, authorization)
+    if not lastmile_segment:
+        raise InvalidInput(
+            "no Lastmile-Segment header", hint="name the segment as the gateway's spool did"
+        )
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > data_capture.MAX_SEGMENT_BYTES:
+            raise PayloadTooLarge(
+                f"a capture segment may hold {data_capture.MAX_SEGMENT_BYTES} bytes",
+                hint="the gateway's spool closes segments long before that",
+            )
+    new = await run_in_threadpool(
+        data_capture.receive_segment, platform, name=lastmile_segment, body=bytes(body)
+    )
+    return Response(status_code=201 if new else 200)
