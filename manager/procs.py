@@ -47,6 +47,16 @@ def _stat(pid: int) -> tuple[str, int] | None:
     return fields[0], int(fields[2])
 
 
+def started(pid: int) -> int | None:
+    """When a process started (clock ticks after boot, /proc/PID/stat field 22): with its pid,
+    it names one process, never a later one that got the same pid. None when it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(text.rsplit(")", 1)[1].split()[19])
+
+
 def group_members(pgid: int) -> list[int]:
     """Processes of a process group that still hold resources: a zombie whose threads have
     all exited has closed its files and sockets; a zombie leader whose other threads are

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 
 from manager.errors import Conflict, RuntimeSetupError
-from manager.procs import CHILDREN_FILE, kill_group, reap_orphans
+from manager.procs import CHILDREN_FILE, kill_group, reap_orphans, started
 from manager.settings import Settings
 from manager.state_file import read_state, state_path
 
@@ -76,10 +76,20 @@ def check_ports_free(settings: Settings) -> None:
 
 
 def running_state(settings: Settings) -> dict[str, Any] | None:
+    """The state file of the system that runs for this home, None when none does. A file left
+    by a process that is gone is stale, also when its pid now names another process: our own
+    (a container restarted on the same volume runs as pid 1 again), or any process that started
+    after it (its start time is in the file)."""
     state = read_state(settings)
-    if state and pid_alive(state.get("pid")):
-        return state
-    return None
+    if not state:
+        return None
+    pid = state.get("pid")
+    if not isinstance(pid, int) or pid == os.getpid() or not pid_alive(pid):
+        return None
+    recorded = state.get("pid_started")
+    if isinstance(recorded, int) and started(pid) not in (None, recorded):
+        return None
+    return state
 
 
 def check_can_start(settings: Settings) -> None:

@@ -25,7 +25,7 @@ import httpx
 from manager import store
 from manager.errors import RuntimeSetupError
 from manager.private_files import secure_tree, write_private
-from manager.procs import ChildRegistry, reap_orphans, terminate_group
+from manager.procs import ChildRegistry, reap_orphans, started, terminate_group
 from manager.scraper import Scraper
 from manager.services import assay_runs, reconcile, rollouts
 from manager.services.capture import Summariser
@@ -402,6 +402,7 @@ class System:
         return {
             "home": str(s.home.resolve()),
             "pid": os.getpid(),
+            "pid_started": started(os.getpid()),
             "api": {"url": s.local_api_url},
             "gateway": {
                 "http": f"http://{host}:{s.gateway_http_port}",
