@@ -11,8 +11,9 @@ machine's speed hits all of them alike; the report gives the median and [min-max
 - summariser: captured calls as the gateway's spool holds them (rollout.capture.Record), decoded
   (requests and answers) and summarised per window as the manager's summariser does, minus
   the SQL write: HTTP binary FP32 [64,16], gRPC raw FP32 [64,16], HTTP JSON FP32 [1,4]. Values
-  count inputs and outputs. Target: >= 1,000,000 values/s; small JSON calls are bound by the
-  cost of decoding each call (their calls/s is printed too).
+  count inputs and outputs. Target: >= 1,000,000 values/s for each; small JSON calls are
+  bound by the cost of each call (their calls/s is printed too): calls that differ only in
+  their numbers are checked alike as text and their numbers read in one C call per tensor.
 - assay run over 1,000,000 captured values: the window's values were summarised at capture
   time into 60 one-minute summaries (not timed here, that is the rate above); one run merges
   them, computes 10 quantile edges from a baseline summary (1,000,000 values), counts both

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import struct
+import warnings
 from typing import Any
 
 import numpy as np
@@ -194,6 +196,9 @@ def decode_json_batch(bodies: list[bytes], side: str) -> dict[str, np.ndarray] |
     anything `decode_http` would refuse): decode those bodies one by one instead."""
     if not bodies:
         return None
+    fast = _decode_alike(bodies, side)
+    if fast is not None:
+        return fast
     try:
         docs = json.loads("[" + ",".join(str(b, "utf-8") for b in bodies) + "]")
     except (ValueError, UnicodeDecodeError):
@@ -234,4 +239,62 @@ def decode_json_batch(bodies: list[bytes], side: str) -> dict[str, np.ndarray] |
         if array.size != len(bodies) * math.prod(shape):
             return None
         out[name] = array.reshape((len(bodies), *shape))
+    return out
+
+
+# `"data": [ ... ]` holding no nested list: the numbers of one tensor of a KServe JSON body
+_FLAT_DATA = re.compile(rb'"data"\s*:\s*\[([^\[\]]*)\]')
+# how the numbers of each datatype are read: exactly (integers) or as float64 first, as
+# json.loads does, then cast (no double rounding that the general path would not do too)
+_PARSED_AS = {"UINT64": np.dtype(np.uint64), "INT64": np.dtype(np.int64)}
+
+
+def _decode_alike(bodies: list[bytes], side: str) -> dict[str, np.ndarray] | None:
+    """``decode_json_batch``'s fast path, for bodies that are the same text but for the numbers
+    in their flat ``data`` arrays (one client's traffic through one gateway): that is checked
+    by comparing what is left once the arrays are cut out, the first body alone is parsed as
+    JSON for the names, datatypes and shapes, and each tensor's numbers of every body are read
+    in one C call. None when the bodies are not that alike (ids that differ, nested arrays,
+    BOOL, binary data, numbers that do not fill a shape ...): the general path decides."""
+    parts = [_FLAT_DATA.split(bytes(b)) for b in bodies]
+    skeleton = parts[0][0::2]
+    if any(p[0::2] != skeleton for p in parts):
+        return None
+    try:
+        doc = json.loads(parts[0][0] + b"".join(b'"data":[]' + t for t in skeleton[1:]))
+    except (ValueError, UnicodeDecodeError):
+        return None
+    tensors = doc.get(side) if isinstance(doc, dict) else None
+    if not isinstance(tensors, list) or len(tensors) != len(skeleton) - 1:
+        return None  # a "data" array elsewhere, or one missing
+    out: dict[str, np.ndarray] = {}
+    n = len(bodies)
+    for index, t in enumerate(tensors):
+        if not isinstance(t, dict) or t.get("parameters") or t.get("data") != []:
+            return None
+        name, datatype, shape = t.get("name"), str(t.get("datatype")), t.get("shape")
+        dtype = np.dtype(np.float32) if datatype == "BF16" else _DTYPES.get(datatype)
+        if not isinstance(name, str) or dtype is None or datatype == "BOOL":
+            return None
+        if not isinstance(shape, list) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+        ):
+            return None
+        per_body = math.prod(shape)
+        if per_body == 0:
+            out[name] = np.empty((n, *shape), dtype=dtype)
+            continue
+        text = b",".join(p[2 * index + 1] for p in parts).decode("ascii", "replace")
+        parsed_as = _PARSED_AS.get(datatype, np.dtype(np.float64))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # text numpy could not read to its end
+            try:
+                values = np.fromstring(text, dtype=parsed_as, sep=",")
+            except (ValueError, DeprecationWarning):
+                return None
+        if values.size != n * per_body:
+            return None
+        if dtype.kind in "iu" and parsed_as.kind == "f" and not np.all(values == np.trunc(values)):
+            return None  # fractions in an integer tensor: the general path says what it does
+        out[name] = values.astype(dtype, copy=False).reshape((n, *shape))
     return out

@@ -279,6 +279,60 @@ def test_json_calls_decoded_together_equal_one_by_one() -> None:
     assert decode_json_batch([], "inputs") is None
 
 
+def test_alike_json_calls_take_the_fast_path_and_decode_exactly_as_one_by_one() -> None:
+    """Bodies that differ only in their flat data arrays (one client's traffic): their numbers
+    are read per tensor in one C call, and give exactly what json.loads and decode_http give
+    per body, dtype and rounding included; anything less alike is left to the general path."""
+    from rollout.tensors import _decode_alike, decode_json_batch
+
+    rng = np.random.default_rng(5)
+    tensors = [
+        ("x", "FP32", [1, 4], lambda: [float(v) for v in rng.normal(size=4)]),
+        ("big", "INT64", [2], lambda: [int(v) for v in rng.integers(2**62, 2**63 - 1, 2)]),
+        ("u", "UINT8", [3], lambda: [int(v) for v in rng.integers(0, 255, 3)]),
+        ("h", "FP16", [1], lambda: [float(rng.normal())]),
+        ("b", "BF16", [1], lambda: [float(rng.normal())]),
+        ("d", "FP64", [2], lambda: [1e-300 * float(rng.normal()), 12345.678901234567]),
+        ("empty", "FP32", [0], list),
+    ]
+
+    def answer() -> bytes:  # as Triton writes an ensemble's answer
+        outputs = [{"name": n, "datatype": d, "shape": s, "data": f()} for n, d, s, f in tensors]
+        doc = {
+            "model_name": "fraud",
+            "model_version": "2",
+            "parameters": {"sequence_id": 0, "sequence_end": False},
+            "outputs": outputs,
+        }
+        return json.dumps(doc).encode()  # fmt: skip
+
+    bodies = [answer() for _ in range(50)]
+    fast = _decode_alike(bodies, "outputs")
+    assert fast is not None and set(fast) == {t[0] for t in tensors}
+    assert decode_json_batch(bodies, "outputs").keys() == fast.keys()  # type: ignore[union-attr]
+    for i, body in enumerate(bodies):
+        one = decode_http(body, None, side="outputs")
+        for name in fast:
+            assert fast[name].dtype == one[name].dtype, name
+            np.testing.assert_array_equal(fast[name][i], one[name], err_msg=name)
+
+    def call(i: int, **extra: object) -> bytes:
+        return json.dumps({**extra, "inputs": [{"name": "k", "shape": [1], "datatype": "INT32",
+                                                "data": [i]}]}).encode()  # fmt: skip
+
+    for unlike in (
+        [call(1, id="a"), call(2, id="b")],  # ids differ: the general path
+        [call(1), json.dumps({"inputs": [{"name": "k", "shape": [1], "datatype": "INT32",
+                                          "data": [1.5]}]}).encode()],  # a fraction in an INT
+        [json.dumps({"inputs": [{"name": "k", "shape": [1], "datatype": "BOOL",
+                                 "data": [True]}]}).encode()] * 2,
+        [call(1), call(2)[:-3]],  # cut short
+    ):  # fmt: skip
+        assert _decode_alike(unlike, "inputs") is None, unlike
+    together = decode_json_batch([call(1, id="a"), call(2, id="b")], "inputs")
+    assert together is not None and together["k"].tolist() == [[1], [2]]
+
+
 def test_the_summariser_decodes_irregular_batches_call_by_call() -> None:
     """One bad call in a window: the others are still summarised, the bad one is counted."""
     from manager.services.capture import PassResult, collect
