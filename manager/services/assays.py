@@ -23,6 +23,7 @@ from manager.assays.sketch import Summary
 from manager.assays.windows import Thresholds
 from manager.errors import InvalidInput, NotFound
 from manager.names import check_name, check_tensor_name
+from manager.services.assay_targets import StepTensor, step_tensor
 from manager.services.context import Platform
 
 KINDS = ("drift", "health")
@@ -94,7 +95,11 @@ def _periods(spec: AssaySpec) -> tuple[int, int]:
 
 
 def _baseline_for(
-    session: Any, ws: store.Workspace, pipe: store.Pipeline, spec: AssaySpec
+    session: Any,
+    ws: store.Workspace,
+    pipe: store.Pipeline,
+    spec: AssaySpec,
+    target: StepTensor | None = None,
 ) -> store.Baseline:
     if spec.baseline is not None:
         found = store.find_baseline(session, workspace=ws, name=spec.baseline)
@@ -106,7 +111,16 @@ def _baseline_for(
         return found
     from manager.services import baselines
 
-    found = baselines.default_for(session, ws, pipe, spec.side, spec.tensor)
+    side, tensor = (target.side, target.captured) if target else (spec.side, spec.tensor)
+    found = baselines.default_for(session, ws, pipe, side, tensor)
+    if found is None and target is not None:  # the step model's own, by its tensor's name
+        for version in (target.version, None):
+            found = store.latest_import_baseline(
+                session, workspace=ws, model=target.model, version=version
+            )
+            if found is not None and f"{side}/{target.own}" in found.tensors:
+                break
+            found = None
     if found is None:
         raise InvalidInput(
             f"no baseline holds {spec.side} tensor {spec.tensor!r} of pipeline {pipe.name!r}",
@@ -117,9 +131,9 @@ def _baseline_for(
 
 
 def _edges(
-    baseline: store.Baseline, spec: AssaySpec
+    baseline: store.Baseline, spec: AssaySpec, keys: list[str]
 ) -> tuple[dict[str, Any], list[float], list[int]]:
-    key = f"{spec.side}/{spec.tensor}"
+    key = next((k for k in keys if k in baseline.tensors), keys[0])
     entry = baseline.tensors.get(key)
     if entry is None:
         held = ", ".join(sorted(baseline.tensors)) or "nothing"
@@ -202,21 +216,26 @@ def create(
             created_by=principal,
         )
         if kind == "drift":
-            if spec.step:
-                raise InvalidInput(
-                    "a drift assay watches the pipeline's own inputs or outputs, not a step's",
-                    hint="the tensors between steps are not captured: leave --step out, or "
-                    "watch a step's live figures with a health assay (--health queue_ms)",
-                )
             row.side = _choice(spec.side, SIDES, "side")
             row.tensor = check_tensor_name(spec.tensor, where="assay tensor")
             if spec.element is not None and (isinstance(spec.element, bool) or spec.element < 0):
                 raise InvalidInput(f"element must be an index >= 0, got {spec.element!r}")
             row.element = spec.element
             row.metric = _choice(spec.metric, drift.METRICS, "metric")
-            baseline = _baseline_for(session, ws, pipe, spec)
+            target = None
+            if spec.step:  # watched where the gateway captures it: as the pipeline's tensor
+                check_name(spec.step, kind="model")
+                target = step_tensor(
+                    session, pipe, model=spec.step, side=row.side, tensor=row.tensor,
+                    version=spec.version,
+                )  # fmt: skip
+                row.step, row.tensor = spec.step, target.captured
+            baseline = _baseline_for(session, ws, pipe, spec, target)
             row.baseline_id = baseline.id
-            row.binning, row.edges, row.baseline_counts = _edges(baseline, spec)
+            keys = [f"{row.side}/{row.tensor}"]
+            if target is not None:
+                keys.append(f"{row.side}/{target.own}")  # the step model's import baseline
+            row.binning, row.edges, row.baseline_counts = _edges(baseline, spec, keys)
         else:
             row.figure = _choice(spec.figure, tuple(HEALTH_FIGURES), "health figure")
             row.metric = row.figure
@@ -270,6 +289,7 @@ def describe(session: Any, assay: store.Assay) -> dict[str, Any]:
             "tensor": assay.tensor,
             "element": assay.element,
             "version": assay.version,
+            "step": assay.step or None,  # the step whose tensor this pipeline tensor is
         }
         if assay.kind == "drift"
         else {"figure": assay.figure, "step": assay.step, "version": assay.version},

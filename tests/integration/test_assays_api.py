@@ -236,3 +236,62 @@ def test_names_roles_and_lifecycle(api: Api, tmp_path: Path) -> None:
     assert api.call("DELETE", f"{WS}/assays/x-drift").status_code == 204
     assert api.call("GET", f"{WS}/assays").json() == []
     assert api.call("DELETE", f"{WS}/pipelines/fraud").status_code == 204
+
+
+def test_a_step_tensor_is_watched_where_the_gateway_captures_it(api: Api, tmp_path: Path) -> None:
+    """A step's input fed by a pipeline input, and a step's output the pipeline exposes, are
+    watched as those pipeline tensors (whatever the pipeline calls them), against the baseline
+    by either name; a tensor between steps is refused with where it comes from."""
+    _setup(api, tmp_path)  # model "double" (x -> y), baseline "normal" holding inputs/x
+    path = make_affine(tmp_path / "s.onnx", 4, 3.0, 0.0, input_name="features")
+    r = api.call(
+        "POST", f"{WS}/models/scale3/versions", content=path.read_bytes(),
+        params={"filename": path.name}, headers={"content-type": "application/octet-stream"},
+    )  # fmt: skip
+    assert r.status_code == 201, r.text
+    chain = {
+        "name": "chain",
+        "steps": [
+            {"name": "a", "model": "double", "inputs": {"x": "$inputs.raw"}},
+            {"name": "b", "model": "scale3", "inputs": {"features": "$a.y"}},
+        ],
+        "outputs": {"score": "$b.y"},
+    }
+    r = api.call("POST", f"{WS}/pipelines", json=chain)
+    assert r.status_code == 201, r.text
+    engine = store.make_engine(api.settings.db_url)
+    with Session(engine) as session:  # a baseline of the last step's own output, named its way
+        ws = store.get_workspace(session, name="default")
+        rows, pooled, elements = summaries_of([np.random.default_rng(3).normal(size=(500, 4))])
+        entry = {
+            "rows": rows,
+            "pooled": pooled.to_json(),
+            "elements": [e.to_json() for e in elements],
+        }
+        session.add(store.Baseline(workspace_id=ws.id, name="scores", source="file",  # type: ignore[arg-type]
+                                   tensors={"outputs/y": entry}))  # fmt: skip
+        session.commit()
+    engine.dispose()
+
+    def create(**spec: object) -> object:
+        body = {"pipeline": "chain", "window_s": 60, "warning": 0.1, "alert": 0.25, **spec}
+        return api.call("POST", f"{WS}/assays", json=body)
+
+    fed = create(name="a-in", step="double", side="inputs", tensor="x", baseline="normal")
+    assert fed.status_code == 201, fed.text  # type: ignore[attr-defined]
+    target = fed.json()["target"]  # type: ignore[attr-defined]
+    assert (target["side"], target["tensor"], target["step"]) == ("inputs", "raw", "double")
+    exposed = create(name="b-out", step="scale3", side="outputs", tensor="y", baseline="scores")
+    assert exposed.status_code == 201, exposed.text  # type: ignore[attr-defined]
+    assert exposed.json()["target"]["tensor"] == "score"  # type: ignore[attr-defined]
+    for spec, words in (
+        ({"step": "scale3", "side": "inputs", "tensor": "features"}, "is step 'a''s output 'y'"),
+        ({"step": "double", "side": "outputs", "tensor": "y"}, "not one of the pipeline's outputs"),
+        ({"step": "double", "side": "inputs", "tensor": "nope"}, "has no input 'nope'"),
+        ({"step": "ghost", "side": "inputs", "tensor": "x"}, "no step running model 'ghost'"),
+    ):
+        refused = create(name="bad", baseline="normal", **spec)
+        assert refused.status_code == 422, (spec, refused.text)  # type: ignore[attr-defined]
+        assert words in refused.json()["detail"], (spec, refused.json())  # type: ignore[attr-defined]
+    names = {a["name"] for a in api.call("GET", f"{WS}/assays").json()}
+    assert names == {"a-in", "b-out"}
