@@ -13,6 +13,7 @@ from manager.errors import (
     InvalidInput,
     NotFound,
     PrometheusError,
+    StorageFull,
     TritonError,
     Unauthenticated,
 )
@@ -38,8 +39,8 @@ EXIT_CODES: Mapping[int, str] = MappingProxyType(
         EXIT_INVALID_INPUT: "invalid input: bad name, argument or file, conversion or parity "
         "failed (InvalidInput and its subclasses)",
         EXIT_UNAVAILABLE: "unavailable: the API, Triton or the gateway cannot be reached or "
-        "refused (ApiUnreachable, TritonError, TritonUnavailable, GatewayError, "
-        "PrometheusError)",
+        "refused, or is full for now (ApiUnreachable, TritonError, TritonUnavailable, "
+        "GatewayError, PrometheusError, StorageFull)",
     }
 )
 """Exit code -> meaning: stable, for scripts (documented in the README and ``--help``)."""
@@ -55,6 +56,7 @@ EXIT_CODE_BY_ERROR: Mapping[type[BaseException], int] = MappingProxyType(
         TritonError: EXIT_UNAVAILABLE,
         GatewayError: EXIT_UNAVAILABLE,
         PrometheusError: EXIT_UNAVAILABLE,
+        StorageFull: EXIT_UNAVAILABLE,
     }
 )
 

@@ -457,6 +457,7 @@ EXPECTED_EXIT = {
     errors.TritonUnavailable: 7,
     errors.GatewayError: 7,
     errors.PrometheusError: 7,
+    errors.StorageFull: 7,
 }
 
 
