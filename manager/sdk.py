@@ -768,12 +768,23 @@ class Lastmile:
         models = sorted(p.name for p in out.iterdir() if (p / "config.pbtxt").is_file())
         return {"pipeline": pipeline, "path": str(out), "models": models}
 
+    def cluster(self, pipeline: str) -> dict[str, Any]:
+        """The pipeline's size on a cluster: replicas, gpus, gateway_replicas (its own, else
+        the defaults) and which ones it sets."""
+        check_name(pipeline, kind="pipeline")
+        return dict(self._call("GET", f"{self._ws()}/pipelines/{pipeline}/cluster"))
+
+    def set_cluster(self, pipeline: str, **changes: int | None) -> dict[str, Any]:
+        """Set replicas, gpus or gateway_replicas (None: back to the default)."""
+        check_name(pipeline, kind="pipeline")
+        return dict(self._call("PUT", f"{self._ws()}/pipelines/{pipeline}/cluster", json=changes))
+
     def export_k8s(
         self, pipeline: str, out_dir: str | Path, *, version: int | None = None, **params: Any
     ) -> dict[str, Any]:
         """Write the pipeline as a Kustomize folder (``kubectl apply -k out_dir``) into
-        ``out_dir`` (new or empty). ``params``: overlay, replicas, gpus, gateway_replicas,
-        namespace, image, repository_url."""
+        ``out_dir`` (new or empty). ``params``: overlay, replicas, gpus, gateway_replicas (by
+        default the pipeline's own, ``set_cluster``), namespace, image, repository_url."""
         check_name(pipeline, kind="pipeline")
         out = Path(out_dir)
         if out.exists() and any(out.iterdir()):

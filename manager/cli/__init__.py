@@ -255,9 +255,15 @@ def export_k8s(
     out_dir: Path = typer.Option(..., "--out", help="New or empty folder to write."),
     overlay: str = typer.Option("gpu", "--overlay", help="gpu (GPU nodes) or cpu-dev."),
     version: int | None = typer.Option(None, "--version", help="Pipeline version (latest)."),
-    replicas: int = typer.Option(1, "--replicas", help="Triton pods."),
-    gpus: int = typer.Option(1, "--gpus", help="GPUs per Triton pod (gpu overlay)."),
-    gateway_replicas: int = typer.Option(2, "--gateway-replicas", help="Gateway pods (HPA min)."),
+    replicas: int | None = typer.Option(
+        None, "--replicas", help="Triton pods (default: the pipeline's, lastmile pipeline cluster)."
+    ),
+    gpus: int | None = typer.Option(
+        None, "--gpus", help="GPUs per Triton pod, gpu overlay (default: the pipeline's)."
+    ),
+    gateway_replicas: int | None = typer.Option(
+        None, "--gateway-replicas", help="Gateway pods, HPA min (default: the pipeline's)."
+    ),
     namespace: str = typer.Option("lastmile", "--namespace", help="Kubernetes namespace."),
     image: str | None = typer.Option(None, "--image", help="Gateway image (pinned tag)."),
     repository_url: str | None = typer.Option(

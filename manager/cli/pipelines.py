@@ -94,3 +94,34 @@ def pipeline_delete(
     with client(workspace) as lm:
         lm.delete_pipeline(name)
     emit({"deleted": name}, as_json, f"deleted pipeline {name}")
+
+
+@pipeline_app.command("cluster")
+def pipeline_cluster(
+    name: str = typer.Argument(..., help="Pipeline."),
+    replicas: int | None = typer.Option(None, "--replicas", help="Triton pods (1-64)."),
+    gpus: int | None = typer.Option(None, "--gpus", help="GPUs per Triton pod (1-8)."),
+    gateway_replicas: int | None = typer.Option(
+        None, "--gateway-replicas", help="Gateway pods, the HPA's minimum (1-64)."
+    ),
+    reset: bool = typer.Option(False, "--reset", help="Back to the defaults."),
+    workspace: WorkspaceOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """The pipeline's size on a Kubernetes cluster, what `lastmile export k8s` renders by
+    default: show it, or set it (editor)."""
+    changes: dict[str, int | None] = {
+        k: v
+        for k, v in (("replicas", replicas), ("gpus", gpus), ("gateway_replicas", gateway_replicas))
+        if v is not None
+    }
+    if reset:
+        changes = dict.fromkeys(("replicas", "gpus", "gateway_replicas"))
+    with client(workspace) as lm:
+        info = lm.set_cluster(name, **changes) if changes else lm.cluster(name)
+    own = set(info["set"])
+    shown = ", ".join(
+        f"{k} {info[k]}{'' if k in own else ' (default)'}"
+        for k in ("replicas", "gpus", "gateway_replicas")
+    )
+    emit(info, as_json, f"pipeline {name} on a cluster: {shown}")

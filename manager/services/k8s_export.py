@@ -7,11 +7,33 @@ from __future__ import annotations
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from manager.k8s.export import ExportSettings, render, repository_files
 from manager.names import triton_ensemble_name
-from manager.services import repository
+from manager.services import cluster_sizing, repository
 from manager.services.context import Platform
+
+
+def settings_for(
+    platform: Platform,
+    *,
+    workspace: str,
+    pipeline: str,
+    replicas: int | None = None,
+    gpus: int | None = None,
+    gateway_replicas: int | None = None,
+    **rest: Any,
+) -> ExportSettings:
+    """An export's settings: the sizes given, else the pipeline's own (``lastmile pipeline
+    cluster``), else the defaults; ``rest``: the other ExportSettings fields."""
+    own = cluster_sizing.sizes(platform, workspace=workspace, pipeline=pipeline)
+    return ExportSettings(
+        replicas=own["replicas"] if replicas is None else replicas,
+        gpus=own["gpus"] if gpus is None else gpus,
+        gateway_replicas=own["gateway_replicas"] if gateway_replicas is None else gateway_replicas,
+        **rest,
+    )
 
 
 def export_k8s(

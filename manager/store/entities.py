@@ -130,6 +130,11 @@ class Pipeline(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow)
     # fraction of its inference calls the gateway samples for data capture (0: none)
     capture_rate: float = Field(default=0.0)
+    # its size on a Kubernetes cluster: {"replicas", "gpus", "gateway_replicas"}, each
+    # optional (services/cluster_sizing.py); what `lastmile export k8s` renders by default
+    cluster: dict[str, Any] = Field(
+        default_factory=dict, sa_column=Column(JSON, nullable=False, server_default="{}")
+    )
 
 
 class PipelineVersion(SQLModel, table=True):

@@ -43,6 +43,15 @@ class Api:
         assert r.status_code == 201, r.text
         return str(r.json()["key"])
 
+    def import_model(self, name: str, path: Path) -> None:
+        """A model version from an ONNX file, as `lastmile model import` sends it."""
+        r = self.call(
+            "POST", f"/api/v1/workspaces/default/models/{name}/versions",
+            content=path.read_bytes(), params={"filename": path.name},
+            headers={"content-type": "application/octet-stream"},
+        )  # fmt: skip
+        assert r.status_code == 201, r.text
+
     def workspace(self, name: str) -> None:
         r = self.call("POST", "/api/v1/workspaces", json={"name": name})
         assert r.status_code == 201, r.text

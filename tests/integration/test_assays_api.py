@@ -243,12 +243,7 @@ def test_a_step_tensor_is_watched_where_the_gateway_captures_it(api: Api, tmp_pa
     watched as those pipeline tensors (whatever the pipeline calls them), against the baseline
     by either name; a tensor between steps is refused with where it comes from."""
     _setup(api, tmp_path)  # model "double" (x -> y), baseline "normal" holding inputs/x
-    path = make_affine(tmp_path / "s.onnx", 4, 3.0, 0.0, input_name="features")
-    r = api.call(
-        "POST", f"{WS}/models/scale3/versions", content=path.read_bytes(),
-        params={"filename": path.name}, headers={"content-type": "application/octet-stream"},
-    )  # fmt: skip
-    assert r.status_code == 201, r.text
+    api.import_model("scale3", make_affine(tmp_path / "s.onnx", 4, 3.0, 0.0, input_name="features"))
     chain = {
         "name": "chain",
         "steps": [

@@ -26,7 +26,6 @@ from manager.api.routes import ERRORS, WRITE_ERRORS, problems
 from manager.api.schemas import INT32, Page, PipelineValidation, PipelineVersionPublic
 from manager.api.scratch import scratch
 from manager.errors import BadRequest, InvalidInput, PayloadTooLarge
-from manager.k8s.export import ExportSettings
 from manager.names import NAME_RE
 from manager.services import k8s_export, pipelines, repository
 
@@ -254,24 +253,32 @@ async def export_pipeline_k8s(
     platform: PlatformDep,
     version: Annotated[int | None, Query(ge=1, le=INT32)] = None,
     overlay: Literal["gpu", "cpu-dev"] = "gpu",
-    replicas: Annotated[int, Query(ge=1, le=64, description="Triton pods")] = 1,
-    gpus: Annotated[int, Query(ge=1, le=8, description="GPUs per Triton pod (gpu)")] = 1,
-    gateway_replicas: Annotated[int, Query(ge=1, le=64)] = 2,
+    replicas: Annotated[
+        int | None, Query(ge=1, le=64, description="Triton pods (default: the pipeline's)")
+    ] = None,
+    gpus: Annotated[
+        int | None, Query(ge=1, le=8, description="GPUs per Triton pod (default: the pipeline's)")
+    ] = None,
+    gateway_replicas: Annotated[
+        int | None, Query(ge=1, le=64, description="gateway pods (default: the pipeline's)")
+    ] = None,
     namespace: Annotated[str, Query(max_length=63)] = "lastmile",
     image: Annotated[str | None, Query(max_length=300, description="gateway image")] = None,
     repository_url: Annotated[str | None, Query(max_length=1000)] = None,
 ) -> Response:
-    settings = ExportSettings(
-        overlay=overlay,
-        replicas=replicas,
-        gpus=gpus,
-        gateway_replicas=gateway_replicas,
-        namespace=namespace,
-        gateway_image=image or f"ghcr.io/lastmile-ai/lastmile:{__version__}",
-        repository_url=repository_url,
-    )
-
     def build() -> bytes:
+        settings = k8s_export.settings_for(
+            platform,
+            workspace=scope.workspace,
+            pipeline=name,
+            replicas=replicas,
+            gpus=gpus,
+            gateway_replicas=gateway_replicas,
+            overlay=overlay,
+            namespace=namespace,
+            gateway_image=image or f"ghcr.io/lastmile-ai/lastmile:{__version__}",
+            repository_url=repository_url,
+        )
         files = k8s_export.export_k8s(
             platform, workspace=scope.workspace, pipeline=name, version=version, settings=settings
         )
