@@ -117,12 +117,17 @@ def up(
     os.umask(0o077)
     supervisor.check_can_start(s)
     new_key = supervisor.bootstrap_owner(s)
-    if new_key is not None:
+    if new_key is not None and sys.stderr.isatty():
         err.print(
             "[yellow]first start: this is the server owner's API key, shown once[/yellow] "
             f"(also in {s.owner_key_path}, mode 0600):"
         )
         err.print(new_key, highlight=False, soft_wrap=True)
+    elif new_key is not None:  # a log (a container's, a CI job's) is no place for a secret
+        err.print(
+            f"first start: the server owner's API key is in {s.owner_key_path} (mode 0600); "
+            "lastmile login reads it there"
+        )
     if not detach:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
         supervisor.serve_foreground(s)

@@ -113,8 +113,14 @@ def test_a_triton_that_joins_the_pool_gets_the_models_and_traffic_and_one_that_l
         reconcile_interval_s=0,
     )
     system = RunningSystem(settings=settings, state={})
-    system.state = json.loads(system.cli("up", "--detach", "--json").stdout)
+    up = system.cli("up", "--detach", "--json")
+    system.state = json.loads(up.stdout)
     try:
+        # a first start that no terminal sees (a container's log) says where the owner's key
+        # is, never the key itself
+        key = settings.owner_key_path.read_text().strip()
+        assert key not in up.stdout + up.stderr
+        assert str(settings.owner_key_path) in up.stderr
         # the system started with the two servers that answer; the third is down, not fatal
         assert [t["state"] for t in _status(system)] == ["up", "up", "external-down"]
         model = make_affine(tmp_path / "m.onnx", 4, 2.0, 0.0)
