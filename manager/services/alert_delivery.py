@@ -20,7 +20,7 @@ import hashlib
 import hmac
 import json
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -30,6 +30,7 @@ from sqlmodel import Session
 
 from manager import store
 from manager.errors import InvalidInput
+from manager.services.lookups import as_utc
 from manager.store import Alert, Assay, AssayResult
 
 SIGNATURE_HEADER = "lastmile-signature"
@@ -92,12 +93,8 @@ def validate_webhook_url(url: str) -> str:
     return url
 
 
-def _utc(dt: datetime) -> datetime:
-    return dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt.astimezone(timezone.utc)
-
-
 def _iso(dt: datetime | None) -> str | None:
-    return None if dt is None else _utc(dt).isoformat()
+    return None if dt is None else as_utc(dt).isoformat()
 
 
 def payload(
@@ -186,7 +183,7 @@ def deliver_due(
 ) -> dict[str, int]:
     """One pass over the alerts due at ``now`` (at most ``limit``, oldest first); returns
     how many were delivered, will be retried, and failed for good in this pass."""
-    clock = _utc(now) if now is not None else store.utcnow()
+    clock = as_utc(now) if now is not None else store.utcnow()
     counts = {"delivered": 0, "retrying": 0, "failed": 0}
     with Session(engine) as session:
         jobs = [

@@ -29,15 +29,12 @@ from manager.assays.windows import Thresholds, status, windows
 from manager.errors import Conflict, InvalidInput, LastmileError, NotFound
 from manager.services import assays as assay_service
 from manager.services.context import Platform
+from manager.services.lookups import as_utc
 
 log = logging.getLogger(__name__)
 
 MAX_CATCH_UP = 288  # windows one scheduled pass judges per assay (a day of 5-minute windows)
 MAX_BACKFILL = 10_000
-
-
-def _utc(dt: datetime) -> datetime:
-    return dt if dt.tzinfo is not None else dt.replace(tzinfo=timezone.utc)
 
 
 def _drift_window(
@@ -171,7 +168,7 @@ def _message(assay: store.Assay, result: store.AssayResult) -> str:
     return (
         f"assay {assay.name!r}: {assay.metric} {result.score:.4g} >= {result.status} "
         f"threshold {limit:g} on {what}{version}, window "
-        f"{_utc(result.window_start):%Y-%m-%d %H:%M:%S}–{_utc(result.window_end):%H:%M:%S} UTC "
+        f"{as_utc(result.window_start):%Y-%m-%d %H:%M:%S}–{as_utc(result.window_end):%H:%M:%S} UTC "
         f"(result #{result.id})"
     )
 
@@ -219,7 +216,7 @@ def _judge(platform: Platform, assay_id: int, start: datetime, end: datetime) ->
         if assay is None:
             raise NotFound(f"assay #{assay_id} was deleted")
         result = store.save_assay_result(session, evaluate(session, assay, start, end))
-        if assay.last_window_end is None or _utc(assay.last_window_end) < end:
+        if assay.last_window_end is None or as_utc(assay.last_window_end) < end:
             assay.last_window_end = end
             session.add(assay)
         alert = None
@@ -277,7 +274,7 @@ def run_due(
         if kind == "drift" and watermark is not None:
             until = min(now, datetime.fromtimestamp(watermark, tz=timezone.utc))
         # windows ending after the last one judged (or after the assay was made)
-        base = _utc(last if last is not None else created)
+        base = as_utc(last if last is not None else created)
         due = windows(base - width + timedelta(microseconds=1), until, width, step)
         for w_start, w_end in due[-MAX_CATCH_UP:]:
             try:
@@ -323,7 +320,7 @@ def backfill(
     with platform.session() as session:
         _ws, assay = assay_service._get(session, workspace, name)
         width, step = timedelta(seconds=assay.window_s), timedelta(seconds=assay.interval_s)
-        due = windows(_utc(since), _utc(until), width, step)
+        due = windows(as_utc(since), as_utc(until), width, step)
         if len(due) > MAX_BACKFILL:
             raise InvalidInput(
                 f"{len(due)} windows to backfill; at most {MAX_BACKFILL} at once",

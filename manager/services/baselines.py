@@ -20,7 +20,7 @@ import csv
 import logging
 import math
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from manager.errors import Conflict, InvalidInput, PayloadTooLarge
 from manager.names import check_name, check_tensor_name
 from manager.services.capture import SIDES, rows_of, summaries_of
 from manager.services.context import Platform
+from manager.services.lookups import as_utc
 
 log = logging.getLogger(__name__)
 
@@ -125,12 +126,6 @@ def describe(baseline: store.Baseline) -> dict[str, Any]:
 # -- from captured traffic ---------------------------------------------------------------------
 
 
-def _utc(when: datetime) -> datetime:
-    return (
-        when.replace(tzinfo=timezone.utc) if when.tzinfo is None else when.astimezone(timezone.utc)
-    )
-
-
 def _merged(rows: list[store.CaptureSummary]) -> dict[str, Any]:
     pooled = merge_all(Summary.from_json(r.pooled) for r in rows)
     widths = {len(r.elements) for r in rows}
@@ -170,7 +165,7 @@ def from_capture(
     """A baseline of what a pipeline (one version, or all) saw and answered in the captured
     windows starting in [since, until)."""
     check_name(pipeline, kind="pipeline")
-    since, until = _utc(since), _utc(until)
+    since, until = as_utc(since), as_utc(until)
     if since >= until:
         raise InvalidInput(
             f"the range is empty: since {since.isoformat()} is not before until "

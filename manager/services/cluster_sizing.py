@@ -9,8 +9,8 @@ from typing import Any
 
 from manager import store
 from manager.errors import InvalidInput
-from manager.names import check_name
 from manager.services.context import Platform
+from manager.services.lookups import workspace_pipeline
 
 # setting -> (default, lowest, highest, what it is)
 LIMITS: dict[str, tuple[int, int, int, str]] = {
@@ -21,9 +21,7 @@ LIMITS: dict[str, tuple[int, int, int, str]] = {
 
 
 def _pipeline(session: Any, workspace: str, name: str) -> store.Pipeline:
-    check_name(name, kind="pipeline")
-    ws = store.get_workspace(session, name=workspace)
-    return store.get_pipeline(session, workspace=ws, name=name)
+    return workspace_pipeline(session, workspace, name)[1]
 
 
 def _checked(name: str, value: object) -> int:

@@ -11,16 +11,14 @@ from typing import Any
 from manager import store
 from manager.assays.sketch import Summary, merge_all
 from manager.errors import InvalidInput, StorageFull
-from manager.names import check_name
 from manager.services import serving
 from manager.services.context import Platform
+from manager.services.lookups import workspace_pipeline
 from rollout.capture import MAGIC, SEGMENT_NAME_RE, closed_segments
 
 
 def _pipeline(session: Any, workspace: str, name: str) -> store.Pipeline:
-    check_name(name, kind="pipeline")
-    ws = store.get_workspace(session, name=workspace)
-    return store.get_pipeline(session, workspace=ws, name=name)
+    return workspace_pipeline(session, workspace, name)[1]
 
 
 def set_rate(platform: Platform, *, workspace: str, pipeline: str, rate: float) -> dict[str, Any]:

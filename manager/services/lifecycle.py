@@ -13,18 +13,15 @@ from typing import Any
 from manager import store
 from manager.domain import PipelineSpec
 from manager.errors import Conflict, LastmileError, NotFound
-from manager.names import check_name
 from manager.repository.writer import RepositoryWriter
 from manager.services import deployments, serving
 from manager.services.context import Platform
+from manager.services.lookups import workspace_pipeline
 
 log = logging.getLogger(__name__)
 
 
-def _pipeline(session: Any, workspace: str, name: str) -> tuple[store.Workspace, store.Pipeline]:
-    check_name(name, kind="pipeline")
-    ws = store.get_workspace(session, name=workspace)
-    return ws, store.get_pipeline(session, workspace=ws, name=name)
+_pipeline = workspace_pipeline
 
 
 def status(platform: Platform, *, workspace: str, pipeline: str) -> dict[str, Any]:
