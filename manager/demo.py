@@ -3,7 +3,8 @@
 Two small ONNX models are built in code (a feature scaler and a softmax classifier), imported,
 chained into a pipeline, deployed on the embedded tritonserver, and queried through the
 gateway with the official ``tritonclient`` (JSON and binary tensors) like a user's service
-would; the answers are checked against onnxruntime, and the scraped metrics are shown.
+would; the answers are checked against onnxruntime, and the pipeline's figures (rates and
+latencies by the names users know, from the gateway and Triton) are shown.
 """
 
 from __future__ import annotations
@@ -147,22 +148,33 @@ def run_demo(settings: Settings, console: Console) -> int:
                 table.add_row(str(i), *(f"{p:.4f}" for p in row))
             console.print(table)
 
-            rows = lm.metrics(scrape=True)
-            metrics = Table(title="7. scraped Triton metrics (SQL store)")
-            for col in ("model", "version", "metric", "value"):
+            lm.scrape()
+            (variant,) = lm.pipeline_metrics("fraud", since="15m")["variants"]
+            metrics = Table(
+                title="7. fraud's figures since the start (lastmile metrics fraud: the gateway's "
+                "and Triton's, scraped into the SQL store)"
+            )
+            for col in ("source", "figure", "latest interval", "over the run"):
                 metrics.add_column(col)
-            shown = {"nv_inference_request_success", "nv_inference_count",
-                     "nv_inference_exec_count", "nv_inference_request_duration_us"}  # fmt: skip
-            for r in rows:
-                if r["metric"] in shown and r["model"]:
-                    metrics.add_row(r["model"], r["version"], r["metric"], f"{r['value']:g}")
+            for source, names in (
+                ("gateway", ("gateway_requests_per_s", "gateway_latency_p50_ms",
+                             "gateway_latency_p99_ms")),
+                ("triton", ("requests_per_s", "request_ms_avg", "queue_ms_avg",
+                            "compute_ms_avg", "batch_size_avg")),
+            ):  # fmt: skip
+                for name in names:
+                    figure = variant.get(source, {}).get(name)
+                    if figure is None:
+                        continue
+                    total = figure.get("total")
+                    overall = (
+                        f"{total:g} requests" if total is not None else f"{figure['mean']:.3g}"
+                    )
+                    metrics.add_row(source, name, f"{figure['latest']:.3g}", overall)
             console.print(metrics)
-            served = sum(
-                r["value"] for r in rows
-                if r["metric"] == "nv_inference_request_success" and r["model"] == dep["ensemble"]
-            )  # fmt: skip
+            served = variant.get("triton", {}).get("requests_per_s", {}).get("total") or 0
             if served < 22:
-                console.print(f"[red]expected ≥ 22 successful requests, metrics say {served}")
+                console.print(f"[red]expected ≥ 22 successful requests, the figures say {served}")
                 ok = False
     except LastmileError as exc:
         console.print(f"[red]demo failed:[/red] {exc}")

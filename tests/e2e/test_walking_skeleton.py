@@ -12,6 +12,7 @@ import tritonclient.http as httpclient
 from onnx import TensorProto
 
 from manager import supervisor
+from tests.conftest import make_settings
 from tests.e2e.conftest import RunningSystem
 from tests.onnx_models import make_affine, make_softmax_classifier
 
@@ -194,3 +195,16 @@ def test_down_leaves_no_process_behind(system: RunningSystem) -> None:
     assert out["stopped"] is True and out["killed"] == []
     assert not any(supervisor.pid_alive(p) for p in pids)
     assert supervisor.read_state(system.settings) is None
+
+
+def test_the_demo_runs_end_to_end_and_shows_the_pipeline_s_figures(tmp_path: Path) -> None:
+    """`make demo`'s command on a home of its own: it starts, serves, checks the answers
+    against onnxruntime, shows fraud's figures by name and stops everything it started."""
+    demo = RunningSystem(settings=make_settings(tmp_path / "home"), state={})
+    proc = demo.cli("demo", check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert "demo passed" in out and "matches onnxruntime" in out
+    for figure in ("gateway_requests_per_s", "gateway_latency_p99_ms", "requests_per_s"):
+        assert figure in out, out
+    assert supervisor.running_state(demo.settings) is None  # nothing left running
