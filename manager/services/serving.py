@@ -55,38 +55,47 @@ def served_specs(
     session: Any, *, workspace_id: int | None = None, exclude_pipeline_id: int | None = None
 ) -> list[tuple[Served, PipelineSpec]]:
     """Every served pipeline version (of one workspace, or all) with its spec."""
-    served, _rollouts, _held = _served(
+    served, _rows = _served(
         session, workspace_id=workspace_id, exclude_pipeline_id=exclude_pipeline_id, specs=True
     )
     return [(one, spec) for one, spec in served if spec is not None]
 
 
-def _preload(
-    session: Any, deployments: list[store.Deployment]
-) -> tuple[dict[int, store.Rollout], list[Any]]:
-    """The rows that the served pipelines need, a few queries in all instead of several per
-    pipeline: the active rollouts by pipeline, and the rows loaded (held while they are used:
-    ``session.get`` finds them in the session's identity map, which keeps only rows someone
-    holds). bench_scale measures a table of 1,000 pipelines built from the store."""
-    rows: list[Any] = []
-    for entity, ids in (
-        (store.Pipeline, {d.pipeline_id for d in deployments}),
-        (store.PipelineVersion, {d.pipeline_version_id for d in deployments}),
-    ):
-        for chunk in _chunks(sorted(ids)):
-            rows += session.exec(select(entity).where(col(entity.id).in_(chunk))).all()
-    workspace_ids = {r.workspace_id for r in rows if isinstance(r, store.Pipeline)}
-    for chunk in _chunks(sorted(workspace_ids)):
-        rows += session.exec(
-            select(store.Workspace).where(col(store.Workspace.id).in_(chunk))
-        ).all()
-    rollouts = {int(r.active_pipeline_id or 0): r for r in store.active_rollouts(session)}
-    return rollouts, rows
+@dataclass(frozen=True)
+class _Rows:
+    """What the served pipelines need from the store, read in a few batched queries instead
+    of several per pipeline (bench_scale measures a table of 1,000 pipelines), by id; the
+    active rollouts by pipeline id."""
+
+    pipelines: dict[int, store.Pipeline]
+    versions: dict[int, store.PipelineVersion]
+    workspaces: dict[int, store.Workspace]
+    rollouts: dict[int, store.Rollout]
+
+    @classmethod
+    def read(cls, session: Any, deployments: list[store.Deployment]) -> _Rows:
+        pipelines = _by_id(session, store.Pipeline, {d.pipeline_id for d in deployments})
+        return cls(
+            pipelines=pipelines,
+            versions=_by_id(
+                session, store.PipelineVersion, {d.pipeline_version_id for d in deployments}
+            ),
+            workspaces=_by_id(
+                session, store.Workspace, {p.workspace_id for p in pipelines.values()}
+            ),
+            rollouts={int(r.active_pipeline_id or 0): r for r in store.active_rollouts(session)},
+        )
 
 
-def _chunks(ids: list[int], size: int = 500) -> list[list[int]]:
-    """Ids in lists short enough for any database's limit on bound parameters."""
-    return [ids[i : i + size] for i in range(0, len(ids), size)]
+def _by_id(session: Any, entity: Any, ids: set[int]) -> dict[int, Any]:
+    """Rows of ``entity`` by id, in chunks short enough for any database's limit on bound
+    parameters."""
+    ordered = sorted(ids)
+    rows: dict[int, Any] = {}
+    for i in range(0, len(ordered), 500):
+        query = select(entity).where(col(entity.id).in_(ordered[i : i + 500]))
+        rows.update((row.id, row) for row in session.exec(query).all())
+    return rows
 
 
 def _served(
@@ -95,27 +104,26 @@ def _served(
     workspace_id: int | None = None,
     exclude_pipeline_id: int | None = None,
     specs: bool,
-) -> tuple[list[tuple[Served, PipelineSpec | None]], dict[int, store.Rollout], list[Any]]:
-    """``served_specs``, the active rollouts and the rows read (hold them to ``session.get``
-    them again without a query); ``specs`` False: the stable versions' specs are not parsed
-    (the routing table needs none)."""
+) -> tuple[list[tuple[Served, PipelineSpec | None]], _Rows]:
+    """``served_specs``, and the rows it read; ``specs`` False: the stable versions' specs
+    are not parsed (the routing table needs none)."""
     deployments = [
         d
         for d in store.list_deployments(session)
         if d.state == "live" and d.pipeline_id != exclude_pipeline_id
     ]
-    rollouts, held = _preload(session, deployments)
+    rows = _Rows.read(session, deployments)
     out: list[tuple[Served, PipelineSpec | None]] = []
     for dep in deployments:
-        pipe = session.get(store.Pipeline, dep.pipeline_id)
+        pipe = rows.pipelines[dep.pipeline_id]
         if workspace_id is not None and pipe.workspace_id != workspace_id:
             continue
-        pv = session.get(store.PipelineVersion, dep.pipeline_version_id)
-        ws = session.get(store.Workspace, pipe.workspace_id)
+        pv = rows.versions[dep.pipeline_version_id]
+        ws = rows.workspaces[pipe.workspace_id]
         out.append(
             (
                 Served(
-                    pipeline_id=pipe.id,
+                    pipeline_id=dep.pipeline_id,
                     workspace_id=pipe.workspace_id,
                     version=pv.version,
                     ensemble=dep.ensemble,
@@ -126,7 +134,7 @@ def _served(
                 PipelineSpec.from_dict(pv.spec) if specs else None,
             )
         )
-        rollout = rollouts.get(pipe.id)
+        rollout = rows.rollouts.get(dep.pipeline_id)
         if rollout is None:
             continue
         for version in rollout.candidates:
@@ -142,7 +150,7 @@ def _served(
             out.append(
                 (
                     Served(
-                        pipeline_id=pipe.id,
+                        pipeline_id=dep.pipeline_id,
                         workspace_id=pipe.workspace_id,
                         version=version,
                         ensemble=triton_ensemble_name(ws.name, pipe.name, version),
@@ -155,23 +163,23 @@ def _served(
                     spec,
                 )
             )
-    return out, rollouts, held
+    return out, rows
 
 
 def served_pipelines(session: Any) -> list[ServedPipeline]:
     """The routing plan's input: each live pipeline, its versions and its active rollout."""
     by_pipeline: dict[int, dict[int, str]] = {}
     stable: dict[int, int] = {}
-    served_list, rollouts, _held = _served(session, specs=False)
+    served_list, rows = _served(session, specs=False)
     for served, _spec in served_list:
         by_pipeline.setdefault(served.pipeline_id, {})[served.version] = served.ensemble
         if served.role == "stable":
             stable[served.pipeline_id] = served.version
     out = []
     for pipeline_id, ensembles in by_pipeline.items():
-        pipe = session.get(store.Pipeline, pipeline_id)
-        ws = session.get(store.Workspace, pipe.workspace_id)
-        rollout = rollouts.get(pipeline_id)
+        pipe = rows.pipelines[pipeline_id]
+        ws = rows.workspaces[pipe.workspace_id]
+        rollout = rows.rollouts.get(pipeline_id)
         strategy = weights = params = None
         if rollout is not None and rollout.state in ("running", "paused"):
             strategy = rollout.strategy
