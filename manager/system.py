@@ -38,7 +38,7 @@ from manager.triton.client import TritonClient
 from manager.triton.fleet import TritonFleet
 from manager.triton.runtime import EmbeddedTriton, ExternalTriton, TritonRuntime
 from manager.watchdog import Watchdog
-from rollout.addresses import expand_ordinals
+from rollout.addresses import expand_list
 
 log = logging.getLogger(__name__)
 
@@ -454,7 +454,7 @@ def _expanded(variable: str, text: str) -> list[str]:
     (``http://triton-{0..7}.triton-headless:8000``: a StatefulSet's pods, up to as many as it
     may scale to)."""
     try:
-        return [one for u in text.split(",") if u.strip() for one in expand_ordinals(u.strip())]
+        return expand_list(text)
     except ValueError as exc:
         raise RuntimeSetupError(
             f"{variable}: {exc}", hint="write a range as {FIRST..LAST}, e.g. triton-{0..7}"

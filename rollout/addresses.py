@@ -92,3 +92,11 @@ def expand_ordinals(text: str) -> list[str]:
             f"{MAX_ORDINALS} members"
         )
     return [f"{text[: match.start()]}{i}{text[match.end() :]}" for i in range(first, last + 1)]
+
+
+def expand_list(text: str) -> list[str]:
+    """A comma-separated list of addresses, each one or a range (``expand_ordinals``), in
+    order; blanks between commas are skipped. ValueError for a malformed range."""
+    return [
+        one for entry in text.split(",") if entry.strip() for one in expand_ordinals(entry.strip())
+    ]

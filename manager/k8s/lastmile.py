@@ -59,9 +59,13 @@ def check_lastmile(manifests: list[Manifest]) -> list[Finding]:
                 findings += _gateway_metrics(
                     pod, env["LASTMILE_GATEWAY_METRICS_URLS"], pods, manifests
                 )
-            if GATEWAY_MODULE in [*container.get("command", []), *container.get("args", [])]:
+            if _runs_gateway(container):
                 findings += _gateway(pod, container, manifests, pods)
     return findings
+
+
+def _runs_gateway(container: Mapping[str, Any]) -> bool:
+    return GATEWAY_MODULE in [*container.get("command", []), *container.get("args", [])]
 
 
 def _gateway_metrics(
@@ -88,8 +92,7 @@ def _gateway_metrics(
         gateways = [
             p for p in pods
             if p.namespace == pod.namespace and selects_map(spec.get("selector") or {}, p.labels)
-            and any(GATEWAY_MODULE in [*c.get("command", []), *c.get("args", [])]
-                    for c, _init in p.containers(init=False))
+            and any(_runs_gateway(c) for c, _init in p.containers(init=False))
         ]  # fmt: skip
         problem = None
         if service is None:

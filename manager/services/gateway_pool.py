@@ -28,7 +28,7 @@ import httpx
 from manager.errors import GatewayError
 from manager.services.context import Platform
 from manager.services.gateway_figures import VariantCounters, parse
-from rollout.addresses import expand_ordinals
+from rollout.addresses import expand_list
 
 log = logging.getLogger(__name__)
 
@@ -40,15 +40,12 @@ def discover(spec: str | None) -> list[str]:
     """The metrics URLs ``spec`` names now (ranges expanded, ``dns+`` names resolved; a name
     that does not resolve names none). ValueError for a malformed entry."""
     urls: list[str] = []
-    for entry in (e.strip() for e in (spec or "").split(",")):
-        if not entry:
-            continue
-        for one in expand_ordinals(entry):
-            if one.startswith("dns+"):
-                urls += _resolved(one.removeprefix("dns+"))
-            else:
-                _check(one)
-                urls.append(one)
+    for one in expand_list(spec or ""):
+        if one.startswith("dns+"):
+            urls += _resolved(one.removeprefix("dns+"))
+        else:
+            _check(one)
+            urls.append(one)
     return list(dict.fromkeys(urls))
 
 
@@ -155,15 +152,15 @@ def _went_down(before: VariantCounters, now: VariantCounters) -> bool:
     return now.requests < before.requests or now.seconds < before.seconds
 
 
+_MAKING = threading.Lock()  # one pool per platform, made once
+
+
 def pool_of(platform: Platform) -> GatewayPool:
     """The platform's pool (made on first use from LASTMILE_GATEWAY_METRICS_URLS)."""
     with _MAKING:
         if platform.gateway_pool is None:
             platform.gateway_pool = GatewayPool(platform.settings.gateway_metrics_urls)
         return platform.gateway_pool
-
-
-_MAKING = threading.Lock()
 
 
 def attached(platform: Platform) -> bool:

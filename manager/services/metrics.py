@@ -172,7 +172,7 @@ class Collector:
                     names, figures, source="triton", server=server, ts=ts, interval_s=interval
                 )
             url = self.platform.gateway_metrics_url or "gateways"
-            if gateway is not None and url and ts >= self._restarted_at.get(url, float("-inf")):
+            if gateway is not None and ts >= self._restarted_at.get(url, float("-inf")):
                 earlier = self._gateway
                 interval = ts - earlier[0] if earlier else 0.0
                 figures_v = gateway_figures.variant_figures(
