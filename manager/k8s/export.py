@@ -47,6 +47,11 @@ SCRAPE = {
 Overlay = Literal["gpu", "cpu-dev"]
 
 
+# the sizes a bundle may have: setting -> (lowest, highest); a pipeline's own sizes
+# (services/cluster_sizing.py) keep to the same bounds
+SIZE_BOUNDS = {"replicas": (1, 64), "gpus": (1, 8), "gateway_replicas": (1, 64)}
+
+
 @dataclass(frozen=True)
 class ExportSettings:
     """What the bundle is sized for."""
@@ -62,12 +67,14 @@ class ExportSettings:
     def check(self) -> None:
         if self.overlay not in ("gpu", "cpu-dev"):
             raise InvalidInput(f"unknown overlay {self.overlay!r}", hint="use gpu or cpu-dev")
-        if not 1 <= self.replicas <= 64:
-            raise InvalidInput(f"replicas must be 1..64, got {self.replicas}")
-        if self.overlay == "gpu" and not 1 <= self.gpus <= 8:
-            raise InvalidInput(f"gpus per Triton pod must be 1..8, got {self.gpus}")
-        if not 1 <= self.gateway_replicas <= 64:
-            raise InvalidInput(f"gateway replicas must be 1..64, got {self.gateway_replicas}")
+        for name, what, value in (
+            ("replicas", "replicas", self.replicas),
+            ("gpus", "gpus per Triton pod", self.gpus if self.overlay == "gpu" else None),
+            ("gateway_replicas", "gateway replicas", self.gateway_replicas),
+        ):
+            low, high = SIZE_BOUNDS[name]
+            if value is not None and not low <= value <= high:
+                raise InvalidInput(f"{what} must be {low}..{high}, got {value}")
         if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", self.namespace):
             raise InvalidInput(
                 f"namespace {self.namespace!r} is not a Kubernetes name",

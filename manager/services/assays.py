@@ -114,13 +114,12 @@ def _baseline_for(
     side, tensor = (target.side, target.captured) if target else (spec.side, spec.tensor)
     found = baselines.default_for(session, ws, pipe, side, tensor)
     if found is None and target is not None:  # the step model's own, by its tensor's name
-        for version in (target.version, None):
-            found = store.latest_import_baseline(
-                session, workspace=ws, model=target.model, version=version
-            )
-            if found is not None and f"{side}/{target.own}" in found.tensors:
-                break
-            found = None
+        own = (
+            store.latest_import_baseline(session, workspace=ws, model=target.model, version=v)
+            for v in (target.version, None)
+        )
+        key = f"{side}/{target.own}"
+        found = next((b for b in own if b is not None and key in b.tensors), None)
     if found is None:
         raise InvalidInput(
             f"no baseline holds {spec.side} tensor {spec.tensor!r} of pipeline {pipe.name!r}",

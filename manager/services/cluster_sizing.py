@@ -9,14 +9,19 @@ from typing import Any
 
 from manager import store
 from manager.errors import InvalidInput
+from manager.k8s.export import SIZE_BOUNDS, ExportSettings
 from manager.services.context import Platform
 from manager.services.lookups import workspace_pipeline
 
-# setting -> (default, lowest, highest, what it is)
+_DEFAULTS = ExportSettings()
+# setting -> (default, lowest, highest, what it is): the bounds of an export's sizes
 LIMITS: dict[str, tuple[int, int, int, str]] = {
-    "replicas": (1, 1, 64, "Triton pods"),
-    "gpus": (1, 1, 8, "GPUs per Triton pod (gpu overlay)"),
-    "gateway_replicas": (2, 1, 64, "gateway pods (the HPA's minimum)"),
+    name: (getattr(_DEFAULTS, name), *SIZE_BOUNDS[name], what)
+    for name, what in (
+        ("replicas", "Triton pods"),
+        ("gpus", "GPUs per Triton pod (gpu overlay)"),
+        ("gateway_replicas", "gateway pods (the HPA's minimum)"),
+    )
 }
 
 

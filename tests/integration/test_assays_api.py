@@ -255,7 +255,7 @@ def test_a_step_tensor_is_watched_where_the_gateway_captures_it(api: Api, tmp_pa
     r = api.call("POST", f"{WS}/pipelines", json=chain)
     assert r.status_code == 201, r.text
     engine = store.make_engine(api.settings.db_url)
-    with Session(engine) as session:  # a baseline of the last step's own output, named its way
+    with Session(engine) as session:  # the last step model's import baseline, its own names
         ws = store.get_workspace(session, name="default")
         rows, pooled, elements = summaries_of([np.random.default_rng(3).normal(size=(500, 4))])
         entry = {
@@ -263,7 +263,8 @@ def test_a_step_tensor_is_watched_where_the_gateway_captures_it(api: Api, tmp_pa
             "pooled": pooled.to_json(),
             "elements": [e.to_json() for e in elements],
         }
-        session.add(store.Baseline(workspace_id=ws.id, name="scores", source="file",  # type: ignore[arg-type]
+        session.add(store.Baseline(workspace_id=ws.id, name="scores", source="import",  # type: ignore[arg-type]
+                                   model="scale3", model_version=1,
                                    tensors={"outputs/y": entry}))  # fmt: skip
         session.commit()
     engine.dispose()
@@ -276,9 +277,11 @@ def test_a_step_tensor_is_watched_where_the_gateway_captures_it(api: Api, tmp_pa
     assert fed.status_code == 201, fed.text  # type: ignore[attr-defined]
     target = fed.json()["target"]  # type: ignore[attr-defined]
     assert (target["side"], target["tensor"], target["step"]) == ("inputs", "raw", "double")
-    exposed = create(name="b-out", step="scale3", side="outputs", tensor="y", baseline="scores")
+    # no baseline named: the step model's import baseline, which knows the tensor as "y"
+    exposed = create(name="b-out", step="scale3", side="outputs", tensor="y")
     assert exposed.status_code == 201, exposed.text  # type: ignore[attr-defined]
     assert exposed.json()["target"]["tensor"] == "score"  # type: ignore[attr-defined]
+    assert exposed.json()["baseline"] == "scores"  # type: ignore[attr-defined]
     for spec, words in (
         ({"step": "scale3", "side": "inputs", "tensor": "features"}, "is step 'a''s output 'y'"),
         ({"step": "double", "side": "outputs", "tensor": "y"}, "not one of the pipeline's outputs"),
