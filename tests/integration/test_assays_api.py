@@ -40,15 +40,7 @@ def api(tmp_path: Path, database_url: str) -> Iterator[Api]:
 def _setup(api: Api, tmp_path: Path) -> tuple[np.ndarray, list[np.ndarray]]:
     """Model, pipeline, a baseline, and 6 one-minute windows of version 1's inputs (3 from
     the baseline's distribution, then 3 shifted by two standard deviations) to `_capture`."""
-    path = make_affine(tmp_path / "d.onnx", 4, 2.0, 0.0)
-    r = api.call(
-        "POST",
-        f"{WS}/models/double/versions",
-        content=path.read_bytes(),
-        params={"filename": path.name},
-        headers={"content-type": "application/octet-stream"},
-    )
-    assert r.status_code == 201, r.text
+    api.import_model("double", make_affine(tmp_path / "d.onnx", 4, 2.0, 0.0))
     r = api.call("POST", f"{WS}/pipelines", json={"name": "fraud", "steps": ["double"]})
     assert r.status_code == 201, r.text
     rng = np.random.default_rng(RNG_SEED)

@@ -32,12 +32,7 @@ def api(tmp_path: Path, database_url: str) -> Iterator[Api]:
 
 def _figures(api: Api, end: datetime) -> None:
     """Six minutes of gateway figures for fraud/1 and fraud/2, ending at `end`."""
-    path = make_affine(api.settings.home / "d.onnx", 4, 2.0, 0.0)
-    r = api.call(
-        "POST", f"{WS}/models/double/versions", content=path.read_bytes(),
-        params={"filename": path.name}, headers={"content-type": "application/octet-stream"},
-    )  # fmt: skip
-    assert r.status_code == 201, r.text
+    api.import_model("double", make_affine(api.settings.home / "d.onnx", 4, 2.0, 0.0))
     r = api.call("POST", f"{WS}/pipelines", json={"name": "fraud", "steps": ["double"]})
     assert r.status_code == 201, r.text
     engine = store.make_engine(api.settings.db_url)
