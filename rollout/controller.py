@@ -24,20 +24,54 @@ candidate; the caller measures the step's window from ``state.step_started_at`` 
   succeeded, so a broken candidate on a small share of little traffic stops serving errors now;
 - when the interval has elapsed and nothing failed, the rollout advances (promotes after the
   last step) only with ``min_requests`` candidate requests: no promotion on silence.
+
+The records it reads and returns (``Plan``, ``Gates``, ``WindowFigures``, ``CanaryState``,
+``Decision``, ...) are defined in rollout.controller_types and importable from here.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
-from itertools import pairwise
-from typing import Any, Literal, get_args
+from dataclasses import replace
 
-RolloutState = Literal["pending", "running", "paused", "promoted", "rolled_back", "aborted"]
-Action = Literal["start", "hold", "advance", "promote", "rollback", "pause", "resume", "abort"]
-STATES: tuple[str, ...] = get_args(RolloutState)
-TERMINAL_STATES = frozenset({"promoted", "rolled_back", "aborted"})
+from rollout.controller_types import (
+    STATES,
+    TERMINAL_STATES,
+    Action,
+    CanaryState,
+    Decision,
+    GateResult,
+    Gates,
+    Plan,
+    RolloutState,
+    VariantFigures,
+    WindowFigures,
+    finite_number,
+)
+
+# the records live in rollout.controller_types; callers import them from here too
+__all__ = [
+    "STATES",
+    "TERMINAL_STATES",
+    "Action",
+    "CanaryState",
+    "Decision",
+    "GateResult",
+    "Gates",
+    "Plan",
+    "RolloutState",
+    "TransitionError",
+    "VariantFigures",
+    "WindowFigures",
+    "abort",
+    "candidate_weight",
+    "check_gates",
+    "evaluate",
+    "pause",
+    "promote",
+    "resume",
+    "rollback",
+    "start",
+]
 
 # operation -> the states it may be applied to
 _ALLOWED_FROM: dict[str, frozenset[str]] = {
@@ -75,230 +109,6 @@ class TransitionError(ValueError):
         super().__init__(
             f"rollout is {words}; a {words} rollout cannot be {_DONE[operation]}{hint}"
         )
-
-
-def _number(value: object, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ValueError(f"{what} must be a finite number, not {value!r}")
-    return float(value)
-
-
-def _whole(value: object, what: str, minimum: int = 0) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{what} must be a whole number >= {minimum}, not {value!r}")
-    return value
-
-
-def _known(data: object, what: str, cls: type) -> dict[str, Any]:
-    """``data`` as keyword arguments of dataclass ``cls``, refusing unknown keys."""
-    if not isinstance(data, Mapping):
-        raise ValueError(f"{what} must be an object, not {type(data).__name__}")
-    unknown = sorted(set(data) - {f.name for f in fields(cls)})
-    if unknown:
-        raise ValueError(f"unknown {what} field(s): {', '.join(map(str, unknown))}")
-    return dict(data)
-
-
-@dataclass(frozen=True, slots=True)
-class Gates:
-    """Thresholds a step's window must stay within; None disables a gate. A value equal to its
-    threshold passes. ``max_error_rate_increase`` and ``max_p99_ratio`` compare with the stable
-    variant and are skipped while it has fewer than ``min_requests`` in the window (at the
-    100 % step it has none); ``max_drift`` is skipped when the window has no drift figure."""
-
-    max_error_rate: float | None = 0.01  # candidate errors / requests
-    max_error_rate_increase: float | None = None  # candidate rate - stable rate
-    max_p99_ratio: float | None = 1.5  # candidate p99 / stable p99
-    max_drift: float | None = None  # WindowFigures.drift (from the assays)
-
-    def __post_init__(self) -> None:
-        for name, allowed, rule in (
-            ("max_error_rate", lambda v: 0 <= v <= 1, "in [0, 1]"),
-            ("max_error_rate_increase", lambda v: 0 <= v <= 1, "in [0, 1]"),
-            ("max_p99_ratio", lambda v: v > 0, "> 0"),
-            ("max_drift", lambda v: v >= 0, ">= 0"),
-        ):
-            raw = getattr(self, name)
-            if raw is not None:
-                if not allowed(_number(raw, f"gates.{name}")):
-                    raise ValueError(f"gates.{name} must be {rule} (or null to disable), not {raw}")
-                object.__setattr__(self, name, float(raw))
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: object) -> Gates:
-        """A missing key keeps its default; an explicit null disables the gate."""
-        return cls(**_known(data, "gates", cls))
-
-
-@dataclass(frozen=True, slots=True)
-class Plan:
-    """A canary's parameters. ``steps``: the candidate's percentage at each step, strictly
-    increasing, ending at 100. ``min_requests``: candidate requests a window needs before a gate
-    may pass (and before most may fail, see the module docstring)."""
-
-    steps: tuple[float, ...] = (5.0, 25.0, 50.0, 100.0)
-    interval_s: float = 60.0
-    min_requests: int = 100
-    gates: Gates = field(default_factory=Gates)
-
-    def __post_init__(self) -> None:
-        if isinstance(self.steps, str | bytes) or not isinstance(self.steps, Sequence):
-            raise ValueError(f"plan.steps must be a list of percentages, not {self.steps!r}")
-        steps = tuple(_number(s, "each of plan.steps") for s in self.steps)
-        if not steps:
-            raise ValueError("plan.steps must name at least one step (the last is 100)")
-        for s in steps:
-            if not 0 < s <= 100:
-                raise ValueError(f"each of plan.steps must be in (0, 100], not {s:g}")
-        for a, b in pairwise(steps):
-            if b <= a:
-                raise ValueError(f"plan.steps must be strictly increasing: {b:g} after {a:g}")
-        if steps[-1] != 100:
-            raise ValueError(f"the last of plan.steps must be 100, not {steps[-1]:g}")
-        object.__setattr__(self, "steps", steps)
-        interval = _number(self.interval_s, "plan.interval_s")
-        if interval <= 0:
-            raise ValueError(f"plan.interval_s must be > 0, not {self.interval_s!r}")
-        object.__setattr__(self, "interval_s", interval)
-        _whole(self.min_requests, "plan.min_requests", minimum=1)
-        if not isinstance(self.gates, Gates):
-            raise ValueError(f"plan.gates must be Gates, not {type(self.gates).__name__}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "steps": list(self.steps)}
-
-    @classmethod
-    def from_dict(cls, data: object) -> Plan:
-        """The inverse of ``to_dict``; a missing key keeps its default. Raises ValueError."""
-        kwargs = _known(data, "plan", cls)
-        if "gates" in kwargs:
-            kwargs["gates"] = Gates.from_dict(kwargs["gates"])
-        if not isinstance(kwargs.get("steps", ()), list | tuple):
-            raise ValueError(f"plan.steps must be a list of percentages, not {kwargs['steps']!r}")
-        return cls(**kwargs)
-
-
-@dataclass(frozen=True, slots=True)
-class VariantFigures:
-    """One variant's figures over a window (not cumulative: see ``window_delta``)."""
-
-    requests: int
-    errors: int
-    p99_s: float | None = None
-
-    def __post_init__(self) -> None:
-        _whole(self.requests, "requests")
-        _whole(self.errors, "errors")
-        if self.errors > self.requests:
-            raise ValueError(f"errors ({self.errors}) cannot exceed requests ({self.requests})")
-        if self.p99_s is not None:
-            if _number(self.p99_s, "p99_s") < 0:
-                raise ValueError(f"p99_s must be >= 0, not {self.p99_s!r}")
-            object.__setattr__(self, "p99_s", float(self.p99_s))
-
-    @property
-    def error_rate(self) -> float | None:
-        return self.errors / self.requests if self.requests else None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True, slots=True)
-class WindowFigures:
-    """Both variants over the current step's window, and the candidate's output drift when
-    capture is on (the assays feed it)."""
-
-    stable: VariantFigures
-    candidate: VariantFigures
-    drift: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.drift is not None:
-            object.__setattr__(self, "drift", _number(self.drift, "drift"))
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True, slots=True)
-class CanaryState:
-    """What the manager stores between decisions. ``step`` indexes ``plan.steps`` (-1 before
-    start); ``step_started_at`` (caller's clock, seconds) opens the current step's window;
-    ``paused_at`` is set only while paused. Terminal states keep the last step."""
-
-    state: RolloutState = "pending"
-    step: int = -1
-    step_started_at: float = 0.0
-    paused_at: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.state not in STATES:
-            raise ValueError(f"state must be one of {', '.join(STATES)}, not {self.state!r}")
-        _whole(self.step, "step", minimum=-1)
-        if self.state == "pending" and self.step != -1:
-            raise ValueError(f"a pending rollout has step -1, not {self.step}")
-        if self.state not in ("pending", "aborted") and self.step < 0:
-            raise ValueError(f"a {self.state} rollout has a step >= 0, not {self.step}")
-        object.__setattr__(
-            self, "step_started_at", _number(self.step_started_at, "step_started_at")
-        )
-        if (self.paused_at is None) == (self.state == "paused"):
-            raise ValueError("paused_at is set when, and only when, the rollout is paused")
-        if self.paused_at is not None:
-            object.__setattr__(self, "paused_at", _number(self.paused_at, "paused_at"))
-
-    @property
-    def terminal(self) -> bool:
-        return self.state in TERMINAL_STATES
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: object) -> CanaryState:
-        """The inverse of ``to_dict``. Raises ValueError."""
-        return cls(**_known(data, "state", cls))
-
-
-@dataclass(frozen=True, slots=True)
-class GateResult:
-    """One gate over one window. ``passed`` None: skipped (``detail`` says why)."""
-
-    name: str  # "error_rate", "error_rate_increase", "p99_ratio", "drift"
-    value: float | None
-    threshold: float
-    passed: bool | None
-    detail: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True, slots=True)
-class Decision:
-    """The new state, the candidate percentage to route now (the stable variant gets the rest)
-    and why, with the gates and figures behind it (for the rollout's log). ``next_check_at``:
-    evaluate again by then at the latest (sooner catches a failing gate sooner); None when
-    there is nothing to evaluate (paused or finished)."""
-
-    state: CanaryState
-    action: Action
-    candidate_weight: float
-    reason: str
-    gates: tuple[GateResult, ...] = ()
-    next_check_at: float | None = None
-    figures: WindowFigures | None = None
-
-    @property
-    def stable_weight(self) -> float:
-        return 100.0 - self.candidate_weight
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "stable_weight": self.stable_weight}
 
 
 # --- formatting ---------------------------------------------------------------------------
@@ -430,7 +240,7 @@ def start(plan: Plan, now: float, state: CanaryState | None = None) -> Decision:
     """pending -> running at the first step. ``state``: the stored one (default: a new,
     pending rollout)."""
     _require(state or CanaryState(), "start")
-    now = _number(now, "now")
+    now = finite_number(now, "now")
     new = CanaryState("running", 0, now, None)
     reason = f"started at {_where(plan, 0)} for at least {_secs(plan.interval_s)}"
     return Decision(new, "start", plan.steps[0], reason, next_check_at=now + plan.interval_s)
@@ -440,7 +250,7 @@ def pause(plan: Plan, state: CanaryState, now: float) -> Decision:
     """running -> paused; the weights stay as they are."""
     _require(state, "pause")
     step = _step_of(plan, state)
-    new = replace(state, state="paused", paused_at=_number(now, "now"))
+    new = replace(state, state="paused", paused_at=finite_number(now, "now"))
     reason = f"paused at {_where(plan, step)}; the weights stay"
     return Decision(new, "pause", plan.steps[step], reason)
 
@@ -450,7 +260,7 @@ def resume(plan: Plan, state: CanaryState, now: float) -> Decision:
     not, do not count)."""
     _require(state, "resume")
     step = _step_of(plan, state)
-    now = _number(now, "now")
+    now = finite_number(now, "now")
     new = replace(state, state="running", step_started_at=now, paused_at=None)
     reason = f"resumed at {_where(plan, step)}; the step's window restarts"
     return Decision(new, "resume", plan.steps[step], reason, next_check_at=now + plan.interval_s)
@@ -468,7 +278,7 @@ def _finish(
     figures: WindowFigures | None = None,
 ) -> Decision:
     _require(state, operation)
-    _number(now, "now")
+    finite_number(now, "now")
     new = CanaryState(to, state.step, state.step_started_at, None)
     return Decision(new, action, weight, reason, gates, None, figures)
 
@@ -493,7 +303,7 @@ def evaluate(plan: Plan, state: CanaryState, figures: WindowFigures, now: float)
     docstring). ``figures`` cover the window opened at ``state.step_started_at``."""
     _require(state, "evaluate")
     step = _step_of(plan, state)
-    now = _number(now, "now")
+    now = finite_number(now, "now")
     gates = check_gates(plan, figures)
     cand, need = figures.candidate, plan.min_requests
     where = _where(plan, step)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from rollout.grpc_routing import SERVICE, GrpcRoute, GrpcVariant
 from rollout.grpc_shadow import ShadowPair
-from rollout.h2_conn import Headers, Stream
+from rollout.h2_stream import Headers, Stream
 from rollout.h2_wire import CANCEL, format_timeout
 from rollout.routing import Mirror
 

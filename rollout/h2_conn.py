@@ -3,9 +3,10 @@
 `H2Conn` is an asyncio protocol. It reads frames (rollout.h2_wire), keeps both directions'
 flow-control windows, answers SETTINGS and PING, honours GOAWAY and RST_STREAM, and hands each
 stream's events to the stream's *leg* (an object with `on_headers`, `on_data`, `on_reset` and
-`on_lost`, rollout.grpc_relay). Sending goes through a per-stream queue that drains as the
+`on_lost`, rollout.grpc_relay_call). Sending goes through a per-stream queue that drains as the
 peer's windows allow; bytes from one read and everything it causes on other connections leave
-in one `writelines` per connection (`Flusher`).
+in one `writelines` per connection (`Flusher`). The streams, their queues and windows, and what
+the peer's WINDOW_UPDATE and SETTINGS frames change, are in rollout.h2_stream.
 
 What we receive is credited back explicitly: the connection window as soon as a frame is read
 (what a connection may buffer is bounded by its streams), a stream's window by its leg, once it
@@ -17,11 +18,11 @@ slow receiver slows the sender instead of filling the gateway's memory.
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
+from rollout.h2_stream import Flusher, Headers, Leg, Stream, apply_settings, apply_window_update
 from rollout.h2_wire import (
     ACK,
     CANCEL,
@@ -33,14 +34,12 @@ from rollout.h2_wire import (
     END_HEADERS,
     END_STREAM,
     ENHANCE_YOUR_CALM,
-    FLOW_CONTROL_ERROR,
     FRAME_SIZE_ERROR,
     GOAWAY,
     HEADERS,
     INITIAL_WINDOW_SIZE,
     INTERNAL_ERROR,
     MAX_CONCURRENT_STREAMS,
-    MAX_FRAME_SIZE,
     MAX_HEADER_LIST_SIZE,
     MAX_WINDOW,
     NO_ERROR,
@@ -48,7 +47,6 @@ from rollout.h2_wire import (
     PING,
     PREFACE,
     PRIORITY_FLAG,
-    PROTOCOL_ERROR,
     PUSH_PROMISE,
     REFUSED_STREAM,
     RST_STREAM,
@@ -70,130 +68,11 @@ from rollout.h2_wire import (
 
 logger = logging.getLogger(__name__)
 
-Headers = list[tuple[bytes, bytes]]
-
 STREAM_WINDOW = 1 << 20  # what one stream may send us before we credit it
 CONNECTION_WINDOW = 1 << 30
 MAX_STREAMS = 256  # concurrent streams a client may open on one connection
 MAX_HEADER_LIST = 64 * 1024  # advertised: a header list over it fails its own stream
 HARD_HEADER_LIST = 16 * MAX_HEADER_LIST  # a peer that far past it loses the connection
-
-
-class Leg(Protocol):
-    """Receives one stream's events (rollout.grpc_relay)."""
-
-    def on_headers(self, stream: Stream, headers: Headers, end_stream: bool) -> None: ...
-
-    def on_data(self, stream: Stream, data: bytes, end_stream: bool) -> None: ...
-
-    def on_reset(self, stream: Stream, code: int) -> None: ...
-
-    def on_lost(self, stream: Stream, unprocessed: bool) -> None: ...
-
-
-class Flusher:
-    """Connections with bytes to write; written together at the end of the current callback
-    (`flush()` is called by every read, and scheduled once for writes caused elsewhere)."""
-
-    __slots__ = ("dirty", "loop", "scheduled")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.dirty: list[H2Conn] = []
-        self.scheduled = False
-
-    def mark(self, conn: H2Conn) -> None:
-        if not conn.dirty:
-            conn.dirty = True
-            self.dirty.append(conn)
-            if not self.scheduled:
-                self.scheduled = True
-                self.loop.call_soon(self.flush)
-
-    def flush(self) -> None:
-        self.scheduled = False
-        dirty = self.dirty
-        while dirty:
-            dirty.pop().write_out()
-
-
-class Stream:
-    """One stream on one connection: send queue and windows, who gets its events."""
-
-    __slots__ = (
-        "conn",
-        "id",
-        "leg",
-        "local_closed",
-        "queue",
-        "queued",
-        "remote_closed",
-        "reply_started",
-        "send_window",
-    )
-
-    def __init__(self, conn: H2Conn, stream_id: int, leg: Leg | None) -> None:
-        self.conn = conn
-        self.id = stream_id
-        self.leg = leg
-        self.send_window = conn.peer_initial_window
-        # items: (is_headers, payload, end_stream, on_sent)
-        self.queue: collections.deque[tuple[bool, Any, bool, Callable[[int], None] | None]] = (
-            collections.deque()
-        )
-        self.queued = 0  # data bytes waiting for window
-        self.local_closed = False
-        self.remote_closed = False
-        self.reply_started = False  # set by legs: response headers went out
-
-    # -- sending ----------------------------------------------------------------------------
-    def send_headers(self, headers: Headers, end_stream: bool = False) -> None:
-        if self.local_closed:
-            return
-        block = encode(headers)
-        if self.queue:  # trailers wait behind the data they close
-            self.queue.append((True, block, end_stream, None))
-        else:
-            conn = self.conn
-            conn.out.append(headers_frames(self.id, block, end_stream, conn.peer_max_frame))
-            conn.mark()
-            if end_stream:
-                self._closed_local()
-
-    def send_data(
-        self,
-        data: bytes | memoryview,
-        end_stream: bool = False,
-        on_sent: Callable[[int], None] | None = None,
-    ) -> None:
-        """Queue `data`; `on_sent(n)` is told each time n bytes of it leave (credit back)."""
-        if self.local_closed:
-            return
-        self.queue.append((False, memoryview(data), end_stream, on_sent))
-        self.queued += len(data)
-        self.conn.pump(self)
-
-    def reset(self, code: int = CANCEL) -> None:
-        """RST_STREAM (once), and forget the stream."""
-        conn = self.conn
-        if conn.streams.pop(self.id, None) is None:
-            return
-        self.queue.clear()
-        self.local_closed = self.remote_closed = True
-        conn.out.append(rst_stream(self.id, code))
-        conn.mark()
-        conn.stream_done()
-
-    def credit(self, n: int) -> None:
-        """Tell the peer it may send `n` more bytes on this stream."""
-        if n > 0 and not self.remote_closed and self.id in self.conn.streams:
-            self.conn.out.append(window_update(self.id, n))
-            self.conn.mark()
-
-    def _closed_local(self) -> None:
-        self.local_closed = True
-        if self.remote_closed:
-            self.conn.forget(self)
 
 
 class H2Conn(asyncio.Protocol):
@@ -421,9 +300,9 @@ class H2Conn(asyncio.Protocol):
         elif kind == CONTINUATION:
             self._continuation(flags, stream_id, payload)
         elif kind == WINDOW_UPDATE:
-            self._window_update(stream_id, payload)
+            apply_window_update(self, stream_id, payload)
         elif kind == SETTINGS:
-            self._settings(flags, stream_id, payload)
+            apply_settings(self, flags, stream_id, payload)
         elif kind == PING:
             if stream_id or len(payload) != 8:
                 raise ProtocolError("bad PING")
@@ -563,59 +442,6 @@ class H2Conn(asyncio.Protocol):
 
     def _highest_id(self) -> int:
         return self.next_stream - 2 if self.client else self.last_peer_stream
-
-    def _window_update(self, stream_id: int, payload: bytes) -> None:
-        if len(payload) != 4:
-            raise ProtocolError("bad WINDOW_UPDATE", FRAME_SIZE_ERROR)
-        increment = u32(payload) & 0x7FFFFFFF
-        if stream_id == 0:
-            if not increment:
-                raise ProtocolError("WINDOW_UPDATE of 0")
-            self.send_window += increment
-            if self.send_window > MAX_WINDOW:
-                raise ProtocolError("connection window overflow", FLOW_CONTROL_ERROR)
-            for blocked in list(self.blocked):
-                self.pump(blocked)
-            return
-        stream = self.streams.get(stream_id)
-        if stream is None:
-            return
-        if not increment or stream.send_window + increment > MAX_WINDOW:
-            stream.reset(PROTOCOL_ERROR if not increment else FLOW_CONTROL_ERROR)
-            if stream.leg is not None:
-                stream.leg.on_reset(stream, PROTOCOL_ERROR)
-            return
-        stream.send_window += increment
-        if stream.queue:
-            self.pump(stream)
-
-    def _settings(self, flags: int, stream_id: int, payload: bytes) -> None:
-        if stream_id or len(payload) % 6:
-            raise ProtocolError("bad SETTINGS", FRAME_SIZE_ERROR)
-        if flags & ACK:
-            return
-        for offset in range(0, len(payload), 6):
-            key = (payload[offset] << 8) | payload[offset + 1]
-            value = u32(payload, offset + 2)
-            if key == INITIAL_WINDOW_SIZE:
-                if value > MAX_WINDOW:
-                    raise ProtocolError("initial window too large", FLOW_CONTROL_ERROR)
-                delta = value - self.peer_initial_window
-                self.peer_initial_window = value
-                for stream in self.streams.values():
-                    stream.send_window += delta
-            elif key == MAX_FRAME_SIZE:
-                if not DEFAULT_FRAME <= value <= 16_777_215:
-                    raise ProtocolError("bad SETTINGS_MAX_FRAME_SIZE")
-                self.peer_max_frame = value
-            elif key == MAX_CONCURRENT_STREAMS:
-                self.peer_max_streams = value
-            elif key == ENABLE_PUSH and value > 1:
-                raise ProtocolError("bad SETTINGS_ENABLE_PUSH")
-        self.out.append(frame(SETTINGS, ACK, 0))
-        self.mark()
-        for stream in list(self.blocked):
-            self.pump(stream)
 
     def _goaway(self, payload: bytes) -> None:
         if len(payload) < 8:

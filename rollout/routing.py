@@ -4,7 +4,8 @@ The control plane owns the rollout policy (canary steps, A/B weights, shadows, b
 switches); the gateway only needs, per public route, the variants it may send a request to,
 how to choose between them and where each variant is served. That contract is this module: a
 strictly validated, immutable table, so a bad push is rejected whole (the old table keeps
-serving) and the hot path never re-checks anything.
+serving) and the hot path never re-checks anything. The JSON a control plane pushes is read
+by rollout.routing_json.
 
 A route is keyed ``"<workspace>/<pipeline>"``: two workspaces may both have a pipeline
 ``fraud``. Clients name the pipeline only (``/v2/models/fraud/infer``) and say which workspace
@@ -59,16 +60,6 @@ MAX_VERSION = 2**63 - 1
 
 Strategy = Literal["weighted", "sticky", "shadow"]
 STRATEGIES: tuple[str, ...] = ("weighted", "sticky", "shadow")
-
-_TABLE_KEYS = frozenset({"generation", "routes"})
-_ROUTE_KEYS = frozenset(
-    {"workspace", "pipeline", "strategy", "variants", "sticky", "shadow", "capture"}
-)
-_VARIANT_KEYS = frozenset({"name", "version", "weight", "targets"})
-_TARGET_KEYS = frozenset({"url", "model", "version", "grpc"})
-_STICKY_KEYS = frozenset({"header", "parameter"})
-_SHADOW_KEYS = frozenset({"mirrors", "timeout_s", "max_queue", "tolerance"})
-_MIRROR_KEYS = frozenset({"variant", "sample"})
 
 
 def route_key(workspace: str, pipeline: str) -> str:
@@ -369,33 +360,11 @@ class RoutingTable:
 
     @classmethod
     def from_json(cls, data: bytes | str | Mapping[str, Any]) -> RoutingTable:
-        """Validate a table as pushed by the control plane; ValueError names route and field."""
-        if isinstance(data, (bytes, bytearray, str)):
-            try:
-                data = json.loads(data)
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise ValueError(f"routing table is not valid JSON: {exc}") from exc
-        if not isinstance(data, Mapping):
-            raise ValueError("routing table must be a JSON object")
-        _reject_unknown(data, _TABLE_KEYS, "routing table")
-        generation = data.get("generation")
-        if not isinstance(generation, int) or isinstance(generation, bool) or generation < 0:
-            raise ValueError(
-                f"routing table: generation must be an integer >= 0, got {generation!r}"
-            )
-        routes_raw = data.get("routes")
-        if not isinstance(routes_raw, Mapping):
-            raise ValueError("routing table: routes must be an object of route key -> route")
-        routes = []
-        for key, raw in routes_raw.items():
-            route = _parse_route(str(key), raw)
-            if route.key != key:
-                raise ValueError(
-                    f"route {key!r}: its key must be '<workspace>/<pipeline>' of the route, "
-                    f"here {route.key!r}"
-                )
-            routes.append(route)
-        return cls.build(generation, routes)
+        """Validate a table as pushed by the control plane; ValueError names route and field.
+        The parser (rollout.routing_json) builds this module's classes, hence the late import."""
+        from rollout.routing_json import parse_table
+
+        return cls.build(*parse_table(data))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -420,111 +389,3 @@ class RoutingTable:
     def grpc_upstreams(self) -> set[tuple[str, int]]:
         """Distinct gRPC (host, port) pairs, one persistent channel each."""
         return {(t.grpc_host, t.grpc_port) for t in self.targets()}
-
-
-def _reject_unknown(obj: Mapping[str, Any], allowed: frozenset[str], where: str) -> None:
-    unknown = sorted(str(k) for k in obj if k not in allowed)
-    if unknown:
-        raise ValueError(f"{where}: unknown field(s) {', '.join(unknown)}")
-
-
-def _object(raw: Any, allowed: frozenset[str], where: str) -> Mapping[str, Any]:
-    if not isinstance(raw, Mapping):
-        raise ValueError(f"{where} must be an object")
-    _reject_unknown(raw, allowed, where)
-    return raw
-
-
-def _parse_route(key: str, raw: Any) -> Route:
-    where = f"route {key!r}"
-    obj = _object(raw, _ROUTE_KEYS, where)
-    variants_raw = obj.get("variants")
-    if not isinstance(variants_raw, list) or not variants_raw:
-        raise ValueError(f"{where}: variants must be a non-empty list")
-    if len(variants_raw) > MAX_VARIANTS:
-        raise ValueError(f"{where}: at most {MAX_VARIANTS} variants, got {len(variants_raw)}")
-    try:
-        variants = tuple(
-            _parse_variant(f"{where}: variants[{i}]", item) for i, item in enumerate(variants_raw)
-        )
-        sticky = None
-        if obj.get("sticky") is not None:
-            s = _object(obj["sticky"], _STICKY_KEYS, "sticky")
-            sticky = Sticky(
-                header=_string(s, "header", "sticky", DEFAULT_STICKY_HEADER),
-                parameter=_string(s, "parameter", "sticky", ""),
-            )
-        shadow = None
-        if obj.get("shadow") is not None:
-            s = _object(obj["shadow"], _SHADOW_KEYS, "shadow")
-            mirrors_raw = s.get("mirrors")
-            if not isinstance(mirrors_raw, list):
-                raise ValueError("shadow.mirrors must be a list")
-            mirrors = tuple(
-                Mirror(
-                    variant=_string(_object(m, _MIRROR_KEYS, "mirror"), "variant", "mirror", ""),
-                    sample=m.get("sample", 1.0),
-                )
-                for m in mirrors_raw
-            )
-            shadow = Shadow(
-                mirrors=mirrors,
-                timeout_s=s.get("timeout_s", 5.0),
-                max_queue=s.get("max_queue", 256),
-                tolerance=s.get("tolerance", 1e-5),
-            )
-        return Route(
-            workspace=_string(obj, "workspace", where, ""),
-            pipeline=_string(obj, "pipeline", where, ""),
-            variants=variants,
-            strategy=obj.get("strategy", "weighted"),
-            sticky=sticky,
-            shadow=shadow,
-            capture=obj.get("capture", 0.0),
-        )
-    except ValueError as exc:
-        message = str(exc)
-        raise ValueError(message if message.startswith(where) else f"{where}: {message}") from None
-
-
-def _string(obj: Mapping[str, Any], key: str, where: str, default: str) -> str:
-    value = obj.get(key, default)
-    if not isinstance(value, str):
-        raise ValueError(f"{where}.{key} must be a string, got {value!r}")
-    return value
-
-
-def _parse_variant(where: str, raw: Any) -> Variant:
-    obj = _object(raw, _VARIANT_KEYS, where)
-    targets_raw = obj.get("targets")
-    if not isinstance(targets_raw, list) or not targets_raw:
-        raise ValueError(f"{where}.targets must be a non-empty list")
-    if len(targets_raw) > MAX_TARGETS:
-        raise ValueError(f"{where}: at most {MAX_TARGETS} targets, got {len(targets_raw)}")
-    targets = []
-    for i, item in enumerate(targets_raw):
-        t = _object(item, _TARGET_KEYS, f"{where}.targets[{i}]")
-        try:
-            targets.append(
-                Target(
-                    url=_string(t, "url", "target", ""),
-                    model=_string(t, "model", "target", ""),
-                    version=_string(t, "version", "target", ""),
-                    grpc=_string(t, "grpc", "target", ""),
-                )
-            )
-        except ValueError as exc:
-            raise ValueError(f"{where}.targets[{i}]: {exc}") from None
-    version = obj.get("version")
-    weight = obj.get("weight", 0)
-    if isinstance(weight, int) and not isinstance(weight, bool):
-        weight = float(weight)
-    try:
-        return Variant(
-            name=_string(obj, "name", where, ""),
-            version=version,  # type: ignore[arg-type]
-            weight=weight,
-            targets=tuple(targets),
-        )
-    except ValueError as exc:
-        raise ValueError(f"{where}: {exc}") from None

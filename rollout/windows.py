@@ -8,7 +8,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from rollout.controller import VariantFigures
+from rollout.controller_types import VariantFigures
 
 # --- window figures from cumulative gateway metrics ---------------------------------------
 

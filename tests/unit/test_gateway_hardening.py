@@ -28,7 +28,8 @@ from tritonclient.utils import InferenceServerException
 
 from rollout.admission import TableRefused, check_generation
 from rollout.body_guard import INLINE_INFLATE_BYTES, SHM_REFUSED, check_infer_body
-from rollout.gateway import DAY_MS, Gateway, parse_args
+from rollout.gateway import Gateway, parse_args
+from rollout.gateway_config import DAY_MS
 from rollout.grpc_gateway import SERVICE
 from rollout.grpc_wire import infer_parameter_keys, mentions
 from rollout.upstream_errors import grpc_failure, http_failure, sanitize
