@@ -119,6 +119,27 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
+def free_port_block(size: int) -> int:
+    """A first port such that `size` consecutive ports from it are free now."""
+    for _ in range(200):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            base = int(probe.getsockname()[1])
+        if base + size >= 65535:
+            continue
+        taken = False
+        for port in range(base, base + size):
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    taken = True
+                    break
+        if not taken:
+            return base
+    raise RuntimeError("no block of free ports")
+
+
 def triton_missing() -> bool:
     """True when nvidia-pytriton's tritonserver is not installed (the e2e tests skip then)."""
     try:
@@ -309,10 +330,18 @@ def start_system(home: Path, **settings: str) -> tuple[dict[str, str], dict[str,
 
     names = [
         "GATEWAY_HTTP_PORT", "GATEWAY_GRPC_PORT", "GATEWAY_METRICS_PORT", "GATEWAY_ADMIN_PORT",
-        "API_PORT", "TRITON_HTTP_PORT", "TRITON_GRPC_PORT", "TRITON_METRICS_PORT",
+        "API_PORT",
     ]  # fmt: skip
     env = dict(os.environ, LASTMILE_HOME=str(home))
-    env |= {f"LASTMILE_{n}": str(port) for n, port in zip(names, free_ports(8), strict=True)}
+    env |= {f"LASTMILE_{n}": str(port) for n, port in zip(names, free_ports(5), strict=True)}
+    # each Triton replica's three ports, one block (stride 3) for the whole pool
+    base = free_port_block(3 * int(settings.get("triton_replicas", "1")))
+    env |= {
+        "LASTMILE_TRITON_HTTP_PORT": str(base),
+        "LASTMILE_TRITON_GRPC_PORT": str(base + 1),
+        "LASTMILE_TRITON_METRICS_PORT": str(base + 2),
+        "LASTMILE_TRITON_PORT_STRIDE": "3",
+    }
     env |= {f"LASTMILE_{k.upper()}": v for k, v in settings.items()}
     return env, dict(json.loads(lastmile_cli(env, "up", "--detach", "--json")))
 

@@ -2,6 +2,8 @@
 
     python loadtests/bench_shadow.py [--rounds 3] [--clients 8] [--seconds 8] [--load 0.3]
                                      [--closed] [--json]
+                                     [--candidate-servers 1 [--triton-cpus '0-3;4-7']
+                                      [--gateway-cpus 8-9] [--client-cpus 10-15]]
 
 One run starts a real system (`lastmile up --detach`), deploys a one-step pipeline and sends
 requests through the gateway from `--clients` HTTP and as many gRPC clients. Each round measures
@@ -17,13 +19,22 @@ schedule (latency counted from the scheduled time). A 100 % shadow doubles the i
 so the primary keeps its latency only where the machine has room for the copies; `--closed`
 keeps every client busy instead and shows what the copies cost when there is none (on two
 shared cores, about 1.2-1.7x the p99).
+
+With `--candidate-servers K` the system runs a pool of K+1 tritonservers and every rollout
+gives its candidates K servers of their own: the copies run there, the primary on the other.
+The no-shadow window is then an A/B rollout at 100/0 with the same placement, so both
+windows measure the primary on the same server. `--triton-cpus` pins each server
+(LASTMILE_TRITON_CPUS), `--gateway-cpus` the gateway and `--client-cpus` this process (the
+clients), so that nothing but the gateway is shared between the primary and its copies.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -37,6 +48,7 @@ if str(REPO_ROOT) not in sys.path:  # run as a script from anywhere
 from loadtests._models import cpu_seconds, start_system, wait_children  # noqa: E402
 from loadtests._models import lastmile_cli as _cli  # noqa: E402
 from loadtests.bench_swaps import Clients  # noqa: E402
+from manager.triton.cpus import parse_cpu_list  # noqa: E402
 
 PHASES = ("none", "equal", "failing", "slow")
 
@@ -49,12 +61,30 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--load", type=float, default=0.3, help="share of the measured capacity")
     p.add_argument("--closed", action="store_true", help="closed loop: clients never idle")
     p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--candidate-servers",
+        type=int,
+        default=0,
+        help="a pool of K+1 servers; the candidates get K of their own",
+    )
+    p.add_argument("--triton-cpus", help="CPUs of each server, ';'-separated (0-3;4-7)")
+    p.add_argument("--gateway-cpus", help="CPUs of the gateway (taskset list)")
+    p.add_argument("--client-cpus", help="CPUs of this process, the clients (taskset list)")
     a = p.parse_args(argv)
+    if a.client_cpus:
+        os.sched_setaffinity(0, parse_cpu_list(a.client_cpus))
+    own = a.candidate_servers
+    placed = ["--candidate-servers", str(own)] if own else []
+    system: dict[str, str] = {}
+    if own:
+        system["triton_replicas"] = str(own + 1)
+    if a.triton_cpus:
+        system["triton_cpus"] = a.triton_cpus
 
     from tests.onnx_models import make_affine, make_partly_failing
 
     work = Path(tempfile.mkdtemp(prefix="lastmile-shadow-"))
-    env, state = start_system(work / "home")
+    env, state = start_system(work / "home", **system)
     rounds: list[dict[str, Any]] = []
     try:
         models = {
@@ -88,6 +118,11 @@ def main(argv: list[str] | None = None) -> int:
             rate = a.load * capacity
             print(f"capacity {capacity:.0f} req/s; open load at {rate:.0f} req/s", file=sys.stderr)
         pids = {"gateway": state["gateway"]["pid"], "triton": state["triton"][0]["pid"]}
+        if own:  # the primary runs on server 0, the copies on the last K
+            pids["candidate_triton"] = state["triton"][-1]["pid"]
+        if a.gateway_cpus:  # every thread of the gateway
+            subprocess.run(["taskset", "-a", "-p", "-c", a.gateway_cpus,
+                            str(pids["gateway"])], check=True, capture_output=True)  # fmt: skip
         clients = Clients(*where, rate=rate)
         clients.start()
         time.sleep(2.0)  # warm connections before the first window is measured
@@ -96,9 +131,12 @@ def main(argv: list[str] | None = None) -> int:
             for phase, candidate in zip(PHASES, (None, "2", "3", "4"), strict=True):
                 if candidate:
                     _cli(env, "rollout", "start", "shadowed", "--strategy", "shadow",
-                         "--candidate", candidate)  # fmt: skip
-                # one stub per loaded model: the primary's, and the candidate's while shadowed
-                wait_children(pids["triton"], 2 if candidate else 1)
+                         "--candidate", candidate, *placed)  # fmt: skip
+                elif own:  # the same placement, nothing mirrored: the primary on its server
+                    _cli(env, "rollout", "start", "shadowed", "--strategy", "ab", "--candidate",
+                         "2", "--weight", "1=100", "--weight", "2=0", *placed)  # fmt: skip
+                # one stub per loaded model: the primary's, and the candidate's while loaded
+                wait_children(pids["triton"], 2 if candidate or own else 1)
                 cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
                 t0 = time.monotonic()
                 time.sleep(a.seconds)  # the measured window
@@ -106,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
                 for name, pid in pids.items():  # CPU per client request, copies included
                     spent = cpu_seconds(pid) - cpu0[name]
                     window[f"{name}_cpu_us"] = round(1e6 * spent / max(1, window["requests"]))
-                if candidate:
+                if candidate or own:
                     _cli(env, "rollout", "abort", "shadowed")
             base = windows["none"]["p99_ms"]
             ratios = {
@@ -119,6 +157,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         _cli(env, "down")
     summary: dict[str, Any] = {
+        "candidate_servers": own,
+        "triton_cpus": a.triton_cpus,
+        "gateway_cpus": a.gateway_cpus,
+        "client_cpus": a.client_cpus,
         "clients_per_protocol": a.clients,
         "load": "closed" if rate is None else {"share": a.load, "requests_per_s": round(rate)},
         "rounds": rounds,
@@ -136,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(summary, indent=2))
     else:
         print(
-            f"primary p99 with a shadow / without ({summary['load']} load): equal candidate "
+            f"primary p99 with a shadow / without ({summary['load']} load, candidate servers "
+            f"{own}): equal candidate "
             f"{summary['p99_ratio_equal']}, failing {summary['p99_ratio_failing']}, slow "
             f"{summary['p99_ratio_slow']}; client failures {summary['failed']}"
         )

@@ -533,7 +533,9 @@ class Lastmile:
 
         ``params`` by strategy: canary ``steps``, ``interval_s``, ``min_requests``, ``gates``;
         ab ``weights`` ({version: percent}, summing to 100), ``sticky_header``,
-        ``sticky_parameter``; shadow ``sample``, ``timeout_s``, ``max_queue``, ``tolerance``.
+        ``sticky_parameter``; shadow ``sample``, ``timeout_s``, ``max_queue``, ``tolerance``;
+        all but hot-swap ``candidate_servers`` (K: the candidates' traffic goes to K servers of
+        the Triton pool of their own, the stable version's to the others).
         """
         check_name(pipeline, kind="pipeline")
         body = {"strategy": strategy, "candidates": candidates, "params": params}

@@ -94,6 +94,13 @@ class Settings(BaseSettings):
         "Replica i (from 0) listens on the TRITON_*_PORT settings plus i x "
         "TRITON_PORT_STRIDE.",
     )
+    triton_cpus: str | None = Field(
+        default=None,
+        description="CPUs of each embedded tritonserver, one set per replica separated by ';' "
+        "(e.g. `0-3;4-7`): the server and its model processes run only there (taskset), so "
+        "servers that serve different variants (a rollout's --candidate-servers) do not take "
+        "each other's cores. Default: every CPU.",
+    )
     triton_port_stride: int = Field(
         default=10, ge=3, description="Port offset between embedded Triton replicas."
     )

@@ -35,12 +35,19 @@ from manager.services.prometheus_source import PrometheusSource, Puller
 from manager.settings import Settings
 from manager.state_file import state_path
 from manager.triton.client import TritonClient
+from manager.triton.cpus import cpu_sets, format_cpu_list
 from manager.triton.fleet import TritonFleet
 from manager.triton.runtime import EmbeddedTriton, ExternalTriton, TritonRuntime
 from manager.watchdog import Watchdog
 from rollout.addresses import expand_list
 
 log = logging.getLogger(__name__)
+
+
+def _cpus(replica: TritonRuntime) -> str | None:
+    """The CPUs an embedded server is pinned to (LASTMILE_TRITON_CPUS), None: any."""
+    cpus = getattr(replica, "cpus", None)
+    return format_cpu_list(sorted(cpus)) if cpus else None
 
 
 def make_runtime(settings: Settings) -> TritonFleet:
@@ -93,6 +100,7 @@ def make_runtime(settings: Settings) -> TritonFleet:
                 for url, grpc_url in zip(urls, grpc_urls, strict=True)
             ]
         )
+    cpus = cpu_sets(settings.triton_cpus, settings.triton_replicas)
     replicas = []
     for i in range(settings.triton_replicas):
         offset = i * settings.triton_port_stride
@@ -109,6 +117,7 @@ def make_runtime(settings: Settings) -> TritonFleet:
                 response_cache_bytes=settings.triton_response_cache_bytes,
                 stub_memory_bytes=settings.triton_stub_memory_bytes,
                 gpu_metrics=settings.triton_gpu_metrics,
+                cpus=cpus[i] if cpus else None,
             )
         )
     return TritonFleet(replicas)
@@ -417,6 +426,7 @@ class System:
                     "replica": index,
                     "embedded": isinstance(replica, EmbeddedTriton),
                     "pid": getattr(replica, "pid", None),
+                    "cpus": _cpus(replica),
                     "ready": _ready(replica),
                     **(
                         health["triton"][index]

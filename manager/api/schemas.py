@@ -276,6 +276,14 @@ class RolloutEventPublic(BaseModel):
     principal: str
 
 
+class RolloutServers(BaseModel):
+    stable: list[str] = Field(description="HTTP URLs of the servers that take the stable version")
+    candidates: list[str] = Field(description="HTTP URLs of the candidates' own servers")
+    isolated: bool = Field(
+        description="False when too few servers are up to keep the two apart: they share all"
+    )
+
+
 class RolloutPublic(BaseModel):
     id: int
     workspace: str
@@ -293,6 +301,11 @@ class RolloutPublic(BaseModel):
     updated_at: datetime
     finished_at: datetime | None
     events: list[RolloutEventPublic] = Field(default_factory=list)
+    servers: RolloutServers | None = Field(
+        default=None,
+        description="Where each side's traffic goes, for an active rollout whose candidates "
+        "have servers of their own (candidate_servers)",
+    )
 
 
 class TimelineItem(BaseModel):

@@ -185,7 +185,8 @@ def status(as_json: JsonOpt = False) -> None:
                 f" serving {t['serving']}/{t['of']} pipelines"
                 if t.get("serving") is not None
                 else ""
-            ),
+            )
+            + (f" on CPUs {t['cpus']}" if t.get("cpus") else ""),
         )
         for t in info["triton"]
     ]

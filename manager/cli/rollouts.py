@@ -79,6 +79,12 @@ def start(
     tolerance: float | None = typer.Option(
         None, "--tolerance", help="shadow: |a-b| <= tol + tol*|a| counts as agreement."
     ),
+    candidate_servers: int | None = typer.Option(
+        None,
+        "--candidate-servers",
+        help="The candidates' traffic goes to this many servers of the Triton pool of their "
+        "own, the stable version's to the rest (not hot-swap).",
+    ),
     workspace: WorkspaceOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -105,6 +111,7 @@ def start(
         ("sample", sample),
         ("timeout_s", shadow_timeout),
         ("tolerance", tolerance),
+        ("candidate_servers", candidate_servers),
     ):
         if value is not None:
             params[key] = value
@@ -131,6 +138,13 @@ def _human(info: dict[str, Any]) -> Any:
         f"rollout #{info['id']} of {info['pipeline']}: {info['strategy']}, {info['state']} "
         f"({weights})"
     )
+    servers = info.get("servers")
+    if servers:
+        apart = "" if servers["isolated"] else " (too few servers up: shared)"
+        title += (
+            f"\nservers: stable {', '.join(servers['stable'])}; "
+            f"candidates {', '.join(servers['candidates'])}{apart}"
+        )
     rows = [
         [e["ts"], e["action"], e["state"], _short(e["weights"]), e["reason"], e["principal"]]
         for e in info.get("events", [])

@@ -3,6 +3,13 @@
 One route per served pipeline. Without an active rollout it is the stable version alone;
 during one, the rollout's strategy and weights decide (``rollout.routing`` types only, so a
 table the gateway would refuse is refused here first, with the same message).
+
+Every variant targets every server of the pool, unless the rollout gives its candidates
+servers of their own (``candidate_servers`` K, see ``placement``): then the candidates'
+traffic (their share, or a shadow's copies) goes to the last K servers up and the stable
+version's to the others, so a candidate's load never runs on the cores or GPU that answer the
+stable version's clients. Candidates stay loaded on every server, so a promotion or a
+rollback moves traffic only, never a model.
 """
 
 from __future__ import annotations
@@ -46,15 +53,41 @@ class ServedPipeline:
     capture: float = 0.0  # fraction of calls sampled for data capture
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Which servers of the pool take the stable version's traffic and which the
+    candidates'; ``isolated`` False when they share every server (no ``candidate_servers``,
+    or too few servers up to give the candidates their own)."""
+
+    stable: tuple[Endpoint, ...]
+    candidates: tuple[Endpoint, ...]
+    isolated: bool
+
+
+def placement(params: Mapping[str, Any], endpoints: Sequence[Endpoint]) -> Placement:
+    """A rollout's placement over the servers up: with ``candidate_servers`` K and more than
+    K servers, the last K are the candidates' and the rest the stable version's."""
+    own = int(params.get("candidate_servers") or 0)
+    every = tuple(endpoints)
+    if own <= 0 or len(every) <= own:
+        return Placement(stable=every, candidates=every, isolated=False)
+    return Placement(stable=every[:-own], candidates=every[-own:], isolated=True)
+
+
 def route_for(served: ServedPipeline, endpoints: Sequence[Endpoint]) -> Route:
+    where = placement(served.params, endpoints) if served.strategy else None
+
     def variant(version: int, weight: float) -> Variant:
+        servers = endpoints
+        if where is not None:
+            servers = where.stable if version == served.stable else where.candidates
         return Variant(
             name=f"{served.pipeline}/{version}",
             version=version,
             weight=weight,
             targets=tuple(
                 Target(url=e.http_url, grpc=e.grpc, model=served.ensembles[version])
-                for e in endpoints
+                for e in servers
             ),
         )
 

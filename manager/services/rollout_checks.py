@@ -1,6 +1,7 @@
 """What a rollout may start with: strategy, candidates and parameters, checked before anything
 changes (a clear 4xx each: unknown versions, weights that do not sum to 100, a candidate whose
-inputs or outputs differ from the stable version's, parameters another strategy takes)."""
+inputs or outputs differ from the stable version's, parameters another strategy takes, more
+servers of its own for the candidates than the pool can spare)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ _PARAMS = {
     "shadow": frozenset({"sample", "timeout_s", "max_queue", "tolerance"}),
     "blue-green": frozenset(),
 }
+# taken by every strategy that keeps the stable version serving beside its candidates
+_PLACED = {k: frozenset() if k == "hot-swap" else frozenset({"candidate_servers"}) for k in _PARAMS}
 
 
 def check(
@@ -30,8 +33,12 @@ def check(
     strategy: str,
     candidates: list[int],
     params: dict[str, Any],
+    *,
+    pool_size: int | None = None,
 ) -> dict[str, Any]:
-    """The rollout's parameters, validated; InvalidInput (422) / NotFound (404) otherwise."""
+    """The rollout's parameters, validated; InvalidInput (422) / NotFound (404) otherwise.
+    ``pool_size``: the servers in the Triton pool (``candidate_servers`` must leave the
+    stable version at least one; None: no pool attached, not checked here)."""
     if strategy not in STRATEGIES:
         raise InvalidInput(
             f"unknown strategy {strategy!r}", hint=f"one of: {', '.join(STRATEGIES)}"
@@ -52,9 +59,46 @@ def check(
     for version in candidates:
         pv = store.get_pipeline_version(session, pipeline=pipe, version=version)  # 404
         _same_signature(pipe.name, stable.version, stable_spec, version, pv)
+    params = dict(params)
+    own = _check_candidate_servers(strategy, params.pop("candidate_servers", None), pool_size)
+    checked = _check_strategy(session, pipe, stable, strategy, candidates, params)
+    if own:
+        checked["candidate_servers"] = own
+    return checked
+
+
+def _check_candidate_servers(strategy: str, value: Any, pool_size: int | None) -> int:
+    """How many servers of the pool the candidates get to themselves (0: they share all)."""
+    if value is None:
+        return 0
+    if strategy == "hot-swap":
+        raise InvalidInput(
+            "a hot-swap moves all traffic at once: candidate_servers applies to canary, ab, "
+            "shadow and blue-green rollouts"
+        )
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise InvalidInput(f"candidate_servers must be a whole number >= 1, got {value!r}")
+    if pool_size is not None and value >= pool_size:
+        raise InvalidInput(
+            f"candidate_servers {value} leaves the stable version no server: the Triton pool "
+            f"has {pool_size} server{'s' if pool_size != 1 else ''}",
+            hint=f"run a larger pool (lastmile up --replicas {value + 1}, or list more servers "
+            "in LASTMILE_TRITON_URL), or ask for fewer",
+        )
+    return value
+
+
+def _check_strategy(
+    session: Any,
+    pipe: store.Pipeline,
+    stable: store.PipelineVersion,
+    strategy: str,
+    candidates: list[int],
+    params: dict[str, Any],
+) -> dict[str, Any]:
     unknown = sorted(set(params) - _PARAMS[strategy])
     if unknown:
-        allowed = ", ".join(sorted(_PARAMS[strategy])) or "none"
+        allowed = ", ".join(sorted(_PARAMS[strategy] | _PLACED[strategy])) or "none"
         raise InvalidInput(
             f"unknown parameter(s) for a {strategy} rollout: {', '.join(unknown)}",
             hint=f"parameters of {strategy}: {allowed}",

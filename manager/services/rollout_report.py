@@ -14,7 +14,8 @@ import httpx
 
 from manager import store
 from manager.errors import GatewayError, NotFound
-from manager.services import gateway_figures, gateway_pool
+from manager.plan.routes import placement
+from manager.services import gateway_figures, gateway_pool, serving
 from manager.services.context import Platform
 from rollout import windows
 
@@ -79,7 +80,23 @@ def status(
                 + (f" #{rollout_id}" if rollout_id is not None else ""),
                 hint=f"lastmile rollout start {pipeline} --strategy canary --candidate N",
             )
-        return rollout_info(session, rollout)
+        info = rollout_info(session, rollout)
+    if rollout.params.get("candidate_servers") and rollout.finished_at is None:
+        info["servers"] = _placement(platform, rollout.params)
+    return info
+
+
+def _placement(platform: Platform, params: dict[str, Any]) -> dict[str, Any]:
+    """Where the variants' traffic goes now: the stable version's servers and the
+    candidates', and whether they are apart (too few servers up: they share them all)."""
+    if platform.triton is None:
+        return {"stable": [], "candidates": [], "isolated": False}
+    where = placement(params, serving.endpoints(platform))
+    return {
+        "stable": [e.http_url for e in where.stable],
+        "candidates": [e.http_url for e in where.candidates],
+        "isolated": where.isolated,
+    }
 
 
 def list_rollouts(platform: Platform, *, workspace: str, pipeline: str) -> list[dict[str, Any]]:

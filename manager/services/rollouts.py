@@ -104,7 +104,11 @@ def _create(
             )
         stable = session.get(store.PipelineVersion, dep.pipeline_version_id)
         assert stable is not None
-        checked = rollout_checks.check(session, pipe, stable, strategy, candidates, params or {})
+        pool = platform.triton
+        checked = rollout_checks.check(
+            session, pipe, stable, strategy, candidates, params or {},
+            pool_size=len(pool.replicas) if pool is not None else None,
+        )  # fmt: skip
         deployments._require_triton(platform)
         rollout = store.add_rollout(
             session,

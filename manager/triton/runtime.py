@@ -28,6 +28,7 @@ from urllib.parse import urlparse
 from manager.errors import RuntimeSetupError, TritonUnavailable
 from manager.procs import terminate_group
 from manager.triton.client import TritonClient
+from manager.triton.cpus import pinned
 from rollout.admission import format_address, parse_address
 
 log = logging.getLogger(__name__)
@@ -134,8 +135,10 @@ class EmbeddedTriton:
         stub_memory_bytes: int = 0,
         restrict_apis: bool = True,
         gpu_metrics: bool | None = None,
+        cpus: frozenset[int] | None = None,
     ) -> None:
         self.response_cache_bytes = response_cache_bytes
+        self.cpus = cpus  # None: every CPU
         self.gpu_metrics = gpu_visible() if gpu_metrics is None else gpu_metrics
         self.stub_memory_bytes = stub_memory_bytes
         self.restrict_apis = restrict_apis
@@ -235,6 +238,8 @@ class EmbeddedTriton:
         if self.restrict_apis:
             rule = f"{RESTRICTED_APIS}:{CONTROL_HEADER}={self.control_secret}"
             cmd += [f"--http-restricted-api={rule}", f"--grpc-restricted-protocol={rule}"]
+        if self.cpus is not None:  # the server and every stub it starts inherit the set
+            cmd = pinned(cmd, self.cpus)
         log.info("starting tritonserver on %s (log %s)", self.endpoints.http_url, self.log_path)
         with open(self.log_path, "ab") as log_file:
             self._proc = subprocess.Popen(

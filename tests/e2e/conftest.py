@@ -58,6 +58,8 @@ class RunningSystem:
             env["LASTMILE_GATEWAY_METRICS_URLS"] = s.gateway_metrics_urls
         if s.gateway_pull_token is not None:
             env["LASTMILE_GATEWAY_PULL_TOKEN"] = s.gateway_pull_token.get_secret_value()
+        if s.triton_cpus:
+            env["LASTMILE_TRITON_CPUS"] = s.triton_cpus
         if s.triton_control_header is not None:
             env["LASTMILE_TRITON_CONTROL_HEADER"] = s.triton_control_header.get_secret_value()
         # what the tests tune for themselves reaches the `lastmile up` they start

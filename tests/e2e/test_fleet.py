@@ -12,7 +12,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -25,6 +24,7 @@ from typing import Any
 import httpx
 import pytest
 
+from loadtests._models import free_port_block
 from manager import supervisor
 from tests.conftest import make_settings
 from tests.e2e.conftest import RunningSystem, wait_until
@@ -39,31 +39,10 @@ PULL_TOKEN = "pull-" + "7" * 32  # what gateways the manager cannot push to pres
 PULLED: dict[str, int] = {}  # ports of the gateway the manager does not run (chosen up front)
 
 
-def _port_block(size: int) -> int:
-    """A first port such that `size` consecutive ports from it are free now."""
-    for _ in range(200):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            base = int(probe.getsockname()[1])
-        if base + size >= 65535:
-            continue
-        taken = False
-        for port in range(base, base + size):
-            with socket.socket() as s:
-                try:
-                    s.bind(("127.0.0.1", port))
-                except OSError:
-                    taken = True
-                    break
-        if not taken:
-            return base
-    raise RuntimeError("no block of free ports")
-
-
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSystem]:
-    base = _port_block(REPLICAS * STRIDE)
-    PULLED.update(http=_port_block(1), metrics=_port_block(1), admin=_port_block(1))
+    base = free_port_block(REPLICAS * STRIDE)
+    PULLED.update(http=free_port_block(1), metrics=free_port_block(1), admin=free_port_block(1))
     settings = make_settings(
         tmp_path_factory.mktemp("fleet") / "home",
         triton_replicas=REPLICAS,

@@ -94,6 +94,11 @@ def test_bad_rollouts_are_refused_and_change_nothing(api: Api, tmp_path: Path) -
     assert code == 422 and "strategy" in detail
     code, detail = start(strategy="canary", candidates=[])
     assert code == 422
+    code, detail = start(strategy="hot-swap", candidates=[2], params={"candidate_servers": 1})
+    assert code == 422 and "candidate_servers" in detail and "hot-swap" in detail
+    for bad in (0, -1, 1.5, True, "1"):
+        code, detail = start(strategy="shadow", candidates=[2], params={"candidate_servers": bad})
+        assert code == 422 and "candidate_servers must be a whole number" in detail, bad
     assert api.call("GET", f"{P}/rollouts").json() == []
 
     # valid input: refused only because no Triton is attached, and nothing is left behind

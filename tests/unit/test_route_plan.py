@@ -5,7 +5,14 @@ from __future__ import annotations
 
 import pytest
 
-from manager.plan.routes import Endpoint, ServedPipeline, route_for, routing_table
+from manager.plan.routes import (
+    Endpoint,
+    Placement,
+    ServedPipeline,
+    placement,
+    route_for,
+    routing_table,
+)
 from rollout.routing import RoutingTable
 
 EP = [Endpoint("http://127.0.0.1:8100", "127.0.0.1:8101")]
@@ -77,3 +84,44 @@ def test_a_table_the_gateway_would_refuse_is_refused_here() -> None:
 def test_weights_that_all_went_to_zero_leave_the_stable_version_serving() -> None:
     route = route_for(served(ensembles=ENSEMBLES, strategy="canary", weights={}), EP)
     assert [v.weight for v in route.variants] == [100.0, 0.0, 0.0]
+
+
+POOL = [Endpoint(f"http://10.0.0.{i}:8000", f"10.0.0.{i}:8001") for i in range(1, 5)]
+
+
+def _servers(route: object, version: int) -> list[str]:
+    [variant] = [v for v in route.variants if v.version == version]  # type: ignore[attr-defined]
+    return [t.url for t in variant.targets]
+
+
+@pytest.mark.parametrize("strategy", ["canary", "ab", "shadow", "blue-green"])
+def test_candidates_with_servers_of_their_own_never_share_the_stable_versions(
+    strategy: str,
+) -> None:
+    route = route_for(
+        served(ensembles=ENSEMBLES, strategy=strategy, weights={1: 50, 2: 50, 3: 0},
+               params={"candidate_servers": 1}),
+        POOL,
+    )  # fmt: skip
+    assert _servers(route, 1) == [e.http_url for e in POOL[:3]]
+    assert _servers(route, 2) == _servers(route, 3) == [POOL[3].http_url]
+    # each variant's targets name its own ensemble on its own servers
+    assert {t.model for v in route.variants for t in v.targets if v.version == 2} == {"ws.fraud.v2"}
+
+
+def test_too_few_servers_up_for_a_placement_shares_them_all() -> None:
+    """Two servers asked for the candidates, two up: the stable version would have none, so
+    every variant keeps every server (the rollout's status says it is not isolated)."""
+    where = placement({"candidate_servers": 2}, POOL[:2])
+    assert not where.isolated and where.stable == where.candidates == tuple(POOL[:2])
+    route = route_for(
+        served(ensembles=ENSEMBLES, strategy="shadow", params={"candidate_servers": 2}),
+        POOL[:2],
+    )
+    assert _servers(route, 1) == _servers(route, 2) == [e.http_url for e in POOL[:2]]
+
+
+def test_without_a_rollout_the_placement_of_an_ended_one_does_not_apply() -> None:
+    route = route_for(served(params={"candidate_servers": 1}), POOL)
+    assert _servers(route, 1) == [e.http_url for e in POOL]
+    assert placement({}, POOL) == Placement(tuple(POOL), tuple(POOL), isolated=False)

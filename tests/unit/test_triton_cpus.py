@@ -1,0 +1,39 @@
+"""CPU sets of embedded tritonservers (LASTMILE_TRITON_CPUS): parsed like taskset's lists,
+one per replica, and refused with what is wrong before anything starts."""
+
+from __future__ import annotations
+
+import pytest
+
+from manager.errors import RuntimeSetupError
+from manager.triton.cpus import cpu_sets, parse_cpu_list, pinned
+
+EIGHT = frozenset(range(8))
+
+
+def test_sets_and_ranges_are_read_as_taskset_reads_them() -> None:
+    assert parse_cpu_list("0-3,6") == {0, 1, 2, 3, 6}
+    assert parse_cpu_list(" 5 ") == {5}
+    assert cpu_sets("0-3;4-7", 2, EIGHT) == [frozenset(range(4)), frozenset(range(4, 8))]
+    assert cpu_sets(None, 3, EIGHT) is None and cpu_sets("  ", 1, EIGHT) is None
+    assert pinned(["tritonserver", "--x"], frozenset({0, 1, 2, 5, 7})) == [
+        "taskset", "-c", "0-2,5,7", "tritonserver", "--x",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("text", "replicas", "message"),
+    [
+        ("0-3", 2, "names 1 CPU set(s) for 2 Triton replica(s)"),
+        ("0-3;4-7;8", 2, "names 3 CPU set(s)"),
+        ("0-3;x", 2, "replica 1's set 'x'"),
+        ("3-1;4", 2, "'3-1' is not a CPU number or a range"),
+        ("0;", 2, "replica 1's set ''"),
+        ("0-3;6-9", 2, "replica 1 asks for CPUs 8-9"),
+    ],
+)
+def test_a_bad_cpu_list_is_refused_with_what_is_wrong(
+    text: str, replicas: int, message: str
+) -> None:
+    with pytest.raises(RuntimeSetupError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        cpu_sets(text, replicas, EIGHT)
