@@ -71,8 +71,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gateway-cpus", help="CPUs of the gateway (taskset list)")
     p.add_argument("--client-cpus", help="CPUs of this process, the clients (taskset list)")
     a = p.parse_args(argv)
-    if a.client_cpus:
-        os.sched_setaffinity(0, parse_cpu_list(a.client_cpus))
     own = a.candidate_servers
     placed = ["--candidate-servers", str(own)] if own else []
     system: dict[str, str] = {}
@@ -85,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
 
     work = Path(tempfile.mkdtemp(prefix="lastmile-shadow-"))
     env, state = start_system(work / "home", **system)
+    if a.client_cpus:  # after the system started: its processes keep every CPU
+        os.sched_setaffinity(0, parse_cpu_list(a.client_cpus))
     rounds: list[dict[str, Any]] = []
     try:
         models = {
