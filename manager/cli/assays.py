@@ -70,7 +70,9 @@ def create(
     step: str = typer.Option(
         "",
         "--step",
-        help="Health: one step's figure (the model it runs): queue_ms, compute_ms, request_ms.",
+        help="The step (the model it runs): drift on its --side/--tensor, also one between "
+        "steps (replayed from the captured inputs); health on its queue_ms, compute_ms, "
+        "request_ms.",
     ),
     baseline: str | None = typer.Option(
         None, "--baseline", help="Baseline name (default: the model's import baseline)."

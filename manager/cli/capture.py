@@ -70,9 +70,12 @@ def summarise(as_json: JsonOpt = False) -> None:
     """Summarise the traffic waiting in the gateway's capture spool now (owner)."""
     with client() as lm:
         result = lm.summarise_capture()
-    emit(
-        result,
-        as_json,
+    text = (
         f"{result['segments']} segment(s), {result['records']} call(s), "
-        f"{result['values']} value(s) summarised",
+        f"{result['values']} value(s) summarised"
     )
+    if result.get("replayed") or result.get("replay_failed"):  # tensors between steps
+        text += f"; {result['replayed']} call(s) replayed through step models"
+        if result["replay_failed"]:
+            text += f", [red]{result['replay_failed']} failed[/red] (the manager's log says why)"
+    emit(result, as_json, text)

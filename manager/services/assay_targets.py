@@ -1,8 +1,10 @@
-"""What a drift assay on one step watches: the gateway captures a pipeline's own inputs and
-outputs, so a step's tensor can be judged where it is one of them — a step input fed by a
-pipeline input (whatever the pipeline calls it), or a step output the pipeline exposes. The
-tensors between steps never leave Triton, and an assay on one is refused with where it comes
-from."""
+"""What a drift assay on one step watches. The gateway captures a pipeline's own inputs and
+outputs, so a step's tensor that is one of them — a step input fed by a pipeline input
+(whatever the pipeline calls it), a step output the pipeline exposes — is watched there. A
+tensor between steps never leaves Triton: the capture summariser computes it by replaying the
+captured inputs through the steps before it (manager.services.step_replay), stored as side
+"step", name "<step>.<output>" of the step output it is; an assay on one is refused when a step
+it would replay cannot be run here (a model that is not ONNX)."""
 
 from __future__ import annotations
 
@@ -10,20 +12,25 @@ from dataclasses import dataclass
 from typing import Any
 
 from manager import store
+from manager.assays.replay import STEP_SIDE, step_key
 from manager.domain import PIPELINE_INPUTS, PipelineSpec
 from manager.errors import InvalidInput
+from manager.names import TENSOR_RE
+from manager.services.step_replay import check_replayable
 
 
 @dataclass(frozen=True)
 class StepTensor:
-    """A step's tensor as captured: the pipeline's ``side``/``captured`` name, and the step's
-    own (``model``, ``version``, ``own``) by which its import baseline knows it."""
+    """A step's tensor as stored: ``side``/``captured`` (a pipeline tensor, or side
+    ``"step"`` for a replayed one), and ``known_as``: (model, version, ``<side>/<name>``) by
+    which the import baselines of the step's model (and, between steps, of the model whose
+    output it is) know it, in the order a default baseline is looked for."""
 
     side: str
     captured: str
     model: str
     version: int
-    own: str
+    known_as: tuple[tuple[str, int, str], ...]
 
 
 def step_tensor(
@@ -42,7 +49,9 @@ def step_tensor(
         spec = PipelineSpec.from_dict(pv.spec)
         for step in spec.steps:
             if step.model == model:
-                found.add(_captured(spec, step.name, model, step.version, side, tensor))
+                found.add(
+                    _captured(session, pipe, spec, step.name, model, step.version, side, tensor)
+                )
     if not found:
         models = sorted({s.model for pv in versions for s in PipelineSpec.from_dict(pv.spec).steps})
         raise InvalidInput(
@@ -61,28 +70,41 @@ def step_tensor(
 
 
 def _captured(
-    spec: PipelineSpec, step: str, model: str, version: int, side: str, tensor: str
+    session: Any,
+    pipe: store.Pipeline,
+    spec: PipelineSpec,
+    step: str,
+    model: str,
+    version: int,
+    side: str,
+    tensor: str,
 ) -> StepTensor:
-    watch = "watch the pipeline's own input or output, or the step's live figures (a health "
-    watch += "assay, --health queue_ms)"
+    node = spec.step(step)
+    assert node is not None
+    asked = f"{side[:-1]} {tensor!r} of step {model!r}"
+    known_as: tuple[tuple[str, int, str], ...] = ((model, version, f"{side}/{tensor}"),)
+    source = (step, tensor)  # the step output the tensor is
     if side == "inputs":
-        ref = spec.step(step).inputs.get(tensor)  # type: ignore[union-attr]
+        ref = node.inputs.get(tensor)
         if ref is None:
             raise InvalidInput(f"step {model!r} has no input {tensor!r} in this pipeline")
-        if ref.step != PIPELINE_INPUTS:
-            raise InvalidInput(
-                f"input {tensor!r} of step {model!r} is step {ref.step!r}'s output "
-                f"{ref.tensor!r}: tensors between steps are not captured",
-                hint=watch,
-            )
-        return StepTensor(side, ref.tensor, model, version, tensor)
-    exposed = sorted(
-        name for name, ref in spec.outputs.items() if ref.step == step and ref.tensor == tensor
-    )
-    if not exposed:
+        if ref.step == PIPELINE_INPUTS:
+            return StepTensor(side, ref.tensor, model, version, known_as)
+        producer = spec.step(ref.step)
+        assert producer is not None  # a stored spec's references resolve
+        known_as += ((producer.model, producer.version, f"outputs/{ref.tensor}"),)
+        source = (ref.step, ref.tensor)
+    elif node.signature.output(tensor) is None:
+        raise InvalidInput(f"step {model!r} has no output {tensor!r}")
+    exposed = sorted(name for name, r in spec.outputs.items() if (r.step, r.tensor) == source)
+    if exposed:  # the pipeline answers it: captured as that output
+        return StepTensor("outputs", exposed[0], model, version, known_as)
+    key = step_key(*source)
+    if not TENSOR_RE.fullmatch(key):
         raise InvalidInput(
-            f"output {tensor!r} of step {model!r} is not one of the pipeline's outputs: "
-            "tensors between steps are not captured",
-            hint=watch,
+            f"{asked} is stored as {key!r}, longer than a tensor name may be",
+            hint="give the step or its output a shorter name in a new pipeline version",
         )
-    return StepTensor(side, exposed[0], model, version, tensor)
+    workspace = session.get(store.Workspace, pipe.workspace_id)
+    check_replayable(session, workspace, spec, key, what=asked)
+    return StepTensor(STEP_SIDE, key, model, version, known_as)

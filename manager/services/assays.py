@@ -112,14 +112,16 @@ def _baseline_for(
     from manager.services import baselines
 
     side, tensor = (target.side, target.captured) if target else (spec.side, spec.tensor)
-    found = baselines.default_for(session, ws, pipe, side, tensor)
-    if found is None and target is not None:  # the step model's own, by its tensor's name
+    found = None
+    if side in SIDES:  # a pipeline tensor (a replayed one, side "step", is no model's own)
+        found = baselines.default_for(session, ws, pipe, side, tensor)
+    if found is None and target is not None:  # the step models' own, by their tensor names
         own = (
-            store.latest_import_baseline(session, workspace=ws, model=target.model, version=v)
-            for v in (target.version, None)
+            (key, store.latest_import_baseline(session, workspace=ws, model=model, version=v))
+            for model, version, key in target.known_as
+            for v in (version, None)
         )
-        key = f"{side}/{target.own}"
-        found = next((b for b in own if b is not None and key in b.tensors), None)
+        found = next((b for key, b in own if b is not None and key in b.tensors), None)
     if found is None:
         raise InvalidInput(
             f"no baseline holds {spec.side} tensor {spec.tensor!r} of pipeline {pipe.name!r}",
@@ -137,7 +139,7 @@ def _edges(
     if entry is None:
         held = ", ".join(sorted(baseline.tensors)) or "nothing"
         raise InvalidInput(
-            f"baseline {baseline.name!r} has no {key!r}",
+            f"baseline {baseline.name!r} has no {' or '.join(map(repr, keys))}",
             hint=f"it holds {held}; choose --side/--tensor accordingly or another baseline",
         )
     if spec.element is None:
@@ -222,18 +224,19 @@ def create(
             row.element = spec.element
             row.metric = _choice(spec.metric, drift.METRICS, "metric")
             target = None
-            if spec.step:  # watched where the gateway captures it: as the pipeline's tensor
+            if spec.step:  # as the pipeline's tensor it is, or replayed (side "step")
                 check_name(spec.step, kind="model")
                 target = step_tensor(
                     session, pipe, model=spec.step, side=row.side, tensor=row.tensor,
                     version=spec.version,
                 )  # fmt: skip
-                row.step, row.tensor = spec.step, target.captured
+                row.step, row.side, row.tensor = spec.step, target.side, target.captured
             baseline = _baseline_for(session, ws, pipe, spec, target)
             row.baseline_id = baseline.id
             keys = [f"{row.side}/{row.tensor}"]
-            if target is not None:
-                keys.append(f"{row.side}/{target.own}")  # the step model's import baseline
+            if target is not None:  # the step models' import baselines
+                keys += [key for _model, _version, key in target.known_as]
+            keys = list(dict.fromkeys(keys))
             row.binning, row.edges, row.baseline_counts = _edges(baseline, spec, keys)
         else:
             row.figure = _choice(spec.figure, tuple(HEALTH_FIGURES), "health figure")

@@ -9,6 +9,10 @@ pooled over all elements and per element. Summaries merge, so a window filled by
 passes (or several gateways) is one row. Assays bin these summaries with their baseline's
 edges; raw bytes are not kept unless `capture_keep_raw_s` says so.
 
+Tensors between a pipeline's steps never reach the gateway: for those a drift assay watches,
+the captured inputs are replayed through the upstream step models and stored under side
+"step" (manager.services.step_replay).
+
 After a pass that took every closed segment, ``watermark`` says up to when the store holds
 every captured call (a segment closes at most SEGMENT_S after it opens): the assay scheduler
 judges no drift window that ends later, so a window is never judged on part of its traffic.
@@ -28,7 +32,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sqlalchemy.engine import Engine
@@ -36,9 +40,13 @@ from sqlmodel import Session
 
 from manager import store
 from manager.assays.binning import bin_counts_values
+from manager.assays.replay import CapturedCalls
 from manager.assays.sketch import Summary, summarise
 from rollout.capture import GRPC, HTTP, SEGMENT_S, Record, closed_segments, read_segment
 from rollout.tensors import DecodeError, decode_grpc, decode_http, decode_json_batch
+
+if TYPE_CHECKING:
+    from manager.services.step_replay import Replayer
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +67,8 @@ class PassResult:
     values: int = 0
     undecodable: int = 0
     summaries: int = 0
+    replayed: int = 0  # captured calls replayed through step models (manager.services.step_replay)
+    replay_failed: int = 0  # captured calls whose replay failed (the reasons in `errors`)
     errors: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -68,6 +78,8 @@ class PassResult:
             "values": self.values,
             "undecodable": self.undecodable,
             "summaries": self.summaries,
+            "replayed": self.replayed,
+            "replay_failed": self.replay_failed,
         }
 
 
@@ -118,12 +130,18 @@ def _batch_rows(batch: np.ndarray) -> np.ndarray:
     return batch.reshape(n, -1).astype(np.float64, copy=False)
 
 
-def collect(records: list[Record], width_s: int, result: PassResult) -> dict[Key, list[np.ndarray]]:
+def collect(
+    records: list[Record],
+    width_s: int,
+    result: PassResult,
+    replay: CapturedCalls | None = None,
+) -> dict[Key, list[np.ndarray]]:
     """The decoded tensors of `records`, grouped by summary key (no I/O).
 
     Pure-JSON HTTP calls of one pipeline version and window are decoded together
     (rollout.tensors.decode_json_batch: one parse, one conversion per tensor), which is most
-    of the traffic of small JSON requests; anything else, one by one."""
+    of the traffic of small JSON requests; anything else, one by one. The decoded inputs of
+    the versions `replay` wants are kept there too, whole, for the step replay."""
     groups: dict[Key, list[np.ndarray]] = defaultdict(list)
     batches: dict[tuple[str, str, int, datetime], list[Record]] = defaultdict(list)
     singles: list[tuple[tuple[str, str, int], datetime, Record]] = []
@@ -148,6 +166,8 @@ def collect(records: list[Record], width_s: int, result: PassResult) -> dict[Key
             # not regular: one by one, so that each refusal is counted and said
             singles += [((workspace, pipeline, version), start, r) for r in batch]
             continue
+        if replay is not None and replay.keys_for(workspace, pipeline, version):
+            replay.add((workspace, pipeline, version, start), decoded["inputs"] or {}, stacked=True)
         for side, tensors in decoded.items():
             assert tensors is not None
             for name, array in tensors.items():
@@ -164,6 +184,8 @@ def collect(records: list[Record], width_s: int, result: PassResult) -> dict[Key
                 if len(result.errors) < 5:
                     result.errors.append(f"{record.route} {side}: {exc}")
                 continue
+            if side == "inputs" and replay is not None and replay.keys_for(*identity):
+                replay.add((*identity, start), tensors, stacked=False)
             for name, array in tensors.items():
                 rows = rows_of(array)
                 if rows is not None and rows.size:
@@ -315,13 +337,17 @@ class Summariser:
         interval_s: float = 5.0,
         keep_raw_s: float = 0.0,
         retention: timedelta = timedelta(days=30),
+        replayer: Replayer | None = None,
     ) -> None:
+        from manager.services.step_replay import Replayer  # it builds on this module
+
         self.engine = engine
         self.directory = directory
         self.width_s = width_s
         self.interval_s = interval_s
         self.keep_raw_s = keep_raw_s
         self.retention = retention
+        self.replayer = replayer if replayer is not None else Replayer()
         self._lock = threading.Lock()  # one pass at a time (the timer and an API call)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -348,9 +374,14 @@ class Summariser:
                 records.extend(read_segment(path))
             except OSError as exc:
                 result.errors.append(f"{path.name}: {exc}")
-        groups = collect(records, self.width_s, result)
         with Session(self.engine) as session:
-            result.summaries = store_groups(session, groups, self.width_s)
+            assay_binners = binners(session)
+        kept = self.replayer.keeper(assay_binners) if records else None
+        groups = collect(records, self.width_s, result, kept)
+        if kept is not None:
+            self.replayer.replay(self.engine, kept, groups, result)
+        with Session(self.engine) as session:
+            result.summaries = store_groups(session, groups, self.width_s, assay_binners)
             now = store.utcnow()
             store.prune_capture_summaries(session, before=now - self.retention)
             session.commit()
@@ -359,6 +390,8 @@ class Summariser:
         result.segments = len(segments)
         self._prune_raw()
         self.last = result
+        if result.errors:  # a pass asked for through the API too
+            log.warning("capture summariser: %s", "; ".join(result.errors))
         if len(segments) == len(waiting):
             # every call captured before then sat in a segment closed before this pass began
             self.watermark = began - SEGMENT_S - WRITE_LAG_S
@@ -384,9 +417,7 @@ class Summariser:
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
             try:
-                result = self.run_once()
-                if result.errors:
-                    log.warning("capture summariser: %s", "; ".join(result.errors))
+                self.run_once()
             except Exception:  # keep summarising; one bad pass must not stop the loop
                 log.exception("capture summariser pass failed")
 

@@ -247,3 +247,42 @@ def test_drift_on_a_candidate_alerts_the_webhook_and_rolls_the_canary_back(
     judged_before = [r for r in before if r["count"] >= 200]
     assert judged_before and all(r["score"] < 0.1 for r in judged_before), (t0, t1, results)
     assert any(r["status"] == "alert" for r in after), after
+
+
+def test_drift_between_two_steps_is_replayed_from_the_captured_inputs(
+    system: RunningSystem,
+) -> None:
+    """double → twice: twice's input is double's output, which never leaves Triton. An assay
+    on it (no baseline named: double's import baseline, which holds its outputs) is fed by
+    the summariser replaying the captured inputs through double, and scores a shift."""
+    system.cli("pipeline", "create", "chained", "--step", "double", "--step", "twice")
+    system.cli("deploy", "chained", "--version", "1")
+    system.cli("capture", "set", "chained", "--rate", "1")
+    made = json.loads(system.cli(
+        "assay", "create", "mid-drift", "--pipeline", "chained", "--step", "twice",
+        "--tensor", "x", "--window", "2s", "--bins", "5", "--warning", "0.1", "--alert", "0.25",
+        "--json",
+    ).stdout)  # fmt: skip
+    assert (made["target"]["side"], made["target"]["tensor"]) == ("step", "double.y")
+    assert made["baseline"] == "double-v1"
+    sent = np.random.default_rng(5).normal(2, 1, size=(300, 4)).astype(np.float32)
+    _send(system, "chained", sent, 2.0)
+
+    def replayed() -> bool:
+        system.cli("capture", "summarise")
+        tensors = _capture(system, "chained")["tensors"]
+        return sum(t["rows"] for t in tensors if t["side"] == "step") >= len(sent)
+
+    wait_until("the tensor between the steps replayed", replayed, 30)
+    (between,) = [t for t in _capture(system, "chained")["tensors"] if t["side"] == "step"]
+    assert (between["tensor"], between["rows"], between["count"]) == ("double.y", 300, sent.size)
+    assert between["mean"] == pytest.approx(2 * float(sent.astype(np.float64).mean()), rel=1e-6)
+    assert between["max"] == pytest.approx(2 * float(sent.max()))
+
+    def alerted() -> bool:
+        results = json.loads(
+            system.cli("assay", "results", "mid-drift", "--since", "10m", "--json").stdout
+        )["results"]
+        return any(r["status"] == "alert" and r["count"] >= 200 for r in results)
+
+    wait_until("the shift between the steps judged", alerted, 30)

@@ -233,7 +233,8 @@ def test_names_roles_and_lifecycle(api: Api, tmp_path: Path) -> None:
 def test_a_step_tensor_is_watched_where_the_gateway_captures_it(api: Api, tmp_path: Path) -> None:
     """A step's input fed by a pipeline input, and a step's output the pipeline exposes, are
     watched as those pipeline tensors (whatever the pipeline calls them), against the baseline
-    by either name; a tensor between steps is refused with where it comes from."""
+    by either name; a tensor between steps is replayed (tests/integration/test_step_replay.py)
+    and a baseline must hold it by one of its names."""
     _setup(api, tmp_path)  # model "double" (x -> y), baseline "normal" holding inputs/x
     api.import_model("scale3", make_affine(tmp_path / "s.onnx", 4, 3.0, 0.0, input_name="features"))
     chain = {
@@ -275,8 +276,11 @@ def test_a_step_tensor_is_watched_where_the_gateway_captures_it(api: Api, tmp_pa
     assert exposed.json()["target"]["tensor"] == "score"  # type: ignore[attr-defined]
     assert exposed.json()["baseline"] == "scores"  # type: ignore[attr-defined]
     for spec, words in (
-        ({"step": "scale3", "side": "inputs", "tensor": "features"}, "is step 'a''s output 'y'"),
-        ({"step": "double", "side": "outputs", "tensor": "y"}, "not one of the pipeline's outputs"),
+        (
+            {"step": "scale3", "side": "inputs", "tensor": "features"},
+            "has no 'step/a.y' or 'inputs/features' or 'outputs/y'",
+        ),
+        ({"step": "double", "side": "outputs", "tensor": "z"}, "has no output 'z'"),
         ({"step": "double", "side": "inputs", "tensor": "nope"}, "has no input 'nope'"),
         ({"step": "ghost", "side": "inputs", "tensor": "x"}, "no step running model 'ghost'"),
     ):
