@@ -1,15 +1,18 @@
 """What a shadow costs the clients: the primary's latency and success with and without one.
 
     python loadtests/bench_shadow.py [--rounds 3] [--clients 8] [--seconds 8] [--load 0.3]
-                                     [--closed] [--json]
+                                     [--closed] [--json] [--phases none,equal,...]
                                      [--candidate-servers 1 [--triton-cpus '0-3;4-7']
                                       [--gateway-cpus 8-9] [--client-cpus 10-15]]
 
 One run starts a real system (`lastmile up --detach`), deploys a one-step pipeline and sends
 requests through the gateway from `--clients` HTTP and as many gRPC clients. Each round measures
-four interleaved windows of `--seconds`: no shadow; a shadow candidate that computes the same
-answer (all traffic mirrored); one that fails every request; one that answers after up to a
-second (Triton's batcher holds each request for a batch of 256 that never fills). It prints per
+interleaved windows of `--seconds` (`--phases`): no shadow; a shadow candidate that computes the
+same answer (all traffic mirrored, `equal`); one that fails every request (`failing`); one that
+answers after up to a second (`slow`: Triton's batcher holds each request for a batch of 256
+that never fills, then answers them at once); one that is slow because it computes (`heavy`:
+~0.5 GFLOP a row, far fewer requests/s than the copies, which queue and are dropped past the
+shadow's bound). It prints per
 window the requests, failures, p50/p99, and per round the p99 ratio of each shadow window to the
 no-shadow one, with the median and spread.
 
@@ -50,7 +53,9 @@ from loadtests._models import lastmile_cli as _cli  # noqa: E402
 from loadtests.bench_swaps import Clients  # noqa: E402
 from manager.triton.cpus import parse_cpu_list  # noqa: E402
 
-PHASES = ("none", "equal", "failing", "slow")
+# each window and the pipeline version shadowed in it (none: no shadow)
+CANDIDATES = {"none": None, "equal": "2", "failing": "3", "slow": "4", "heavy": "5"}
+PHASES = tuple(CANDIDATES)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,7 +75,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--triton-cpus", help="CPUs of each server, ';'-separated (0-3;4-7)")
     p.add_argument("--gateway-cpus", help="CPUs of the gateway (taskset list)")
     p.add_argument("--client-cpus", help="CPUs of this process, the clients (taskset list)")
+    p.add_argument(
+        "--phases",
+        default=",".join(PHASES),
+        help=f"windows to measure, from {','.join(PHASES)} (none is always first)",
+    )
     a = p.parse_args(argv)
+    phases = ("none", *[w for w in a.phases.split(",") if w and w != "none"])
+    unknown = [w for w in phases if w not in CANDIDATES]
+    if unknown:
+        p.error(f"unknown phase(s) {', '.join(unknown)}; choose from {', '.join(PHASES)}")
     own = a.candidate_servers
     placed = ["--candidate-servers", str(own)] if own else []
     system: dict[str, str] = {}
@@ -79,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.triton_cpus:
         system["triton_cpus"] = a.triton_cpus
 
-    from tests.onnx_models import make_affine, make_partly_failing
+    from tests.onnx_models import make_affine, make_heavy_affine, make_partly_failing
 
     work = Path(tempfile.mkdtemp(prefix="lastmile-shadow-"))
     env, state = start_system(work / "home", **system)
@@ -93,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
             # the clients' first feature is 1: outside [-1, 1), so every request fails
             "broken": make_partly_failing(work / "b.onnx", 4, 2.0, limit=1),
             "lazy": make_affine(work / "l.onnx", 4, 2.0, 0.0),
+            # the same answer after ~0.5 GFLOP a row: slow because it computes
+            "heavy": make_heavy_affine(work / "h.onnx", 4, 2.0, 0.0, depth=256),
         }
         for name, path in models.items():
             _cli(env, "model", "import", str(path), "--name", name)
@@ -128,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
         time.sleep(2.0)  # warm connections before the first window is measured
         for round_ in range(a.rounds):
             windows: dict[str, dict[str, Any]] = {}
-            for phase, candidate in zip(PHASES, (None, "2", "3", "4"), strict=True):
+            for phase in phases:
+                candidate = CANDIDATES[phase]
                 if candidate:
                     _cli(env, "rollout", "start", "shadowed", "--strategy", "shadow",
                          "--candidate", candidate, *placed)  # fmt: skip
@@ -149,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
             base = windows["none"]["p99_ms"]
             ratios = {
                 phase: round(windows[phase]["p99_ms"] / base, 3) if base else None
-                for phase in PHASES[1:]
+                for phase in phases[1:]
             }
             rounds.append({"round": round_ + 1, "windows": windows, "p99_ratio": ratios})
             print(f"round {round_ + 1}: {windows} | p99 vs no shadow {ratios}", file=sys.stderr)
@@ -165,23 +182,22 @@ def main(argv: list[str] | None = None) -> int:
         "load": "closed" if rate is None else {"share": a.load, "requests_per_s": round(rate)},
         "rounds": rounds,
     }
-    for phase in PHASES[1:]:
+    for phase in phases[1:]:
         values = [r["p99_ratio"][phase] for r in rounds if r["p99_ratio"][phase] is not None]
         summary[f"p99_ratio_{phase}"] = {
             "median": statistics.median(values) if values else None,
             "spread": [min(values), max(values)] if values else None,
         }
     summary["failed"] = {
-        phase: sum(r["windows"][phase]["failed"] for r in rounds) for phase in PHASES
+        phase: sum(r["windows"][phase]["failed"] for r in rounds) for phase in phases
     }
     if a.json:
         print(json.dumps(summary, indent=2))
     else:
+        ratios = ", ".join(f"{phase} {summary[f'p99_ratio_{phase}']}" for phase in phases[1:])
         print(
             f"primary p99 with a shadow / without ({summary['load']} load, candidate servers "
-            f"{own}): equal candidate "
-            f"{summary['p99_ratio_equal']}, failing {summary['p99_ratio_failing']}, slow "
-            f"{summary['p99_ratio_slow']}; client failures {summary['failed']}"
+            f"{own}): {ratios}; client failures {summary['failed']}"
         )
     return 0
 

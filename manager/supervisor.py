@@ -93,8 +93,13 @@ def running_state(settings: Settings) -> dict[str, Any] | None:
 
 
 def check_can_start(settings: Settings) -> None:
-    """Refuse a second system on the same home; stop what a killed predecessor left running
-    (its Triton, stubs and gateway hold our ports), then check that the ports are free."""
+    """Refuse a second system on the same home or Triton settings it could not start with
+    (server lists, CPU sets: said here, before anything starts); stop what a killed
+    predecessor left running (its Triton, stubs and gateway hold our ports), then check that
+    the ports are free."""
+    from manager.system import make_runtime  # the system's own imports: only when starting
+
+    make_runtime(settings)  # builds descriptions only: starts and connects nothing
     if running_state(settings):
         raise Conflict(
             f"Lastmile already runs for LASTMILE_HOME={settings.home}",

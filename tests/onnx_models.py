@@ -70,6 +70,50 @@ def make_affine(
     return _save(_model(graph), path)
 
 
+def make_heavy_affine(
+    path: Path,
+    n_features: int = 4,
+    scale: float = 2.0,
+    bias: float = 0.0,
+    *,
+    width: int = 1024,
+    depth: int = 32,
+    output_name: str = "y",
+) -> Path:
+    """What ``make_affine`` computes, but only after ``depth`` matrix products of width x width
+    per row whose result is added times zero: a model that is slow because it computes (about
+    2 * depth * width^2 flop a row), not because its answers are held back."""
+    rng = np.random.default_rng(7)
+    a, b = affine_params(n_features, scale, bias)
+    inits = [
+        numpy_helper.from_array(a, "scale"),
+        numpy_helper.from_array(b, "bias"),
+        numpy_helper.from_array(rng.normal(size=(n_features, width)).astype(np.float32), "up"),
+        numpy_helper.from_array(
+            (rng.normal(size=(width, width)) / np.sqrt(width)).astype(np.float32), "mix"
+        ),
+        numpy_helper.from_array(np.zeros((width, n_features), np.float32), "nothing"),
+    ]
+    nodes = [helper.make_node("MatMul", ["x", "up"], ["h0"])]
+    for i in range(depth):
+        nodes.append(helper.make_node("MatMul", [f"h{i}", "mix"], [f"m{i}"]))
+        nodes.append(helper.make_node("Tanh", [f"m{i}"], [f"h{i + 1}"]))
+    nodes += [
+        helper.make_node("MatMul", [f"h{depth}", "nothing"], ["zero"]),
+        helper.make_node("Mul", ["x", "scale"], ["scaled"]),
+        helper.make_node("Add", ["scaled", "bias"], ["affine"]),
+        helper.make_node("Add", ["affine", "zero"], [output_name]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "heavy_affine",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", n_features])],
+        [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, ["batch", n_features])],
+        inits,
+    )
+    return _save(_model(graph), path)
+
+
 def expected_affine(x: np.ndarray, scale: float = 2.0, bias: float = 1.0) -> np.ndarray:
     return (x * np.float32(scale) + np.float32(bias)).astype(x.dtype)
 

@@ -79,6 +79,11 @@ def start(
     tolerance: float | None = typer.Option(
         None, "--tolerance", help="shadow: |a-b| <= tol + tol*|a| counts as agreement."
     ),
+    shadow_queue: int | None = typer.Option(
+        None,
+        "--shadow-queue",
+        help="shadow: copies in flight per route (256); past it, copies are dropped and counted.",
+    ),
     candidate_servers: int | None = typer.Option(
         None,
         "--candidate-servers",
@@ -111,6 +116,7 @@ def start(
         ("sample", sample),
         ("timeout_s", shadow_timeout),
         ("tolerance", tolerance),
+        ("max_queue", shadow_queue),
         ("candidate_servers", candidate_servers),
     ):
         if value is not None:

@@ -121,9 +121,9 @@ def test_shadow_copies_run_only_on_the_candidates_server(pool: RunningSystem) ->
 
     info = json.loads(
         pool.cli("rollout", "start", "placed", "--strategy", "shadow", "--candidate", "2",
-                 "--candidate-servers", "1", "--json").stdout
+                 "--candidate-servers", "1", "--shadow-queue", "64", "--json").stdout
     )  # fmt: skip
-    assert info["params"]["candidate_servers"] == 1
+    assert (info["params"]["candidate_servers"], info["params"]["max_queue"]) == (1, 64)
     assert info["servers"] == {
         "stable": [stable_server["http"]],
         "candidates": [candidate_server["http"]],

@@ -3,6 +3,11 @@ one per replica, and refused with what is wrong before anything starts."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from manager.errors import RuntimeSetupError
@@ -37,3 +42,16 @@ def test_a_bad_cpu_list_is_refused_with_what_is_wrong(
 ) -> None:
     with pytest.raises(RuntimeSetupError, match=message.replace("(", r"\(").replace(")", r"\)")):
         cpu_sets(text, replicas, EIGHT)
+
+
+def test_lastmile_up_refuses_a_bad_cpu_list_before_it_starts_anything(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    env = dict(os.environ, LASTMILE_HOME=str(home), LASTMILE_TRITON_CPUS="0;x")
+    proc = subprocess.run(
+        [sys.executable, "-m", "manager.cli", "up", "--replicas", "2", "--detach"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    message = " ".join(proc.stderr.split())
+    assert "LASTMILE_TRITON_CPUS: replica 1's set 'x'" in message and "Traceback" not in message
+    assert not home.exists()  # no store, no key, no log: nothing started
