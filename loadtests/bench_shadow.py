@@ -11,10 +11,9 @@ interleaved windows of `--seconds` (`--phases`): no shadow; a shadow candidate t
 same answer (all traffic mirrored, `equal`); one that fails every request (`failing`); one that
 answers after up to a second (`slow`: Triton's batcher holds each request for a batch of 256
 that never fills, then answers them at once); one that is slow because it computes (`heavy`:
-~0.5 GFLOP a row, far fewer requests/s than the copies, which queue and are dropped past the
-shadow's bound). It prints per
-window the requests, failures, p50/p99, and per round the p99 ratio of each shadow window to the
-no-shadow one, with the median and spread.
+~0.5 GFLOP a row). It prints per window the requests, failures, p50/p99, the gateway's
+event-loop lag (p99, share of probes over 5 ms) and CPU per request, and per round the p99
+ratio of each shadow window to the no-shadow one, with the median and spread.
 
 The load is open by default, as production traffic is: first the clients measure how many
 requests/s the pipeline answers with nothing mirrored, then send `--load` times that at a fixed
@@ -41,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,38 @@ from manager.triton.cpus import parse_cpu_list  # noqa: E402
 # each window and the pipeline version shadowed in it (none: no shadow)
 CANDIDATES = {"none": None, "equal": "2", "failing": "3", "slow": "4", "heavy": "5"}
 PHASES = tuple(CANDIDATES)
+
+
+LAG = "lastmile_gateway_event_loop_lag_seconds"
+
+
+def loop_lag(metrics_url: str) -> dict[float, float]:
+    """The gateway's event-loop lag histogram: cumulative count per upper bound (s)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(metrics_url, timeout=5) as response:
+        text = response.read().decode()
+    return {
+        float(sample.labels["le"]): sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == LAG
+        for sample in family.samples
+        if sample.name == f"{LAG}_bucket"
+    }
+
+
+def lag_figures(before: dict[float, float], after: dict[float, float]) -> dict[str, float]:
+    """Over a window: the 99th percentile of the loop's lag (the bucket's upper bound, ms)
+    and the share of probes later than 5 ms."""
+    counts = {le: after[le] - before.get(le, 0.0) for le in sorted(after)}
+    total = counts.get(float("inf"), 0.0)
+    if not total:
+        return {}
+    p99 = next(le for le, cumulative in counts.items() if cumulative >= 0.99 * total)
+    return {
+        "loop_lag_p99_ms": round(1000 * p99, 2) if p99 != float("inf") else float("inf"),
+        "loop_lag_over_5ms": round(1 - counts.get(0.005, 0.0) / total, 4),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--triton-cpus", help="CPUs of each server, ';'-separated (0-3;4-7)")
     p.add_argument("--gateway-cpus", help="CPUs of the gateway (taskset list)")
     p.add_argument("--client-cpus", help="CPUs of this process, the clients (taskset list)")
+    p.add_argument("--shadow-queue", type=int, help="the shadow's copies in flight (256)")
     p.add_argument(
         "--phases",
         default=",".join(PHASES),
@@ -86,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         p.error(f"unknown phase(s) {', '.join(unknown)}; choose from {', '.join(PHASES)}")
     own = a.candidate_servers
+    queue = ["--shadow-queue", str(a.shadow_queue)] if a.shadow_queue else []
     placed = ["--candidate-servers", str(own)] if own else []
     system: dict[str, str] = {}
     if own:
@@ -148,18 +182,22 @@ def main(argv: list[str] | None = None) -> int:
                 candidate = CANDIDATES[phase]
                 if candidate:
                     _cli(env, "rollout", "start", "shadowed", "--strategy", "shadow",
-                         "--candidate", candidate, *placed)  # fmt: skip
+                         "--candidate", candidate, *placed, *queue)  # fmt: skip
                 elif own:  # the same placement, nothing mirrored: the primary on its server
                     _cli(env, "rollout", "start", "shadowed", "--strategy", "ab", "--candidate",
                          "2", "--weight", "1=100", "--weight", "2=0", *placed)  # fmt: skip
                 # one stub per loaded model: the primary's, and the candidate's while loaded
                 wait_children(pids["triton"], 2 if candidate or own else 1)
                 cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
+                lag0 = loop_lag(state["gateway"]["metrics"])
                 t0 = time.monotonic()
                 time.sleep(a.seconds)  # the measured window
                 windows[phase] = window = clients.window(t0, time.monotonic())
+                window.update(lag_figures(lag0, loop_lag(state["gateway"]["metrics"])))
                 for name, pid in pids.items():  # CPU per client request, copies included
-                    spent = cpu_seconds(pid) - cpu0[name]
+                    # a stub that exited in the window (the last candidate's) takes its
+                    # CPU seconds with it: no negative figure
+                    spent = max(0.0, cpu_seconds(pid) - cpu0[name])
                     window[f"{name}_cpu_us"] = round(1e6 * spent / max(1, window["requests"]))
                 if candidate or own:
                     _cli(env, "rollout", "abort", "shadowed")

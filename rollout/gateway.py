@@ -34,6 +34,7 @@ import logging
 import signal
 import socket
 import sys
+import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,7 @@ from rollout.capture import CaptureSpool
 from rollout.capture_ship import SegmentShipper
 from rollout.exchange import Exchange, json_error
 from rollout.gateway_config import ADMIN_HOST, GatewayConfig, parse_args
-from rollout.gateway_metrics import GatewayStats, GaugeSource, make_registry
+from rollout.gateway_metrics import LOOP_PROBE_S, GatewayStats, GaugeSource, make_registry
 from rollout.grpc_gateway import GrpcFrontend
 from rollout.http_routing import CompiledRouting
 from rollout.http_shadow import ShadowMirrors
@@ -194,6 +195,7 @@ class Gateway:
         self._tasks = [
             self.loop.create_task(self._sweep()),
             self.loop.create_task(self._check_health()),
+            self.loop.create_task(self._watch_loop()),
         ]
         if self.puller is not None:
             self._tasks.append(self.loop.create_task(self.puller.run()))
@@ -319,6 +321,14 @@ class Gateway:
                     self.orphans.discard(ex)
                 elif now - ex.start > timeout:
                     ex.on_timeout()
+
+    async def _watch_loop(self) -> None:
+        """Measure how late the loop runs a timer (lastmile_gateway_event_loop_lag_seconds)."""
+        lag, clock = self.stats.loop_lag, time.perf_counter  # the loop's clock is in ms
+        while True:
+            due = clock() + LOOP_PROBE_S
+            await asyncio.sleep(LOOP_PROBE_S)
+            lag.add(max(0.0, clock() - due))
 
     async def _check_health(self) -> None:
         interval = self.config.health_interval

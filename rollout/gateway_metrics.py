@@ -29,6 +29,7 @@ BUCKETS: tuple[float, ...] = (
     60.0,
 )  # fmt: skip
 
+LOOP_PROBE_S = 0.01  # the event-loop lag probe's period (rollout.gateway)
 UNKNOWN_ROUTE = "_unknown"  # one label for every unknown name: callers cannot blow up cardinality
 PROTOCOLS = ("http", "grpc")
 SHADOW_OUTCOMES = ("ok", "error", "timeout", "dropped")
@@ -59,9 +60,19 @@ class GatewayStats:
     (gRPC statuses map through `grpc_code_to_http`). Only the event loop thread writes.
     """
 
-    __slots__ = ("inflight", "requests", "shadow_requests", "shadow_timings", "timings")
+    __slots__ = (
+        "inflight",
+        "loop_lag",
+        "requests",
+        "shadow_requests",
+        "shadow_timings",
+        "timings",
+    )
 
     def __init__(self) -> None:
+        # how late the event loop ran a timer (Gateway._watch_loop): what every request that
+        # arrived meanwhile waited before the gateway looked at it
+        self.loop_lag = Timing()
         self.requests: dict[tuple[str, str, str, int], int] = {}
         self.timings: dict[tuple[str, str], Timing] = {}
         self.inflight: dict[tuple[str, str], int] = {}
@@ -208,6 +219,14 @@ class GatewayCollector(Collector):
         for (route, variant), timing in sorted(stats.shadow_timings.items()):
             _histogram(shadow_duration, [route, variant], timing)
         yield shadow_duration
+
+        lag = HistogramMetricFamily(
+            "lastmile_gateway_event_loop_lag_seconds",
+            "How late the gateway's event loop ran a timer due every "
+            f"{LOOP_PROBE_S * 1000:g} ms: the time a request that arrived meanwhile waited "
+            "before the gateway looked at it (a burst of work on the loop, or a CPU shortage).",
+        )
+        yield _histogram(lag, [], stats.loop_lag)
 
         generation = self.gauges.generation()
         gen = GaugeMetricFamily(

@@ -56,6 +56,10 @@ VARIANT_PARAMETER = "lastmile_variant"
 DEFAULT_STICKY_HEADER = "lastmile-key"
 MAX_VARIANTS = 16
 MAX_TARGETS = 64
+# A shadow's copies in flight per route. A candidate that holds its answers (a batcher waiting
+# to fill, a stalled server) returns them in one burst, which the gateway handles on the loop
+# that relays the primaries: the bound is the largest such burst (loadtests/bench_shadow.py).
+SHADOW_MAX_QUEUE = 64
 MAX_VERSION = 2**63 - 1
 
 Strategy = Literal["weighted", "sticky", "shadow"]
@@ -213,7 +217,7 @@ class Shadow:
 
     mirrors: tuple[Mirror, ...]
     timeout_s: float = 5.0  # a mirrored request slower than this is abandoned and counted
-    max_queue: int = 256  # mirrored requests in flight per route; past it copies are dropped
+    max_queue: int = SHADOW_MAX_QUEUE  # mirrored requests in flight per route, then dropped
     tolerance: float = 1e-5  # |a - b| <= tolerance + tolerance * |a| counts as agreement
 
     def __post_init__(self) -> None:

@@ -16,6 +16,7 @@ from rollout.routing import (
     DEFAULT_STICKY_HEADER,
     MAX_TARGETS,
     MAX_VARIANTS,
+    SHADOW_MAX_QUEUE,
     Mirror,
     Route,
     Shadow,
@@ -112,7 +113,7 @@ def _parse_route(key: str, raw: Any) -> Route:
             shadow = Shadow(
                 mirrors=mirrors,
                 timeout_s=s.get("timeout_s", 5.0),
-                max_queue=s.get("max_queue", 256),
+                max_queue=s.get("max_queue", SHADOW_MAX_QUEUE),
                 tolerance=s.get("tolerance", 1e-5),
             )
         return Route(

@@ -10,6 +10,7 @@ from rich.console import Group
 
 from manager.cli.common import JsonOpt, WorkspaceOpt, client, emit, err, table
 from manager.errors import InvalidInput
+from rollout.routing import SHADOW_MAX_QUEUE
 
 rollout_app = typer.Typer(
     help="Safe rollouts: hot-swap, canary, A/B/n, shadow, blue/green.", no_args_is_help=True
@@ -82,7 +83,8 @@ def start(
     shadow_queue: int | None = typer.Option(
         None,
         "--shadow-queue",
-        help="shadow: copies in flight per route (256); past it, copies are dropped and counted.",
+        help=f"shadow: copies in flight per route ({SHADOW_MAX_QUEUE}); past it, copies are "
+        "dropped and counted.",
     ),
     candidate_servers: int | None = typer.Option(
         None,

@@ -18,7 +18,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from rollout.routing import Mirror, Route, RoutingTable, Shadow, Sticky, Target, Variant
+from rollout.routing import (
+    SHADOW_MAX_QUEUE,
+    Mirror,
+    Route,
+    RoutingTable,
+    Shadow,
+    Sticky,
+    Target,
+    Variant,
+)
 
 # rollout strategy (the store's word) -> the gateway's strategy
 GATEWAY_STRATEGY = {
@@ -118,7 +127,7 @@ def route_for(served: ServedPipeline, endpoints: Sequence[Endpoint]) -> Route:
                 if v != served.stable
             ),
             timeout_s=float(served.params.get("timeout_s", 5.0)),
-            max_queue=int(served.params.get("max_queue", 256)),
+            max_queue=int(served.params.get("max_queue", SHADOW_MAX_QUEUE)),
             tolerance=float(served.params.get("tolerance", 1e-5)),
         )
     return Route(

@@ -12,7 +12,7 @@ from manager import store
 from manager.domain import PipelineSpec
 from manager.errors import InvalidInput
 from rollout import controller
-from rollout.routing import HEADER_NAME_RE, PARAMETER_NAME_RE
+from rollout.routing import HEADER_NAME_RE, PARAMETER_NAME_RE, SHADOW_MAX_QUEUE
 
 STRATEGIES = ("hot-swap", "canary", "ab", "shadow", "blue-green")
 _PARAMS = {
@@ -198,7 +198,7 @@ def _check_shadow(params: dict[str, Any]) -> dict[str, Any]:
     out = {
         "sample": params.get("sample", 1.0),
         "timeout_s": params.get("timeout_s", 5.0),
-        "max_queue": params.get("max_queue", 256),
+        "max_queue": params.get("max_queue", SHADOW_MAX_QUEUE),
         "tolerance": params.get("tolerance", 1e-5),
     }
     for key, low, high in (("sample", 0.0, 1.0), ("timeout_s", 0.0, 3600.0)):
