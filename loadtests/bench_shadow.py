@@ -76,6 +76,31 @@ def loop_lag(metrics_url: str) -> dict[float, float]:
     }
 
 
+def copies_answered(metrics_url: str, variant: str, count: int, timeout_s: float = 60.0) -> None:
+    """Until the gateway has seen ``count`` more of ``variant``'s shadow copies end (answered,
+    failed or timed out): the candidate is warm before a window opens."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def ended() -> float:
+        with urllib.request.urlopen(metrics_url, timeout=5) as response:
+            text = response.read().decode()
+        return sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            if family.name == "lastmile_gateway_shadow_requests"
+            for sample in family.samples
+            if sample.labels.get("variant") == variant
+            and sample.labels.get("outcome") in ("ok", "error", "timeout")
+        )
+
+    target = ended() + count
+    deadline = time.monotonic() + timeout_s
+    while ended() < target:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{variant}: not {count} shadow copies ended in {timeout_s} s")
+        time.sleep(0.1)
+
+
 def lag_figures(before: dict[float, float], after: dict[float, float]) -> dict[str, float]:
     """Over a window: the 99th percentile of the loop's lag (the bucket's upper bound, ms)
     and the share of probes later than 5 ms."""
@@ -188,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
                          "2", "--weight", "1=100", "--weight", "2=0", *placed)  # fmt: skip
                 # one stub per loaded model: the primary's, and the candidate's while loaded
                 wait_children(pids["triton"], 2 if candidate or own else 1)
+                if candidate:  # a cold candidate's first answers are not what it costs
+                    copies_answered(state["gateway"]["metrics"], f"shadowed/{candidate}", 20)
                 cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
                 lag0 = loop_lag(state["gateway"]["metrics"])
                 t0 = time.monotonic()
@@ -232,10 +259,10 @@ def main(argv: list[str] | None = None) -> int:
     if a.json:
         print(json.dumps(summary, indent=2))
     else:
-        ratios = ", ".join(f"{phase} {summary[f'p99_ratio_{phase}']}" for phase in phases[1:])
+        shown = ", ".join(f"{phase} {summary[f'p99_ratio_{phase}']}" for phase in phases[1:])
         print(
             f"primary p99 with a shadow / without ({summary['load']} load, candidate servers "
-            f"{own}): {ratios}; client failures {summary['failed']}"
+            f"{own}): {shown}; client failures {summary['failed']}"
         )
     return 0
 
