@@ -61,7 +61,7 @@ def check(
         _same_signature(pipe.name, stable.version, stable_spec, version, pv)
     params = dict(params)
     own = _check_candidate_servers(strategy, params.pop("candidate_servers", None), pool_size)
-    checked = _check_strategy(session, pipe, stable, strategy, candidates, params)
+    checked = _check_strategy(strategy, params, (stable.version, *candidates), session, pipe)
     if own:
         checked["candidate_servers"] = own
     return checked
@@ -89,13 +89,9 @@ def _check_candidate_servers(strategy: str, value: Any, pool_size: int | None) -
 
 
 def _check_strategy(
-    session: Any,
-    pipe: store.Pipeline,
-    stable: store.PipelineVersion,
-    strategy: str,
-    candidates: list[int],
-    params: dict[str, Any],
+    strategy: str, params: dict[str, Any], variants: tuple[int, ...], session: Any, pipe: Any
 ) -> dict[str, Any]:
+    """The strategy's own parameters; ``variants``: the stable version, then the candidates."""
     unknown = sorted(set(params) - _PARAMS[strategy])
     if unknown:
         allowed = ", ".join(sorted(_PARAMS[strategy] | _PLACED[strategy])) or "none"
@@ -114,7 +110,7 @@ def _check_strategy(
             checked["assays"] = _check_gate_assays(session, pipe, params["assays"])
         return checked
     if strategy == "ab":
-        return _check_ab(stable.version, candidates, params)
+        return _check_ab(variants[0], list(variants[1:]), params)
     if strategy == "shadow":
         return _check_shadow(params)
     return {}
