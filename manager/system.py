@@ -145,28 +145,32 @@ class GatewayProcess:
         self.on_spawn = on_spawn
         self.token = ""
         self._proc: subprocess.Popen[bytes] | None = None
-        self._listener: socket.socket | None = None
+        self._listeners: dict[str, socket.socket] = {}
 
-    def _http_listener(self) -> socket.socket:
-        """The data port's listening socket, made once and kept here: across gateway restarts
-        connecting clients wait in its backlog instead of being refused."""
-        if self._listener is None:
+    def _listener(self, protocol: str) -> socket.socket:
+        """The data ports' listening sockets (``http``, ``grpc``), made once and kept here:
+        across gateway restarts connecting clients wait in their backlog instead of being
+        refused."""
+        listener = self._listeners.get(protocol)
+        if listener is None:
             host = self.settings.gateway_bind_host
+            port = getattr(self.settings, f"gateway_{protocol}_port")
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
             listener = socket.socket(family, socket.SOCK_STREAM)
             try:
                 listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                listener.bind((host, self.settings.gateway_http_port))
+                listener.bind((host, port))
                 listener.listen(2048)
             except OSError as exc:
                 listener.close()
                 raise RuntimeSetupError(
-                    f"cannot listen on {host}:{self.settings.gateway_http_port}: {exc.strerror}",
-                    hint="stop what uses the port, or set LASTMILE_GATEWAY_HTTP_PORT",
+                    f"cannot listen on {host}:{port}: {exc.strerror}",
+                    hint="stop what uses the port, or set "
+                    f"LASTMILE_GATEWAY_{protocol.upper()}_PORT",
                 ) from exc
             listener.set_inheritable(True)
-            self._listener = listener
-        return self._listener
+            self._listeners[protocol] = listener
+        return listener
 
     @property
     def pid(self) -> int | None:
@@ -196,8 +200,9 @@ class GatewayProcess:
             sys.executable, "-m", "rollout.gateway",
             "--host", s.gateway_bind_host,
             "--http-port", str(s.gateway_http_port),
-            "--http-fd", str(self._http_listener().fileno()),
+            "--http-fd", str(self._listener("http").fileno()),
             "--grpc-port", str(s.gateway_grpc_port),
+            "--grpc-fd", str(self._listener("grpc").fileno()),
             "--metrics-port", str(s.gateway_metrics_port),
             "--admin-port", str(s.gateway_admin_port),
             "--routes-file", str(s.run_dir / "routes.json"),
@@ -214,7 +219,7 @@ class GatewayProcess:
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                pass_fds=(self._http_listener().fileno(),),
+                pass_fds=tuple(listener.fileno() for listener in self._listeners.values()),
             )
         if self.on_spawn is not None:
             self.on_spawn(self._proc.pid)
@@ -243,10 +248,10 @@ class GatewayProcess:
             proc.wait(timeout=5)
 
     def close(self) -> None:
-        """Stop for good: the process, then the data port."""
+        """Stop for good: the process, then the data ports."""
         self.stop()
-        listener, self._listener = self._listener, None
-        if listener is not None:
+        listeners, self._listeners = self._listeners, {}
+        for listener in listeners.values():
             listener.close()
 
 

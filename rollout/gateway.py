@@ -185,9 +185,13 @@ class Gateway:
         self._servers = [data, metrics, admin]
         for name, server in zip(("http", "metrics", "admin"), self._servers, strict=True):
             self.ports[name] = server.sockets[0].getsockname()[1]
-        if self.grpc is not None and config.grpc_port:
+        if self.grpc is not None and (config.grpc_port or config.grpc_fd is not None):
             try:
-                self.ports["grpc"] = await self.grpc.start(config.host, config.grpc_port)
+                self.ports["grpc"] = await self.grpc.start(
+                    config.host,
+                    config.grpc_port or 0,
+                    sock=None if config.grpc_fd is None else socket.socket(fileno=config.grpc_fd),
+                )
             except OSError:
                 for server in self._servers:
                     server.close()

@@ -31,6 +31,8 @@ class GatewayConfig:
     # 0 or None: no gRPC listener. The CLI defaults to DEFAULT_GRPC_PORT; embedding code (tests,
     # the unit harness) opts in, so that two gateways in one host never fight over 8001.
     grpc_port: int | None = None
+    # an inherited, already listening socket for the gRPC port (instead of host/grpc_port)
+    grpc_fd: int | None = None
     metrics_port: int = 8002
     admin_port: int = 8003
     metrics_host: str | None = None  # default: same as host (Prometheus may scrape remotely)
@@ -86,6 +88,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[GatewayConfig, str]:
         type=int,
         default=DEFAULT_GRPC_PORT,
         help="KServe v2 gRPC port, bound on --host (0: no gRPC listener)",
+    )
+    p.add_argument(
+        "--grpc-fd",
+        type=int,
+        default=None,
+        help="serve gRPC on this inherited listening socket (kept open across restarts, as "
+        "--http-fd) instead of binding --host/--grpc-port",
     )
     p.add_argument("--metrics-port", type=int, default=defaults.metrics_port)
     p.add_argument("--metrics-host", default=None, help="address of /metrics (default: --host)")
@@ -212,6 +221,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[GatewayConfig, str]:
         http_port=a.http_port,
         http_fd=a.http_fd,
         grpc_port=a.grpc_port,
+        grpc_fd=a.grpc_fd,
         metrics_port=a.metrics_port,
         admin_port=a.admin_port,
         metrics_host=a.metrics_host,

@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -153,8 +154,9 @@ class GrpcFrontend:
         self._closing: set[asyncio.Task[None]] = set()
 
     # -- lifecycle --------------------------------------------------------------------------
-    async def start(self, host: str, port: int) -> int:
-        """Bind host:port and serve; returns the bound port. OSError when it cannot bind.
+    async def start(self, host: str, port: int, sock: socket.socket | None = None) -> int:
+        """Bind host:port (or serve on ``sock``, a listening socket handed down) and serve;
+        returns the bound port. OSError when it cannot bind.
 
         The port is the HTTP/2 relay's (rollout.grpc_relay); this grpc.aio server listens on
         a loopback port of its own and answers what the relay hands over."""
@@ -173,7 +175,7 @@ class GrpcFrontend:
         self.server = server
         relay = GrpcRelay(self, self.max_message_bytes)
         try:
-            self.port = await relay.start(host, port, int(inner))
+            self.port = await relay.start(host, port, int(inner), sock=sock)
         except OSError as exc:
             await server.stop(0)
             self.server = None

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from typing import TYPE_CHECKING, Any
 
 from rollout.grpc_relay_call import Call, metadata_too_large
@@ -101,11 +102,16 @@ class GrpcRelay:
         # ever incremented: /metrics exports them as counters)
         self.counts = {"fast": 0, "relayed": 0}
 
-    async def start(self, host: str, port: int, slow_port: int) -> int:
+    async def start(
+        self, host: str, port: int, slow_port: int, sock: socket.socket | None = None
+    ) -> int:
         self.slow = UpstreamPool(self, "127.0.0.1", slow_port)
-        self.server = await self.loop.create_server(
-            self._client, host, port, reuse_address=True, reuse_port=False
-        )
+        if sock is not None:  # handed down by a supervisor that keeps it across restarts
+            self.server = await self.loop.create_server(self._client, sock=sock)
+        else:
+            self.server = await self.loop.create_server(
+                self._client, host, port, reuse_address=True, reuse_port=False
+            )
         return int(self.server.sockets[0].getsockname()[1])
 
     def _client(self) -> H2Conn:
