@@ -97,9 +97,10 @@ class Settings(BaseSettings):
     triton_cpus: str | None = Field(
         default=None,
         description="CPUs of each embedded tritonserver, one set per replica separated by ';' "
-        "(e.g. `0-3;4-7`): the server and its model processes run only there (taskset), so "
-        "servers that serve different variants (a rollout's --candidate-servers) do not take "
-        "each other's cores. Default: every CPU.",
+        "(e.g. `0-3;4-7`), or `auto` (the usable CPUs split by whole physical cores): the "
+        "server and its model processes run only there (taskset), so servers that serve "
+        "different variants (a rollout's --candidate-servers) do not take each other's cores. "
+        "Default: every CPU.",
     )
     triton_port_stride: int = Field(
         default=10, ge=3, description="Port offset between embedded Triton replicas."

@@ -2,18 +2,23 @@
 that servers serving different variants do not take each other's cores.
 
 ``0-3;4-7`` gives replica 0 CPUs 0-3 and replica 1 CPUs 4-7; a set is a comma-separated list
-of CPUs and ranges, as ``taskset -c`` reads it. The server is started under ``taskset``, so it
-and every model process it starts (Python-backend stubs) inherit the set.
+of CPUs and ranges, as ``taskset -c`` reads it. ``auto`` splits the CPUs this process may use
+into one set per replica by whole physical cores (the kernel's
+``topology/thread_siblings_list``): two hardware threads of one core never go to two servers.
+The server is started under ``taskset``, so it and every model process it starts
+(Python-backend stubs) inherit the set.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 
 from manager.errors import RuntimeSetupError
 
 _WHAT = "LASTMILE_TRITON_CPUS"
+SYSFS_CPUS = Path("/sys/devices/system/cpu")
 
 
 def parse_cpu_list(text: str) -> frozenset[int]:
@@ -34,14 +39,21 @@ def parse_cpu_list(text: str) -> frozenset[int]:
 
 
 def cpu_sets(
-    text: str | None, replicas: int, available: frozenset[int] | None = None
+    text: str | None,
+    replicas: int,
+    available: frozenset[int] | None = None,
+    sysfs: Path = SYSFS_CPUS,
 ) -> list[frozenset[int]] | None:
     """One CPU set per replica (None: not pinned). RuntimeSetupError names what is wrong: a
-    count that differs from the replicas, a malformed set, CPUs this process may not use."""
+    count that differs from the replicas, a malformed set, CPUs this process may not use,
+    fewer physical cores than replicas for ``auto``."""
     if text is None or not text.strip():
         return None
     usable = available if available is not None else frozenset(os.sched_getaffinity(0))
-    entries = [e.strip() for e in text.split(";")]
+    if text.strip() == "auto":
+        entries = [format_cpu_list(sorted(c)) for c in split_by_core(usable, replicas, sysfs)]
+    else:
+        entries = [e.strip() for e in text.split(";")]
     if len(entries) != replicas:
         raise RuntimeSetupError(
             f"{_WHAT} names {len(entries)} CPU set(s) for {replicas} Triton replica(s)",
@@ -69,6 +81,41 @@ def cpu_sets(
             f"{_WHAT} needs the taskset command to pin the servers",
             hint="install util-linux (apt install util-linux)",
         )
+    return sets
+
+
+def physical_cores(usable: frozenset[int], sysfs: Path = SYSFS_CPUS) -> list[frozenset[int]]:
+    """The usable CPUs grouped by physical core, in CPU order; a CPU whose topology cannot be
+    read counts as a core of its own."""
+    cores: dict[frozenset[int], None] = {}
+    for cpu in sorted(usable):
+        try:
+            text = (sysfs / f"cpu{cpu}" / "topology" / "thread_siblings_list").read_text()
+            siblings = parse_cpu_list(text.strip()) & usable
+        except (OSError, ValueError):
+            siblings = frozenset()
+        cores.setdefault(siblings or frozenset({cpu}), None)
+    return sorted(cores, key=min)
+
+
+def split_by_core(
+    usable: frozenset[int], replicas: int, sysfs: Path = SYSFS_CPUS
+) -> list[frozenset[int]]:
+    """``replicas`` CPU sets of whole cores, neighbours together, as even as the cores allow
+    (the first sets take one more core when they do not divide)."""
+    cores = physical_cores(usable, sysfs)
+    if len(cores) < replicas:
+        raise RuntimeSetupError(
+            f"{_WHAT}=auto needs a physical core per Triton replica: this process may use "
+            f"{len(cores)} core(s) ({format_cpu_list(sorted(usable))}) for {replicas} replicas",
+            hint="run fewer replicas, or give the CPU sets yourself (e.g. 0-3;4-7)",
+        )
+    share, extra = divmod(len(cores), replicas)
+    sets, start = [], 0
+    for index in range(replicas):
+        size = share + (1 if index < extra else 0)
+        sets.append(frozenset().union(*cores[start : start + size]))
+        start += size
     return sets
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from manager.errors import RuntimeSetupError
-from manager.triton.cpus import cpu_sets, parse_cpu_list, pinned
+from manager.triton.cpus import cpu_sets, parse_cpu_list, physical_cores, pinned
 
 EIGHT = frozenset(range(8))
 
@@ -55,3 +55,32 @@ def test_lastmile_up_refuses_a_bad_cpu_list_before_it_starts_anything(tmp_path: 
     message = " ".join(proc.stderr.split())
     assert "LASTMILE_TRITON_CPUS: replica 1's set 'x'" in message and "Traceback" not in message
     assert not home.exists()  # no store, no key, no log: nothing started
+
+
+def _topology(root: Path, siblings: dict[int, str]) -> Path:
+    """A /sys/devices/system/cpu tree as the kernel writes it: each CPU's hardware threads."""
+    for cpu, listed in siblings.items():
+        folder = root / f"cpu{cpu}" / "topology"
+        folder.mkdir(parents=True)
+        (folder / "thread_siblings_list").write_text(f"{listed}\n")
+    return root
+
+
+def test_auto_gives_each_server_whole_cores(tmp_path: Path) -> None:
+    # two threads a core, numbered as many x86 machines do: core k is CPUs k and k+4
+    spread = _topology(tmp_path / "a", {c: f"{c % 4},{c % 4 + 4}" for c in range(8)})
+    assert physical_cores(EIGHT, spread) == [{0, 4}, {1, 5}, {2, 6}, {3, 7}]
+    assert cpu_sets("auto", 2, EIGHT, spread) == [{0, 1, 4, 5}, {2, 3, 6, 7}]
+    # neighbours as siblings; three servers on four cores: 2, 1, 1
+    paired = _topology(tmp_path / "b", {c: f"{c - c % 2}-{c - c % 2 + 1}" for c in range(8)})
+    assert cpu_sets("auto", 3, EIGHT, paired) == [{0, 1, 2, 3}, {4, 5}, {6, 7}]
+    # only the CPUs this process may use count, and a core keeps only those of its threads
+    assert physical_cores(frozenset(range(6)), spread) == [{0, 4}, {1, 5}, {2}, {3}]
+    # no topology to read: every CPU is a core of its own
+    assert cpu_sets("auto", 2, frozenset({0, 1, 2}), tmp_path / "none") == [{0, 1}, {2}]
+
+
+def test_auto_refuses_more_servers_than_cores(tmp_path: Path) -> None:
+    spread = _topology(tmp_path, {c: f"{c % 4},{c % 4 + 4}" for c in range(8)})
+    with pytest.raises(RuntimeSetupError, match=r"needs a physical core per Triton replica"):
+        cpu_sets("auto", 5, EIGHT, spread)
