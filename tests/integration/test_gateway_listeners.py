@@ -6,30 +6,15 @@ gateway process answers them. A real gateway process throughout; no Triton is ne
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
-import pytest
 import tritonclient.grpc as grpcclient
 
 from manager.settings import Settings
 from manager.system import GatewayProcess
-from tests.conftest import make_settings
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 EMPTY_SETTINGS = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # length 0, type SETTINGS, stream 0
-
-
-@pytest.fixture
-def gateway(tmp_path: Path) -> Iterator[tuple[Settings, GatewayProcess]]:
-    settings = make_settings(tmp_path / "home")
-    settings.ensure_dirs()
-    process = GatewayProcess(settings, upstreams=[f"127.0.0.1:{settings.triton_http_port}"])
-    process.start()
-    try:
-        yield settings, process
-    finally:
-        process.close()
 
 
 def _recv_until(sock: socket.socket, done: Callable[[bytes], bool]) -> bytes:

@@ -5,8 +5,6 @@ this host's clock (a clock stepped back) still gets the table, stamped just abov
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -18,19 +16,6 @@ from manager.settings import Settings
 from manager.system import GatewayProcess
 from manager.triton.fleet import TritonFleet
 from manager.triton.runtime import ExternalTriton
-from tests.conftest import make_settings
-
-
-@pytest.fixture
-def gateway(tmp_path: Path) -> Iterator[tuple[Settings, GatewayProcess]]:
-    settings = make_settings(tmp_path / "home")
-    settings.ensure_dirs()
-    process = GatewayProcess(settings, upstreams=[f"127.0.0.1:{settings.triton_http_port}"])
-    process.start()
-    try:
-        yield settings, process
-    finally:
-        process.close()
 
 
 def test_push_routes_needs_the_token_and_steps_over_a_newer_generation(
