@@ -61,17 +61,20 @@ PHASES = tuple(CANDIDATES)
 LAG = "lastmile_gateway_event_loop_lag_seconds"
 
 
-def loop_lag(metrics_url: str) -> dict[float, float]:
-    """The gateway's event-loop lag histogram: cumulative count per upper bound (s)."""
+def _samples(metrics_url: str, family: str) -> list[Any]:
+    """The samples of one metric family on the gateway's /metrics, read now."""
     from prometheus_client.parser import text_string_to_metric_families
 
     with urllib.request.urlopen(metrics_url, timeout=5) as response:
         text = response.read().decode()
+    return [s for f in text_string_to_metric_families(text) if f.name == family for s in f.samples]
+
+
+def loop_lag(metrics_url: str) -> dict[float, float]:
+    """The gateway's event-loop lag histogram: cumulative count per upper bound (s)."""
     return {
         float(sample.labels["le"]): sample.value
-        for family in text_string_to_metric_families(text)
-        if family.name == LAG
-        for sample in family.samples
+        for sample in _samples(metrics_url, LAG)
         if sample.name == f"{LAG}_bucket"
     }
 
@@ -79,16 +82,11 @@ def loop_lag(metrics_url: str) -> dict[float, float]:
 def copies_answered(metrics_url: str, variant: str, count: int, timeout_s: float = 60.0) -> None:
     """Until the gateway has seen ``count`` more of ``variant``'s shadow copies end (answered,
     failed or timed out): the candidate is warm before a window opens."""
-    from prometheus_client.parser import text_string_to_metric_families
 
     def ended() -> float:
-        with urllib.request.urlopen(metrics_url, timeout=5) as response:
-            text = response.read().decode()
         return sum(
             sample.value
-            for family in text_string_to_metric_families(text)
-            if family.name == "lastmile_gateway_shadow_requests"
-            for sample in family.samples
+            for sample in _samples(metrics_url, "lastmile_gateway_shadow_requests")
             if sample.labels.get("variant") == variant
             and sample.labels.get("outcome") in ("ok", "error", "timeout")
         )
