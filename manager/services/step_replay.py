@@ -87,20 +87,17 @@ def check_replayable(
         the_plan = replay.plan(spec, [key])
     except ReplayError as exc:
         raise InvalidInput(f"{what}: {exc}") from None
-    for step, version in _step_versions(session, workspace, the_plan.steps).items():
-        if version.format not in REPLAYABLE_FORMATS:
+    versions = _step_versions(session, workspace, the_plan.steps)
+    for step in the_plan.steps:
+        kind = versions[step.name].format
+        if kind not in REPLAYABLE_FORMATS:
             raise InvalidInput(
                 f"{what} is between steps: the manager computes it by replaying the captured "
-                f"inputs through the steps before it with onnxruntime, and step {step!r} runs "
-                f"model {version_name(session, version)}, a {version.format} model, not ONNX",
+                f"inputs through the steps before it with onnxruntime, and step {step.name!r} "
+                f"runs model {step.model}:{step.version}, a {kind} model, not ONNX",
                 hint="watch the pipeline's own input or output, or the step's live figures "
                 "(a health assay, --health queue_ms --step MODEL)",
             )
-
-
-def version_name(session: Session, version: store.ModelVersion) -> str:
-    model = session.get(store.Model, version.model_id)
-    return f"{model.name if model else '?'}:{version.version}"
 
 
 @dataclass
