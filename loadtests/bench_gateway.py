@@ -3,7 +3,7 @@
     python loadtests/bench_gateway.py [--rounds 5] [--seconds 3] [--port-range 20000-29999]
         [--protocols http-json,http-binary,grpc,rollout] [--clients 1,16]
         [--http-driver auto|wrk|asyncio] [--grpc-driver raw|tritonclient]
-        [--nginx-workers 1|auto|N] [--no-nginx] [--json]
+        [--nginx-workers 1|auto|N] [--gateway-workers N] [--no-nginx] [--json]
 
 One run starts a real tritonserver (nvidia-pytriton wheel, Python-backend models, one instance
 each), the gateway as a subprocess (HTTP + gRPC) and Debian's nginx as a plain reverse proxy
@@ -111,7 +111,9 @@ def routing_table(http_url: str, grpc_address: str) -> dict[str, Any]:
 class Gateway:
     """The gateway subprocess on ports of the range."""
 
-    def __init__(self, work: Path, ports: PortPicker, table: dict[str, Any]) -> None:
+    def __init__(
+        self, work: Path, ports: PortPicker, table: dict[str, Any], workers: int = 1
+    ) -> None:
         self.http_port, self.grpc_port, self.metrics_port, admin_port = ports.take(4)
         routes = work / "routes.json"
         routes.write_text(json.dumps(table))
@@ -119,7 +121,7 @@ class Gateway:
             "--http-port", str(self.http_port), "--grpc-port", str(self.grpc_port),
             "--metrics-port", str(self.metrics_port), "--admin-port", str(admin_port),
             "--routes-file", str(routes), "--log-level", "WARNING",
-            "--capture-dir", str(work / "capture"),
+            "--capture-dir", str(work / "capture"), "--workers", str(workers),
         ]  # fmt: skip
         self.log = work / "gateway.log"
         self.proc = launch_gateway(args, self.log)
@@ -230,7 +232,9 @@ class Bench:
                 for model in (MODEL, CANDIDATE, WIDE):
                     client.load_model(model)
             ep = triton.endpoints
-            gw = Gateway(self.work, ports, routing_table(ep.http_url, ep.grpc_url))
+            gw = Gateway(
+                self.work, ports, routing_table(ep.http_url, ep.grpc_url), a.gateway_workers
+            )
             try:
                 if not a.no_nginx:
                     http_port, grpc_port, _ = triton.ports
@@ -262,7 +266,8 @@ class Bench:
             "header": (
                 f"HTTP load {self.http_tool}, gRPC {a.grpc_driver} grpc.aio driver; {a.rounds} "
                 f"rounds x {a.seconds:g} s per target, interleaved; {os.cpu_count()} CPUs; "
-                f"nginx: {self.nginx_info}; ports {a.port_range}"
+                f"gateway: {a.gateway_workers} process(es); nginx: {self.nginx_info}; "
+                f"ports {a.port_range}"
             ),
             "http_tool": self.http_tool,
             "grpc_driver": a.grpc_driver,
@@ -270,6 +275,7 @@ class Bench:
             "seconds": a.seconds,
             "cpus": os.cpu_count(),
             "nginx": self.nginx_info,
+            "gateway_workers": a.gateway_workers,
             "notes": self.notes,
         }
         return result
@@ -351,6 +357,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--http-driver", choices=("auto", "wrk", "asyncio"), default="auto")
     p.add_argument("--grpc-driver", choices=DRIVERS, default="raw")
     p.add_argument("--nginx-workers", default="1", help="worker_processes: 1, auto or N")
+    p.add_argument("--gateway-workers", type=int, default=1,
+                   help="gateway processes (its --workers)")  # fmt: skip
     p.add_argument("--no-nginx", action="store_true", help="compare direct and gateway only")
     p.add_argument("--keep", action="store_true", help="keep the scratch folder (logs)")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")

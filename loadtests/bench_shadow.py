@@ -33,6 +33,7 @@ clients), so that nothing but the gateway is shared between the primary and its 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -113,6 +114,18 @@ def lag_figures(before: dict[float, float], after: dict[float, float]) -> dict[s
     }
 
 
+def _tree(pid: int) -> list[int]:
+    """`pid` and its descendants (a gateway's worker processes)."""
+    out, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        out.append(current)
+        with contextlib.suppress(OSError):
+            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
+            todo += [int(child) for child in children]
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--rounds", type=int, default=3)
@@ -129,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--triton-cpus", help="CPUs of each server, ';'-separated (0-3;4-7)")
     p.add_argument("--gateway-cpus", help="CPUs of the gateway (taskset list)")
+    p.add_argument("--gateway-workers", type=int, default=1, help="gateway processes")
     p.add_argument("--client-cpus", help="CPUs of this process, the clients (taskset list)")
     p.add_argument("--shadow-queue", type=int, help="the shadow's copies in flight (256)")
     p.add_argument(
@@ -149,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         system["triton_replicas"] = str(own + 1)
     if a.triton_cpus:
         system["triton_cpus"] = a.triton_cpus
+    if a.gateway_workers != 1:
+        system["gateway_workers"] = str(a.gateway_workers)
 
     from tests.onnx_models import make_affine, make_heavy_affine, make_partly_failing
 
@@ -193,9 +209,10 @@ def main(argv: list[str] | None = None) -> int:
         pids = {"gateway": state["gateway"]["pid"], "triton": state["triton"][0]["pid"]}
         if own:  # the primary runs on server 0, the copies on the last K
             pids["candidate_triton"] = state["triton"][-1]["pid"]
-        if a.gateway_cpus:  # every thread of the gateway
-            subprocess.run(["taskset", "-a", "-p", "-c", a.gateway_cpus,
-                            str(pids["gateway"])], check=True, capture_output=True)  # fmt: skip
+        if a.gateway_cpus:  # every thread of every gateway process
+            for pid in _tree(pids["gateway"]):
+                subprocess.run(["taskset", "-a", "-p", "-c", a.gateway_cpus, str(pid)],
+                               check=True, capture_output=True)  # fmt: skip
         clients = Clients(*where, rate=rate)
         clients.start()
         time.sleep(2.0)  # warm connections before the first window is measured
@@ -240,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         "candidate_servers": own,
         "triton_cpus": a.triton_cpus,
         "gateway_cpus": a.gateway_cpus,
+        "gateway_workers": a.gateway_workers,
         "client_cpus": a.client_cpus,
         "clients_per_protocol": a.clients,
         "load": "closed" if rate is None else {"share": a.load, "requests_per_s": round(rate)},

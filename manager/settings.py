@@ -64,6 +64,15 @@ class Settings(BaseSettings):
     gateway_admin_port: int = Field(
         default=8003, description="Loopback-only port where the control plane pushes routes."
     )
+    gateway_workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Gateway processes serving the data ports on the same listening sockets "
+        "(one event loop, so at most one CPU core, each). The first answers the admin and "
+        "metrics ports for all; raise it when the gateway's core is saturated (large binary "
+        "bodies, thousands of requests a second).",
+    )
     gateway_pull_token: SecretStr | None = Field(
         default=None,
         description="Token that gateways the control plane cannot push to (replicas on a "

@@ -210,6 +210,7 @@ class GatewayProcess:
             "--shadow-diff-rate", f"{s.shadow_diff_rate:g}",
             "--capture-dir", str(s.capture_dir),
             "--capture-max-bytes", str(s.capture_max_bytes),
+            "--workers", str(s.gateway_workers),
         ]  # fmt: skip
         for upstream in self.upstreams:
             cmd += ["--allowed-upstream", upstream]

@@ -18,7 +18,9 @@ no table and says why, and the control plane pushes a good one.
 
 `GET /shadow` answers the output-diff reports of shadow routes ({"routes": route -> mirror
 variant -> report}, rollout.shadow_diff); `DELETE /shadow?route=<workspace/pipeline>` forgets
-one route's figures (no `route`: all of them), e.g. when a new shadow starts.
+one route's figures (no `route`: all of them), e.g. when a new shadow starts. With
+--workers N both cover every gateway process, and `GET /workers` lists them
+(rollout.gateway_workers).
 """
 
 from __future__ import annotations
@@ -27,14 +29,16 @@ import asyncio
 import hmac
 import json
 import logging
+import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rollout.admin_http import SimpleRequest, SimpleResponse, write_atomically
 from rollout.admission import TableRefused, check_generation, check_upstreams
 from rollout.exchange import json_error
 from rollout.routing import RoutingTable
+from rollout.shadow_report import merge_reports
 
 if TYPE_CHECKING:
     from rollout.gateway import Gateway
@@ -61,6 +65,12 @@ def read_token_file(path: Path) -> str:
     if not token.isprintable() or any(c.isspace() for c in token):
         raise ValueError(f"{path}: the token must be one word of printable ASCII")
     return token
+
+
+def leader_entry(metrics_port: int | None) -> dict[str, Any]:
+    """GET /workers' line for the process that answers it (rollout.gateway_workers)."""
+    return {"index": 0, "pid": os.getpid(), "state": "up", "metrics_port": metrics_port,
+            "starts": 1, "last_exit": None}  # fmt: skip
 
 
 class AdminApi:
@@ -110,7 +120,8 @@ class AdminApi:
         if path is None:
             return
         if not path.exists():
-            logger.warning("routes file %s does not exist yet; waiting for PUT /routes", path)
+            if self.gateway.config.handoff_fd is None:  # a follower: the leader pushes
+                logger.warning("routes file %s does not exist yet; waiting for PUT /routes", path)
             return
         try:
             table = RoutingTable.from_json(path.read_bytes())
@@ -136,6 +147,8 @@ class AdminApi:
             if routes_file is not None:
                 await asyncio.to_thread(write_atomically, routes_file, table.to_json())
             gateway.set_table(table)
+            if gateway.workers is not None:  # answered once every follower serves it too
+                await gateway.workers.push(table)
         logger.info(
             "routing table generation %d installed: %s", table.generation, gateway.routing.deployed
         )
@@ -149,10 +162,21 @@ class AdminApi:
                 headers=(("WWW-Authenticate", 'Bearer realm="lastmile-gateway-admin"'),),
             )
         if request.path == "/shadow":
-            return self.shadow(request)
+            return await self.shadow(request)
+        if request.path == "/workers" and request.method == "GET":
+            workers = self.gateway.workers
+            listed = (
+                workers.describe()
+                if workers is not None
+                else [leader_entry(self.gateway.ports.get("metrics"))]
+            )
+            return SimpleResponse(200, json.dumps({"workers": listed}).encode())
         if request.path != "/routes":
             return SimpleResponse(
-                404, json_error("not found: the admin API is GET/PUT /routes, GET/DELETE /shadow")
+                404,
+                json_error(
+                    "not found: the admin API is GET/PUT /routes, GET/DELETE /shadow, GET /workers"
+                ),
             )
         gateway = self.gateway
         if request.method == "GET":
@@ -173,14 +197,24 @@ class AdminApi:
         body = json.dumps({"generation": table.generation, "routes": sorted(table.routes)})
         return SimpleResponse(200, body.encode())
 
-    def shadow(self, request: SimpleRequest) -> SimpleResponse:
-        collector = self.gateway.shadow_diff
+    async def shadow(self, request: SimpleRequest) -> SimpleResponse:
+        """The output-diff reports (of every gateway process: rollout.gateway_workers), or
+        `?snapshot=1`, this process's figures for a leader to merge."""
+        collector, workers = self.gateway.shadow_diff, self.gateway.workers
         if request.method == "GET":
-            body = json.dumps({"routes": collector.reports()}, separators=(",", ":"))
+            if request.query.get("snapshot"):
+                body = json.dumps({"snapshot": collector.snapshot()}, separators=(",", ":"))
+                return SimpleResponse(200, body.encode())
+            snapshots = [collector.snapshot()]
+            if workers is not None:
+                snapshots += await workers.shadow_snapshots()
+            body = json.dumps({"routes": merge_reports(snapshots)}, separators=(",", ":"))
             return SimpleResponse(200, body.encode())
         if request.method != "DELETE":
             return SimpleResponse(405, json_error("method not allowed: use GET or DELETE"))
         route = request.query.get("route") or None
         collector.reset(route)
+        if workers is not None:
+            await workers.reset_shadow(route)
         logger.info("shadow diff figures reset for %s", route or "every route")
         return SimpleResponse(200, json.dumps({"reset": route}).encode())

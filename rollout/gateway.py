@@ -21,7 +21,8 @@ splits, shadows and blue/green switches happen without touching clients. Four li
 Request bodies are checked before they reach Triton (rollout.body_guard: bounded inflation of
 gzip/deflate, no shared memory, JSON or nothing) and Triton's errors are mapped and sanitized
 on the way back (rollout.upstream_errors). The flags, limits and timeouts of a gateway process
-(`GatewayConfig`, `parse_args`) are in rollout.gateway_config.
+(`GatewayConfig`, `parse_args`) are in rollout.gateway_config. With --workers N, N processes
+serve the data ports and this one speaks for all of them (rollout.gateway_workers).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import contextlib
 import gc
 import json
 import logging
+import os
 import signal
 import socket
 import sys
@@ -46,9 +48,17 @@ from rollout.admin_http import SimpleRequest, SimpleResponse, start_simple_serve
 from rollout.balance import Replica
 from rollout.capture import CaptureSpool
 from rollout.capture_ship import SegmentShipper
+from rollout.conn_handoff import Acceptor, ProtocolFactory, Receiver
 from rollout.exchange import Exchange, json_error
 from rollout.gateway_config import ADMIN_HOST, GatewayConfig, parse_args
-from rollout.gateway_metrics import LOOP_PROBE_S, GatewayStats, GaugeSource, make_registry
+from rollout.gateway_metrics import (
+    LOOP_PROBE_S,
+    GatewayStats,
+    GaugeSource,
+    make_registry,
+    merged_registry,
+)
+from rollout.gateway_workers import Workers
 from rollout.grpc_gateway import GrpcFrontend
 from rollout.http_routing import CompiledRouting
 from rollout.http_shadow import ShadowMirrors
@@ -117,6 +127,7 @@ class Gateway:
                 upstream_up=lambda: {f"{h}:{p}": self._fresh((h, p)) for h, p in self._upstreams()},
                 grpc_paths=self._grpc_paths,
                 capture=self._capture_counts,
+                workers=lambda: self.workers.counts() if self.workers else {},
             ),
         )
         self.grpc: GrpcFrontend | None = None
@@ -143,6 +154,9 @@ class Gateway:
             else None
         )
         self.ports: dict[str, int] = {}
+        self.workers: Workers | None = None  # the followers, with --workers > 1
+        self.acceptor: Acceptor | None = None  # with --workers > 1
+        self.receiver: Receiver | None = None  # in a follower
 
     @property
     def table(self) -> RoutingTable | None:
@@ -157,22 +171,30 @@ class Gateway:
             self.capture.start()
         if self.shipper is not None:
             self.shipper.start()
-        if config.http_fd is not None:
-            # A listening socket handed down by a supervisor that keeps it open across our
-            # restarts: clients that connect while we are down wait in its backlog instead of
-            # being refused.
-            listener = socket.socket(fileno=config.http_fd)
-            data = await self.loop.create_server(
-                lambda: ClientConnection(self), sock=listener, backlog=config.backlog
-            )
+        # Connections reach this process from its own listeners (one process), from the
+        # leader's accept loop (several: rollout.conn_handoff), or over the leader's channel.
+        handed = config.workers > 1 or config.handoff_fd is not None
+        listeners = {} if config.handoff_fd is not None else self._listeners()
+        factories: dict[str, ProtocolFactory] = {"http": lambda: ClientConnection(self)}
+        if not handed:
+            if "http" in listeners:
+                data = await self.loop.create_server(
+                    factories["http"], sock=listeners["http"], backlog=config.backlog
+                )
+            else:
+                data = await self.loop.create_server(
+                    factories["http"],
+                    config.host,
+                    config.http_port,
+                    backlog=config.backlog,
+                    reuse_address=True,
+                )
+            self._servers.append(data)
+            self.ports["http"] = data.sockets[0].getsockname()[1]
+        elif "http" in listeners:
+            self.ports["http"] = listeners["http"].getsockname()[1]
         else:
-            data = await self.loop.create_server(
-                lambda: ClientConnection(self),
-                config.host,
-                config.http_port,
-                backlog=config.backlog,
-                reuse_address=True,
-            )
+            self.ports["http"] = config.http_port
         metrics = await start_simple_server(
             config.metrics_host or config.host,
             config.metrics_port,
@@ -182,20 +204,34 @@ class Gateway:
         admin = await start_simple_server(
             ADMIN_HOST, config.admin_port, self.admin.handle, max_body=MAX_ROUTES_BYTES
         )
-        self._servers = [data, metrics, admin]
-        for name, server in zip(("http", "metrics", "admin"), self._servers, strict=True):
-            self.ports[name] = server.sockets[0].getsockname()[1]
-        if self.grpc is not None and (config.grpc_port or config.grpc_fd is not None):
+        self._servers += [metrics, admin]
+        self.ports["metrics"] = metrics.sockets[0].getsockname()[1]
+        self.ports["admin"] = admin.sockets[0].getsockname()[1]
+        if self.grpc is not None:
             try:
                 self.ports["grpc"] = await self.grpc.start(
                     config.host,
                     config.grpc_port or 0,
-                    sock=None if config.grpc_fd is None else socket.socket(fileno=config.grpc_fd),
+                    sock=listeners.get("grpc"),
+                    listen=not handed,
                 )
             except OSError:
                 for server in self._servers:
                     server.close()
                 raise
+            factories["grpc"] = self.grpc.client_protocol
+        if config.handoff_fd is not None:  # a follower: connections come from the leader
+            self.receiver = Receiver(
+                self.loop,
+                socket.socket(fileno=config.handoff_fd),
+                factories,
+                on_leader_gone=lambda: os.kill(os.getpid(), signal.SIGTERM),
+            )
+            self.receiver.start()
+        elif handed:  # the leader of several: it accepts, and deals connections out
+            self.workers = Workers(self, self.ports)
+            self.acceptor = Acceptor(self.loop, listeners, factories, self.workers.channels)
+            self.acceptor.start()
         self._tasks = [
             self.loop.create_task(self._sweep()),
             self.loop.create_task(self._check_health()),
@@ -203,6 +239,8 @@ class Gateway:
         ]
         if self.puller is not None:
             self._tasks.append(self.loop.create_task(self.puller.run()))
+        if self.workers is not None:
+            await self.workers.start()
         logger.info(
             "lastmile gateway listening: http %s:%d, grpc %s, metrics %s:%d, admin %s:%d; "
             "routes: %s",
@@ -216,12 +254,37 @@ class Gateway:
             self.routing.deployed,
         )
 
+    def _listeners(self) -> dict[str, socket.socket]:
+        """The listening sockets to serve on, by protocol: those handed down by a supervisor
+        that keeps them open across our restarts (--http-fd, --grpc-fd: clients that connect
+        while we are down wait in their backlog instead of being refused), and with --workers
+        the others bound here, for the leader's accept loop (rollout.conn_handoff)."""
+        config, out = self.config, {}
+        wanted = {"http": (config.http_fd, config.http_port)}
+        if self.grpc is not None:
+            wanted["grpc"] = (config.grpc_fd, config.grpc_port or 0)
+        for protocol, (fd, port) in wanted.items():
+            if fd is not None:
+                out[protocol] = socket.socket(fileno=fd)
+            elif config.workers > 1:
+                family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+                out[protocol] = socket.create_server(
+                    (config.host, port), family=family, backlog=config.backlog
+                )
+        return out
+
     async def shutdown(self) -> None:
         """Stop accepting, let in-flight requests finish (bounded), then drop everything."""
         logger.info("gateway stopping: %d client connection(s) open", len(self.clients))
         for server in self._servers:
             server.close()
+        for handoff in (self.acceptor, self.receiver):
+            if handoff is not None:
+                handoff.close()
         self.shutting_down = True
+        followers = None
+        if self.workers is not None:  # they drain their own clients meanwhile
+            followers = self.loop.create_task(self.workers.stop(self.config.shutdown_timeout))
         grpc_stop = None
         if self.grpc is not None:  # stops accepting now, drains in parallel with HTTP
             grpc_stop = self.loop.create_task(self.grpc.stop(self.config.shutdown_timeout))
@@ -235,6 +298,8 @@ class Gateway:
         self.mirrors.close()
         if grpc_stop is not None:
             await grpc_stop
+        if followers is not None:
+            await followers
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -363,7 +428,10 @@ class Gateway:
             return SimpleResponse(404, json_error("not found: try /metrics"))
         if request.method != "GET":
             return SimpleResponse(405, json_error("method not allowed"))
-        return SimpleResponse(200, generate_latest(self.registry), CONTENT_TYPE_LATEST)
+        if self.workers is None:
+            return SimpleResponse(200, generate_latest(self.registry), CONTENT_TYPE_LATEST)
+        texts = [generate_latest(self.registry).decode(), *await self.workers.metrics()]
+        return SimpleResponse(200, generate_latest(merged_registry(texts)), CONTENT_TYPE_LATEST)
 
 
 async def serve(

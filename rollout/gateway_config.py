@@ -18,6 +18,7 @@ DESCRIPTION = "KServe v2 HTTP gateway in front of Triton: `python -m rollout.gat
 DEFAULT_GRPC_PORT = 8001
 ADMIN_HOST = "127.0.0.1"  # the admin API never leaves the host, token or not
 DAY_MS = 24 * 3600 * 1000
+MAX_WORKERS = 64
 
 
 @dataclass
@@ -65,6 +66,12 @@ class GatewayConfig:
     capture_dir: str | None = None  # the capture spool's folder (None: routes capture nothing)
     capture_max_bytes: int = 512 << 20  # the spool's bound on disk; past it, drop and count
     capture_url: str | None = None  # send closed segments to the control plane here
+    # processes serving the data ports (rollout.gateway_workers): this one and workers - 1
+    # followers sharing its listening sockets
+    workers: int = 1
+    # a follower's end of the channel its connections come through (rollout.conn_handoff)
+    handoff_fd: int | None = None
+    log_level: str = "INFO"
 
     def __post_init__(self) -> None:
         if self.max_inflated_bytes <= 0:
@@ -188,8 +195,17 @@ def parse_args(argv: list[str] | None = None) -> tuple[GatewayConfig, str]:
         "--routes-token-file), for gateways that share no folder with it; needs --capture-dir",
     )
     p.add_argument("--shutdown-timeout", type=float, default=defaults.shutdown_timeout)
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=defaults.workers,
+        help="gateway processes serving the data ports on the same sockets (one event loop, "
+        "so one CPU core, each); this one answers the admin and metrics ports for all",
+    )
     p.add_argument("--log-level", default="INFO")
     a = p.parse_args(argv)
+    if not 1 <= a.workers <= MAX_WORKERS:
+        p.error(f"--workers must be between 1 and {MAX_WORKERS} processes, got {a.workers}")
     if not a.shadow_diff_rate > 0:
         p.error(f"--shadow-diff-rate must be > 0 pairs per second, got {a.shadow_diff_rate:g}")
     token = None
@@ -249,6 +265,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[GatewayConfig, str]:
         capture_dir=a.capture_dir,
         capture_max_bytes=a.capture_max_bytes,
         capture_url=a.capture_url,
+        workers=a.workers,
+        log_level=a.log_level,
     )
     return config, a.log_level
 

@@ -19,6 +19,7 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     Metric,
 )
+from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from rollout.upstream_errors import error_class
@@ -127,6 +128,9 @@ class GaugeSource:
     grpc_paths: Callable[[], dict[str, int]] = dict
     # (captured, dropped) calls per route key (rollout.capture)
     capture: Callable[[], tuple[dict[str, int], dict[str, int]]] = lambda: ({}, {})
+    # gateway processes by state ('up', 'down'): the leader's count of its workers
+    # (rollout.gateway_workers); a follower reports none, so that a merged scrape counts once
+    workers: Callable[[], dict[str, int]] = dict
 
 
 def _histogram(
@@ -261,6 +265,16 @@ class GatewayCollector(Collector):
         yield up
         yield _grpc_paths(self.gauges.grpc_paths())
         yield _capture(*self.gauges.capture())
+        workers = self.gauges.workers()
+        if workers:
+            family = GaugeMetricFamily(
+                "lastmile_gateway_workers",
+                "Gateway processes serving the data ports ('up') or being restarted ('down').",
+                labels=["state"],
+            )
+            for state, count in sorted(workers.items()):
+                family.add_metric([state], count)
+            yield family
 
 
 def _capture(captured: dict[str, int], dropped: dict[str, int]) -> CounterMetricFamily:
@@ -287,6 +301,55 @@ def _grpc_paths(counts: dict[str, int]) -> CounterMetricFamily:
     for path, value in sorted(counts.items()):
         family.add_metric([path], value)
     return family
+
+
+# Families whose merged value is the least of the processes' (rollout.gateway_workers): the
+# generation every process serves, and an upstream only counts as up where all of them see it.
+MERGED_BY_MIN = frozenset({"lastmile_gateway_routing_generation", "lastmile_gateway_upstream_up"})
+
+
+def merge_exposition(texts: list[str]) -> list[Metric]:
+    """The families of several processes' Prometheus text as one process's: counters,
+    histograms and gauges summed per series (connections, requests in flight), except the
+    MERGED_BY_MIN families."""
+    families: dict[str, Metric] = {}
+    series: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
+    for text in texts:
+        for family in text_string_to_metric_families(text):
+            merged = families.get(family.name)
+            if merged is None:
+                merged = families[family.name] = Metric(
+                    family.name, family.documentation, family.type, family.unit
+                )
+                series[family.name] = {}
+            values = series[family.name]
+            by_min = family.name in MERGED_BY_MIN
+            for sample in family.samples:
+                key = (sample.name, tuple(sorted(sample.labels.items())))
+                seen = values.get(key)
+                if seen is None:
+                    values[key] = sample.value
+                else:
+                    values[key] = min(seen, sample.value) if by_min else seen + sample.value
+    for name, merged in families.items():
+        for (sample_name, labels), value in series[name].items():
+            merged.add_sample(sample_name, dict(labels), value)
+    return list(families.values())
+
+
+class _Families(Collector):
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self.families)
+
+
+def merged_registry(texts: list[str]) -> CollectorRegistry:
+    """A registry that renders `merge_exposition(texts)` (for generate_latest)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Families(merge_exposition(texts)))
+    return registry
 
 
 def make_registry(stats: GatewayStats, gauges: GaugeSource) -> CollectorRegistry:

@@ -154,9 +154,12 @@ class GrpcFrontend:
         self._closing: set[asyncio.Task[None]] = set()
 
     # -- lifecycle --------------------------------------------------------------------------
-    async def start(self, host: str, port: int, sock: socket.socket | None = None) -> int:
+    async def start(
+        self, host: str, port: int, sock: socket.socket | None = None, *, listen: bool = True
+    ) -> int:
         """Bind host:port (or serve on ``sock``, a listening socket handed down) and serve;
-        returns the bound port. OSError when it cannot bind.
+        returns the bound port. OSError when it cannot bind. ``listen=False``: no listener,
+        connections arrive through `client_protocol` (rollout.conn_handoff); returns `port`.
 
         The port is the HTTP/2 relay's (rollout.grpc_relay); this grpc.aio server listens on
         a loopback port of its own and answers what the relay hands over."""
@@ -175,13 +178,18 @@ class GrpcFrontend:
         self.server = server
         relay = GrpcRelay(self, self.max_message_bytes)
         try:
-            self.port = await relay.start(host, port, int(inner), sock=sock)
+            self.port = await relay.start(host, port, int(inner), sock=sock, listen=listen)
         except OSError as exc:
             await server.stop(0)
             self.server = None
             raise OSError(f"cannot listen for gRPC on {host}:{port}: {exc}") from None
         self.relay = relay
         return self.port
+
+    def client_protocol(self) -> asyncio.Protocol:
+        """A protocol for one client connection accepted elsewhere (after start)."""
+        assert self.relay is not None, "start the gRPC frontend first"
+        return self.relay.client()
 
     async def stop(self, grace: float) -> None:
         """Refuse new RPCs, let in-flight ones finish within `grace`, then close the channels

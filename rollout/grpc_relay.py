@@ -103,18 +103,26 @@ class GrpcRelay:
         self.counts = {"fast": 0, "relayed": 0}
 
     async def start(
-        self, host: str, port: int, slow_port: int, sock: socket.socket | None = None
+        self,
+        host: str,
+        port: int,
+        slow_port: int,
+        sock: socket.socket | None = None,
+        *,
+        listen: bool = True,
     ) -> int:
         self.slow = UpstreamPool(self, "127.0.0.1", slow_port)
+        if not listen:  # connections come through client() (rollout.conn_handoff)
+            return port
         if sock is not None:  # handed down by a supervisor that keeps it across restarts
-            self.server = await self.loop.create_server(self._client, sock=sock)
+            self.server = await self.loop.create_server(self.client, sock=sock)
         else:
             self.server = await self.loop.create_server(
-                self._client, host, port, reuse_address=True, reuse_port=False
+                self.client, host, port, reuse_address=True, reuse_port=False
             )
         return int(self.server.sockets[0].getsockname()[1])
 
-    def _client(self) -> H2Conn:
+    def client(self) -> H2Conn:
         conn = H2Conn(
             self.flusher, client=False, on_stream=lambda stream: Call(self, stream),
             on_closed=self._client_closed, too_large=metadata_too_large,

@@ -32,16 +32,16 @@ import logging
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from rollout.shadow_report import Comparison, Latencies, PairStats, merge_reports, snapshot
 from rollout.tensors import DecodeError, decode_grpc, decode_http
 
 logger = logging.getLogger(__name__)
 
-LATENCY_WINDOW = 10_000  # pairs per (route, mirror) kept for the latency p99
 # Pairs compared per second and (route, mirror); the others only count for the latencies.
 # Decoding and comparing costs ~120 µs of gateway CPU per small pair (measured at ~2,000
 # req/s: a quarter of a core); 100 a second give 6,000 compared pairs a minute.
@@ -70,30 +70,17 @@ def decode(response: RawResponse) -> dict[str, np.ndarray]:
     raise DecodeError(f"unknown protocol {response.protocol!r}")
 
 
-@dataclass(slots=True)
-class _Comparison:
-    """One output of one pair: what the worker folds into the running sums."""
-
-    outcome: str = "compared"  # or "mismatched_shape" | "missing": counted apart, not in rates
-    agree: bool = False
-    elements: int = 0  # numeric elements behind sum_diff / max_diff
-    sum_diff: float = 0.0
-    max_diff: float | None = None
-    rows: int = 0  # argmax rows compared (floating outputs with last dim >= 2)
-    rows_agree: int = 0
-
-
-def compare(primary: np.ndarray, candidate: np.ndarray | None, tolerance: float) -> _Comparison:
+def compare(primary: np.ndarray, candidate: np.ndarray | None, tolerance: float) -> Comparison:
     """Compare one output of a pair (candidate None: the candidate did not return it)."""
     if candidate is None:
-        return _Comparison("missing")
+        return Comparison("missing")
     if primary.shape != candidate.shape:
-        return _Comparison("mismatched_shape")
+        return Comparison("mismatched_shape")
     if primary.dtype.kind == "O" or candidate.dtype.kind == "O":  # BYTES: equality only
         same = primary.dtype.kind == candidate.dtype.kind and bool(
             np.array_equal(primary, candidate)
         )
-        return _Comparison(agree=same)
+        return Comparison(agree=same)
     a, b = primary.astype(np.float64), candidate.astype(np.float64)
     floating = primary.dtype.kind == "f" or candidate.dtype.kind == "f"
     with np.errstate(invalid="ignore", over="ignore"):
@@ -104,135 +91,13 @@ def compare(primary: np.ndarray, candidate: np.ndarray | None, tolerance: float)
         else:  # exact, also for 64-bit integers that float64 cannot tell apart
             agree = bool(np.array_equal(primary, candidate))
     finite = diff[np.isfinite(diff)]  # an inf/NaN difference disagrees but is no figure
-    result = _Comparison(agree=agree, elements=int(finite.size), sum_diff=float(finite.sum()))
+    result = Comparison(agree=agree, elements=int(finite.size), sum_diff=float(finite.sum()))
     if finite.size:
         result.max_diff = float(finite.max())
     if floating and primary.ndim >= 1 and primary.shape[-1] >= 2 and primary.size:
         matches = np.argmax(a, axis=-1) == np.argmax(b, axis=-1)
         result.rows, result.rows_agree = int(matches.size), int(matches.sum())
     return result
-
-
-@dataclass(slots=True)
-class _OutputStats:
-    compared: int = 0
-    agreeing: int = 0
-    elements: int = 0
-    sum_diff: float = 0.0
-    max_diff: float | None = None
-    rows: int = 0
-    rows_agree: int = 0
-    mismatched_shape: int = 0
-    missing: int = 0
-
-    def add(self, result: _Comparison) -> None:
-        if result.outcome != "compared":
-            setattr(self, result.outcome, getattr(self, result.outcome) + 1)
-            return
-        self.compared += 1
-        self.agreeing += result.agree
-        self.elements += result.elements
-        self.sum_diff += result.sum_diff
-        if result.max_diff is not None:
-            self.max_diff = max(self.max_diff or 0.0, result.max_diff)
-        self.rows += result.rows
-        self.rows_agree += result.rows_agree
-
-    def report(self) -> dict[str, Any]:
-        return {
-            "compared": self.compared,
-            "agreement": self.agreeing / self.compared if self.compared else None,
-            "max_abs_diff": self.max_diff,
-            "mean_abs_diff": self.sum_diff / self.elements if self.elements else None,
-            "class_agreement": self.rows_agree / self.rows if self.rows else None,
-            "mismatched_shape": self.mismatched_shape,
-            "missing": self.missing,
-        }
-
-
-def _ms(values: list[float] | deque[float], mean_of: float, count: int) -> tuple[Any, Any]:
-    if not count:
-        return None, None
-    return mean_of / count * 1000.0, float(np.percentile(np.fromiter(values, float), 99)) * 1000.0
-
-
-@dataclass(slots=True)
-class _Latencies:
-    """Every pair's latencies of one (route, mirror variant): recorded at submit, cheaply."""
-
-    pairs: int = 0
-    primary_sum: float = 0.0
-    candidate_sum: float = 0.0
-    primary_recent: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
-    candidate_recent: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
-    # token bucket of the comparisons (see DiffCollector.max_rate)
-    tokens: float = 0.0
-    refilled: float = 0.0
-    not_sampled: int = 0
-
-    def copy(self) -> _Latencies:
-        """A snapshot (C-level deque copies: cheap enough under the submit lock)."""
-        return _Latencies(
-            self.pairs,
-            self.primary_sum,
-            self.candidate_sum,
-            deque(self.primary_recent, maxlen=LATENCY_WINDOW),
-            deque(self.candidate_recent, maxlen=LATENCY_WINDOW),
-            not_sampled=self.not_sampled,
-        )
-
-    def add(self, primary_s: float, candidate_s: float) -> None:
-        self.pairs += 1
-        self.primary_sum += primary_s
-        self.candidate_sum += candidate_s
-        self.primary_recent.append(primary_s)
-        self.candidate_recent.append(candidate_s)
-
-    def report(self) -> dict[str, Any]:
-        primary_mean, primary_p99 = _ms(self.primary_recent, self.primary_sum, self.pairs)
-        candidate_mean, candidate_p99 = _ms(self.candidate_recent, self.candidate_sum, self.pairs)
-        ratio = candidate_mean / primary_mean if primary_mean else None
-        return {
-            "primary_mean_ms": primary_mean,
-            "candidate_mean_ms": candidate_mean,
-            "primary_p99_ms": primary_p99,
-            "candidate_p99_ms": candidate_p99,
-            "ratio_mean": ratio,
-        }
-
-
-@dataclass(slots=True)
-class _PairStats:
-    """Running comparisons of one (route, mirror variant), from the sampled pairs."""
-
-    sampled: int = 0
-    decode_errors: int = 0
-    tolerance: float | None = None
-    outputs: dict[str, _OutputStats] = field(default_factory=dict)
-
-    def add(self, pair: _Pair, results: dict[str, _Comparison] | None) -> None:
-        self.sampled += 1
-        self.tolerance = pair.tolerance
-        if results is None:
-            self.decode_errors += 1
-            return
-        for name, result in results.items():
-            output = self.outputs.get(name)
-            if output is None:
-                output = self.outputs[name] = _OutputStats()
-            output.add(result)
-
-    def report(self, dropped: int, latencies: _Latencies) -> dict[str, Any]:
-        return {
-            "pairs": latencies.pairs,
-            "sampled": self.sampled,
-            "not_sampled": latencies.not_sampled,
-            "decode_errors": self.decode_errors,
-            "dropped": dropped,
-            "tolerance": self.tolerance,
-            "outputs": {name: stats.report() for name, stats in self.outputs.items()},
-            "latency": latencies.report(),
-        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,8 +138,8 @@ class DiffCollector:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._stats_lock = threading.Lock()
-        self._stats: dict[tuple[str, str], _PairStats] = {}
-        self._latencies: dict[tuple[str, str], _Latencies] = {}  # under _lock
+        self._stats: dict[tuple[str, str], PairStats] = {}
+        self._latencies: dict[tuple[str, str], Latencies] = {}  # under _lock
 
     # -- event-loop side ------------------------------------------------------------------
 
@@ -296,7 +161,7 @@ class DiffCollector:
         with self._lock:
             latencies = self._latencies.get(key)
             if latencies is None:
-                latencies = self._latencies[key] = _Latencies(tokens=self.max_rate, refilled=now)
+                latencies = self._latencies[key] = Latencies(tokens=self.max_rate, refilled=now)
             latencies.add(primary_s, candidate_s)
             rate = self.max_rate
             tokens = min(rate, latencies.tokens + (now - latencies.refilled) * rate)
@@ -355,20 +220,17 @@ class DiffCollector:
         with self._lock:
             return self._idle.wait_for(lambda: self._pending == 0, timeout)
 
-    def reports(self) -> dict[str, dict[str, dict[str, Any]]]:
-        """route -> mirror variant -> report (plain JSON values, no NaN)."""
+    def snapshot(self) -> list[dict[str, Any]]:
+        """This collector's figures as plain JSON (rollout.shadow_report.snapshot)."""
         with self._stats_lock:
             with self._lock:
                 dropped = dict(self._dropped)
                 latencies = {key: value.copy() for key, value in self._latencies.items()}
-            keys = sorted(set(self._stats) | set(dropped) | set(latencies))
-            out: dict[str, dict[str, dict[str, Any]]] = {}
-            for route, mirror in keys:
-                key = (route, mirror)
-                stats = self._stats.get(key) or _PairStats()
-                seen = latencies.get(key) or _Latencies()
-                out.setdefault(route, {})[mirror] = stats.report(dropped.get(key, 0), seen)
-            return out
+            return snapshot(self._stats, latencies, dropped)
+
+    def reports(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """route -> mirror variant -> report (plain JSON values, no NaN)."""
+        return merge_reports([self.snapshot()])
 
     def reset(self, route: str | None = None) -> None:
         """Forget the figures of one route (every mirror), or of all routes.
@@ -413,7 +275,7 @@ class DiffCollector:
                         self._idle.notify_all()
 
     def _process(self, pair: _Pair) -> None:
-        results: dict[str, _Comparison] | None = None
+        results: dict[str, Comparison] | None = None
         try:
             primary, candidate = decode(pair.primary), decode(pair.candidate)
         except DecodeError as exc:
@@ -430,5 +292,5 @@ class DiffCollector:
                 key = (pair.route, pair.mirror)
                 stats = self._stats.get(key)
                 if stats is None:
-                    stats = self._stats[key] = _PairStats()
-                stats.add(pair, results)
+                    stats = self._stats[key] = PairStats()
+                stats.add(pair.tolerance, results)

@@ -75,6 +75,7 @@ class RunningSystem:
             "capture_interval_s",
             "assay_interval_s",
             "assay_delay_s",
+            "gateway_workers",
         ):
             env[f"LASTMILE_{field.upper()}"] = str(getattr(s, field))
         return env

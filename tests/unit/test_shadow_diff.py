@@ -16,7 +16,7 @@ import pytest
 import tritonclient.http as httpclient
 from tritonclient.grpc import service_pb2 as pb
 
-from rollout import shadow_diff
+from rollout import shadow_diff, shadow_report
 from rollout.shadow_diff import DecodeError, DiffCollector, RawResponse, decode, decode_grpc
 
 NUMERIC = {
@@ -372,7 +372,7 @@ def test_latency_means_p99_and_ratio(collector: DiffCollector) -> None:
 
 
 def test_latency_window_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(shadow_diff, "LATENCY_WINDOW", 5)
+    monkeypatch.setattr(shadow_report, "LATENCY_WINDOW", 5)
     c = DiffCollector(max_pending=64)
     c.start()
     try:
