@@ -147,6 +147,42 @@ def test_a_killed_process_comes_back_and_every_process_serves_the_next_deploy(
     assert set(_infer_http(system, 12)) == {"spread/2"}
 
 
+def test_capture_and_shadow_figures_cover_every_process(
+    system: RunningSystem, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    # data capture: every process spools its own segments; all of them are summarised
+    system.cli("capture", "set", "spread", "--rate", "1")
+    _infer_http(system, 30)
+
+    def captured() -> int:
+        system.cli("capture", "summarise")
+        view = json.loads(system.cli("capture", "show", "spread", "--json").stdout)
+        return sum(t["rows"] for t in view["tensors"] if t["side"] == "inputs")
+
+    wait_until("30 captured calls summarised", lambda: captured() >= 30, 30)
+    assert captured() == 30
+    system.cli("capture", "set", "spread", "--rate", "0")
+
+    # a shadow: the copies of every process are compared, and reported as one
+    nudged = make_affine(tmp_path_factory.mktemp("nudged") / "n.onnx", 4, 2.0, 0.25)
+    system.cli("model", "import", str(nudged), "--name", "spread", "--force")
+    system.cli("pipeline", "create", "spread", "--step", "spread:3")
+    system.cli("rollout", "start", "spread", "--strategy", "shadow", "--candidate", "3")
+    assert set(_infer_http(system, 30)) == {"spread/2"}
+
+    def shadow() -> dict[str, Any]:
+        report = json.loads(system.cli("rollout", "report", "spread", "--json").stdout)
+        return dict(report["shadow"].get("spread/3", {}))
+
+    wait_until("30 shadow pairs compared", lambda: shadow().get("sampled", 0) >= 30, 30)
+    report = shadow()
+    assert (report["pairs"], report["sampled"]) == (30, 30)
+    output = report["outputs"]["y"]
+    assert output["compared"] == 30 and output["agreement"] == 0.0
+    assert output["max_abs_diff"] == pytest.approx(0.25, abs=1e-6)
+    system.cli("rollout", "abort", "spread")
+
+
 def test_every_process_stops_with_the_system(system: RunningSystem) -> None:
     pids = [w["pid"] for w in _workers(system)]
     supervisor.stop(system.settings)
