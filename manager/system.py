@@ -192,6 +192,22 @@ class GatewayProcess:
             return False
         return response.status_code == 200
 
+    def workers(self, timeout_s: float = 2.0) -> list[dict[str, Any]]:
+        """The gateway's processes (GET /workers: index, pid, state, starts, last exit); empty
+        when it does not answer."""
+        try:
+            response = httpx.get(
+                f"{self.admin_url}/workers", headers=self.headers, timeout=timeout_s
+            )
+        except httpx.HTTPError:
+            return []
+        if response.status_code != 200:
+            return []
+        return [
+            {key: w.get(key) for key in ("index", "pid", "state", "starts", "last_exit")}
+            for w in response.json().get("workers", [])
+        ]
+
     def start(self, timeout_s: float = 20.0) -> None:
         s = self.settings
         self.token = secrets.token_urlsafe(32)
@@ -424,6 +440,7 @@ class System:
                 "grpc": f"{host}:{s.gateway_grpc_port}",
                 "metrics": f"http://{host}:{s.gateway_metrics_port}/metrics",
                 "pid": self.gateway.pid if self.gateway else None,
+                "workers": self.gateway.workers() if self.gateway else [],
                 **health.get("gateway", {"state": "up" if self.gateway else "down"}),
             },
             "triton": [

@@ -175,6 +175,11 @@ def status(as_json: JsonOpt = False) -> None:
         ("gateway http", f"{info['gateway']['http']} {_health(info['gateway'])}"),
         ("gateway metrics", info["gateway"]["metrics"]),
     ]
+    workers = info["gateway"].get("workers") or []
+    if len(workers) > 1:
+        up = sum(w["state"] == "up" for w in workers)
+        restarted = sum(max(0, (w.get("starts") or 1) - 1) for w in workers)
+        rows.append(("gateway workers", f"{up}/{len(workers)} up, {restarted} restart(s)"))
     if "home" in info:
         rows.insert(0, ("home", info["home"]))
     rows += [

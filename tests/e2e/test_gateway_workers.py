@@ -143,6 +143,9 @@ def test_a_killed_process_comes_back_and_every_process_serves_the_next_deploy(
     wait_until("the killed gateway process is serving again", back, 30)
     restarted = _workers(system)[1]
     assert restarted["starts"] == 2 and restarted["last_exit"] == "signal 9"
+    status = json.loads(system.cli("status", "--json").stdout)["gateway"]["workers"]
+    assert [w["state"] for w in status] == ["up"] * WORKERS and status[1]["starts"] == 2
+    assert "gateway workers" in system.cli("status").stdout
     # connections are dealt in turn: 12 fresh ones reach every process, each on version 2
     assert set(_infer_http(system, 12)) == {"spread/2"}
 
