@@ -180,6 +180,8 @@ class AdminApi:
             )
         gateway = self.gateway
         if request.method == "GET":
+            if gateway.workers is not None and not gateway.workers.started:
+                return SimpleResponse(503, json_error("starting its worker processes"))
             if gateway.table is None:  # 200 all the same: supervisors poll this to see we are up
                 return SimpleResponse(200, b'{"generation":null,"routes":{}}')
             return SimpleResponse(200, gateway.table.to_json())

@@ -220,6 +220,8 @@ class Gateway:
                     server.close()
                 raise
             factories["grpc"] = self.grpc.client_protocol
+            if "grpc" in listeners:
+                self.ports["grpc"] = listeners["grpc"].getsockname()[1]
         if config.handoff_fd is not None:  # a follower: connections come from the leader
             self.receiver = Receiver(
                 self.loop,

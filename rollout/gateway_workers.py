@@ -58,6 +58,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 30.0  # a follower announces its ports within this, or is killed
+FIRST_START_S = 15.0  # the leader's start waits this long for its followers, at most
 CALL_TIMEOUT_S = 10.0  # one admin or metrics call to a follower
 RESPAWN_MIN_S, RESPAWN_MAX_S = 0.5, 10.0
 STEADY_S = 60.0  # a follower that ran this long restarts with the shortest backoff again
@@ -173,11 +174,14 @@ class Workers:
             Follower(i, self.folder / f"routes-{i}.json") for i in range(1, gateway.config.workers)
         ]
         self.stopping = False
-        self._started = asyncio.Event()
+        # the first start is over (every follower up, or FIRST_START_S passed): until then
+        # the admin API answers GET /routes 503, so that supervisors wait for all of them
+        self.started = False
+        self._came_up = asyncio.Event()  # set whenever a follower comes up
 
     # -- lifecycle --------------------------------------------------------------------------
     async def start(self) -> None:
-        """Start every follower; return once all are up or START_TIMEOUT_S passed (those not
+        """Start every follower; return once all are up or FIRST_START_S passed (those not
         up by then keep being started in the background)."""
         config = follower_config(
             self.gateway.config,
@@ -189,13 +193,17 @@ class Workers:
         os.chmod(self.config_file, 0o600)
         for follower in self.followers:
             follower.task = asyncio.create_task(self._keep(follower))
-        deadline = asyncio.get_running_loop().time() + START_TIMEOUT_S
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + FIRST_START_S
         while not all(f.up for f in self.followers):
-            if asyncio.get_running_loop().time() > deadline:
-                logger.error("gateway workers not up after %.0f s: %s", START_TIMEOUT_S,
+            self._came_up.clear()
+            try:
+                await asyncio.wait_for(self._came_up.wait(), max(0.0, deadline - loop.time()))
+            except asyncio.TimeoutError:
+                logger.error("gateway workers not up after %.0f s: %s", FIRST_START_S,
                              [f.describe() for f in self.followers if not f.up])  # fmt: skip
-                return
-            await asyncio.sleep(0.05)
+                break
+        self.started = True
 
     async def stop(self, timeout: float) -> None:
         """SIGTERM every follower (each drains like the leader), SIGKILL what is left."""
@@ -279,6 +287,7 @@ class Workers:
             await self._put(follower, current)
             sent = current
         follower.up = True  # no await since the check: the next push includes it
+        self._came_up.set()
         logger.info("gateway worker %d up (pid %d)", follower.index, proc.pid)
 
     # -- what the leader asks of them -------------------------------------------------------

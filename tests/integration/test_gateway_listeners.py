@@ -6,12 +6,15 @@ gateway process answers them. A real gateway process throughout; no Triton is ne
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Callable
+from pathlib import Path
 
 import tritonclient.grpc as grpcclient
 
 from manager.settings import Settings
 from manager.system import GatewayProcess
+from tests.conftest import make_settings
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 EMPTY_SETTINGS = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # length 0, type SETTINGS, stream 0
@@ -49,3 +52,41 @@ def test_clients_that_connect_while_the_gateway_restarts_are_answered_by_the_nex
     # and a real gRPC client is served on the handed-down port
     with grpcclient.InferenceServerClient(f"127.0.0.1:{settings.gateway_grpc_port}") as client:
         assert client.is_server_live()
+
+
+def _gone(pid: int) -> bool:
+    """Exited (a zombie counts: nothing of it runs)."""
+    try:
+        stat = open(f"/proc/{pid}/stat").read()  # noqa: SIM115
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+
+
+def test_worker_processes_go_with_a_killed_first_process_and_the_next_starts_them_again(
+    tmp_path: Path,
+) -> None:
+    settings = make_settings(tmp_path / "home", gateway_workers=3)
+    settings.ensure_dirs()
+    process = GatewayProcess(settings, upstreams=[f"127.0.0.1:{settings.triton_http_port}"])
+    process.start()
+    try:
+        workers = process.workers()
+        assert [w["state"] for w in workers] == ["up"] * 3
+        assert process._proc is not None
+        process._proc.kill()  # SIGKILL: the first process cannot tell the others
+        process._proc.wait()
+        for worker in workers[1:]:  # they read the end of their channel and stop
+            deadline = time.monotonic() + 30
+            while not _gone(worker["pid"]):
+                assert time.monotonic() < deadline, f"worker {worker} still runs"
+                time.sleep(0.05)
+        with socket.create_connection(("127.0.0.1", settings.gateway_http_port), timeout=30) as c:
+            c.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: gateway\r\n\r\n")
+            process.start()  # the next first process, on the manager's sockets
+            assert _recv_until(c, lambda d: b"\r\n\r\n" in d).startswith(b"HTTP/1.1 200")
+        again = process.workers()
+        assert [w["state"] for w in again] == ["up"] * 3
+        assert not {w["pid"] for w in again} & {w["pid"] for w in workers}
+    finally:
+        process.close()
