@@ -167,7 +167,13 @@ class Workers:
     def __init__(self, gateway: Gateway, ports: dict[str, int]) -> None:
         self.gateway = gateway
         self.ports = ports  # the leader's, filled in by the time start() runs
-        self.folder = Path(tempfile.mkdtemp(prefix="lastmile-gateway-"))  # 0700
+        try:
+            self.folder = Path(tempfile.mkdtemp(prefix="lastmile-gateway-"))  # 0700
+        except OSError as exc:  # a read-only root file system (a pod): say what to give
+            raise OSError(
+                f"--workers needs a writable folder for its workers' token and tables: {exc}; "
+                "point TMPDIR at one (a pod: an emptyDir volume)"
+            ) from None
         self.token = secrets.token_urlsafe(32)
         self.config_file = self.folder / "follower.json"
         self.followers = [

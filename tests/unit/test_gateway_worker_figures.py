@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -215,3 +216,19 @@ def test_connections_are_dealt_in_turn_and_a_closed_channel_stops_its_receiver()
     here, there, closed = asyncio.run(scenario())
     assert (len(here), len(there)) == (3, 3) and set(there) == {"http"}
     assert closed
+
+
+def test_workers_without_a_writable_temporary_folder_are_refused_clearly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tempfile
+    from types import SimpleNamespace
+
+    from rollout.gateway_workers import Workers
+
+    # no usable folder (a pod's read-only root file system; root ignores mode bits, so here
+    # the folder is missing)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "missing"))
+    leader: Any = SimpleNamespace(config=GatewayConfig(workers=2))  # only its config is read
+    with pytest.raises(OSError, match="point TMPDIR at one"):
+        Workers(leader, {"http": 8000})
