@@ -96,8 +96,10 @@ bench-deps:
 # Benchmarks print side-by-side ratios measured in one run (never timed unit tests).
 # bench_gateway.py: direct Triton vs gateway vs nginx, HTTP JSON/binary and gRPC, canary, shadow.
 # bench_scale.py: routing tables for 1,000 pipelines pushed/pulled, 4 Tritons x 1,000 models.
+# BENCH_WORKERS=N: the gateway with N processes against nginx with N workers.
+BENCH_WORKERS ?= 1
 bench: install bench-deps
-	$(PY) loadtests/bench_gateway.py
+	$(PY) loadtests/bench_gateway.py --gateway-workers $(BENCH_WORKERS) --nginx-workers $(BENCH_WORKERS)
 	$(PY) loadtests/bench_grpc_designs.py
 	$(PY) loadtests/bench_assays.py
 	$(PY) loadtests/bench_repository.py
