@@ -62,6 +62,7 @@ from rollout.gateway_workers import Workers
 from rollout.grpc_gateway import GrpcFrontend
 from rollout.http_routing import CompiledRouting
 from rollout.http_shadow import ShadowMirrors
+from rollout.malloc_tuning import tune_malloc
 from rollout.proxy import ClientConnection
 from rollout.public_config import EXTENSIONS
 from rollout.routes_pull import RoutesPuller
@@ -476,6 +477,7 @@ def _settle_heap() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    tune_malloc()  # before the requests' buffers: see rollout.malloc_tuning
     config, log_level = parse_args(argv)
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"

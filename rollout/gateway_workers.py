@@ -50,6 +50,7 @@ from rollout.admin_api import leader_entry
 from rollout.admin_http import write_atomically
 from rollout.conn_handoff import channel_pair
 from rollout.gateway_config import ADMIN_HOST, GatewayConfig
+from rollout.malloc_tuning import tune_malloc
 from rollout.routing import RoutingTable
 
 if TYPE_CHECKING:
@@ -390,6 +391,7 @@ async def _follow(config: GatewayConfig) -> None:
 def main(argv: list[str] | None = None) -> int:
     """`python -m rollout.gateway_workers CONFIG INDEX ROUTES_FILE CHANNEL_FD` (started by a
     leader)."""
+    tune_malloc()  # as the leader did (rollout.malloc_tuning)
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 4:
         print("usage: python -m rollout.gateway_workers CONFIG INDEX ROUTES_FILE CHANNEL_FD "

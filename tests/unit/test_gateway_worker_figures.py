@@ -232,3 +232,15 @@ def test_workers_without_a_writable_temporary_folder_are_refused_clearly(
     leader: Any = SimpleNamespace(config=GatewayConfig(workers=2))  # only its config is read
     with pytest.raises(OSError, match="point TMPDIR at one"):
         Workers(leader, {"http": 8000})
+
+
+def test_the_allocator_is_tuned_unless_the_user_tuned_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    import platform
+
+    from rollout.malloc_tuning import tune_malloc
+
+    monkeypatch.setenv("MALLOC_TOP_PAD_", "0")  # the user's choice stands
+    assert tune_malloc() is False
+    monkeypatch.delenv("MALLOC_TOP_PAD_")
+    if platform.libc_ver()[0] == "glibc":
+        assert tune_malloc() is True
