@@ -1,7 +1,8 @@
 """What the first of several gateway processes adds up for the others (rollout.gateway_workers):
 Prometheus text merged series by series, shadow output-diff figures merged exactly, the
 followers' configuration, the --workers flag, and connections dealt in turn
-(rollout.conn_handoff) over real Unix channels."""
+(rollout.conn_handoff) over real Unix channels; and the allocator tuning every gateway process
+starts with (rollout.malloc_tuning)."""
 
 from __future__ import annotations
 
