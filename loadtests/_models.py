@@ -362,18 +362,30 @@ def _process_table() -> tuple[dict[int, list[str]], dict[int, list[int]]]:
     return stats, children
 
 
+def _tree(pid: int, children: dict[int, list[int]]) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        out.append(current)
+        todo.extend(children.get(current, []))
+    return out
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its live descendants (a gateway's worker processes, Triton's stubs)."""
+    return _tree(pid, _process_table()[1])
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of `pid` and every live descendant (Triton's Python-backend
     stubs are its children), from /proc; 0 for processes that are gone."""
     ticks = os.sysconf("SC_CLK_TCK")
     stats, children = _process_table()
-    total, todo = 0.0, [pid]
-    while todo:
-        current = todo.pop()
+    total = 0.0
+    for current in _tree(pid, children):
         fields = stats.get(current)
         if fields is not None:
             total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
-        todo.extend(children.get(current, []))
     return total
 
 

@@ -33,7 +33,6 @@ clients), so that nothing but the gateway is shared between the primary and its 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import statistics
@@ -49,7 +48,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(REPO_ROOT))
 
-from loadtests._models import cpu_seconds, start_system, wait_children  # noqa: E402
+from loadtests._models import cpu_seconds, process_tree, start_system, wait_children  # noqa: E402
 from loadtests._models import lastmile_cli as _cli  # noqa: E402
 from loadtests.bench_swaps import Clients  # noqa: E402
 from manager.triton.cpus import parse_cpu_list  # noqa: E402
@@ -112,18 +111,6 @@ def lag_figures(before: dict[float, float], after: dict[float, float]) -> dict[s
         "loop_lag_p99_ms": round(1000 * p99, 2) if p99 != float("inf") else float("inf"),
         "loop_lag_over_5ms": round(1 - counts.get(0.005, 0.0) / total, 4),
     }
-
-
-def _tree(pid: int) -> list[int]:
-    """`pid` and its descendants (a gateway's worker processes)."""
-    out, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        out.append(current)
-        with contextlib.suppress(OSError):
-            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
-            todo += [int(child) for child in children]
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -210,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         if own:  # the primary runs on server 0, the copies on the last K
             pids["candidate_triton"] = state["triton"][-1]["pid"]
         if a.gateway_cpus:  # every thread of every gateway process
-            for pid in _tree(pids["gateway"]):
+            for pid in process_tree(pids["gateway"]):
                 subprocess.run(["taskset", "-a", "-p", "-c", a.gateway_cpus, str(pid)],
                                check=True, capture_output=True)  # fmt: skip
         clients = Clients(*where, rate=rate)
