@@ -45,11 +45,13 @@ import tempfile
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from rollout.admin_api import leader_entry
 from rollout.admin_http import write_atomically
 from rollout.conn_handoff import channel_pair
 from rollout.gateway_config import ADMIN_HOST, GatewayConfig
+from rollout.http_call import request
 from rollout.malloc_tuning import tune_malloc
 from rollout.routing import RoutingTable
 
@@ -106,35 +108,6 @@ def load_config(raw: bytes) -> GatewayConfig:
     if data.get("allowed_upstreams") is not None:
         data["allowed_upstreams"] = frozenset((h, int(p)) for h, p in data["allowed_upstreams"])
     return GatewayConfig(**data)
-
-
-# -- calls to a follower's loopback ports ---------------------------------------------------
-async def call(
-    port: int, method: str, path: str, *, token: str | None = None, body: bytes = b""
-) -> tuple[int, bytes]:
-    """One HTTP/1.1 request to 127.0.0.1:port (the follower's admin or metrics server)."""
-
-    async def once() -> tuple[int, bytes]:
-        reader, writer = await asyncio.open_connection(ADMIN_HOST, port)
-        try:
-            head = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1", "Connection: close",
-                    f"Content-Length: {len(body)}"]  # fmt: skip
-            if token is not None:
-                head.append(f"Authorization: Bearer {token}")
-            writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + body)
-            await writer.drain()
-            raw = await reader.read()  # the server closes after its answer
-        finally:
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
-        header, _, payload = raw.partition(b"\r\n\r\n")
-        status = header.split(b" ", 2)
-        if len(status) < 2 or not status[1].isdigit():
-            raise ConnectionError(f"no HTTP answer from 127.0.0.1:{port}")
-        return int(status[1]), payload
-
-    return await asyncio.wait_for(once(), CALL_TIMEOUT_S)
 
 
 @dataclass
@@ -196,8 +169,8 @@ class Workers:
             routes_file=self.folder / "unused.json",  # each is given its own
             token=self.token,
         )
+        # written 0600 (mkstemp) in a 0700 folder: it holds the workers' admin token
         write_atomically(self.config_file, dump_config(config))
-        os.chmod(self.config_file, 0o600)
         for follower in self.followers:
             follower.task = asyncio.create_task(self._keep(follower))
         loop = asyncio.get_running_loop()
@@ -299,8 +272,14 @@ class Workers:
 
     # -- what the leader asks of them -------------------------------------------------------
     async def _put(self, follower: Follower, table: RoutingTable) -> None:
-        status, body = await call(
-            follower.admin_port, "PUT", "/routes", token=self.token, body=table.to_json()
+        status, body = await request(
+            ADMIN_HOST,
+            follower.admin_port,
+            "PUT",
+            "/routes",
+            token=self.token,
+            body=table.to_json(),
+            timeout=CALL_TIMEOUT_S,
         )
         if status != 200:
             raise ValueError(f"HTTP {status}: {body[:200]!r}")
@@ -325,7 +304,17 @@ class Workers:
         targets = [f for f in self.followers if f.up]
         token = self.token if port_of == "admin_port" else None
         results = await asyncio.gather(
-            *(call(getattr(f, port_of), method, path, token=token) for f in targets),
+            *(
+                request(
+                    ADMIN_HOST,
+                    getattr(f, port_of),
+                    method,
+                    path,
+                    token=token,
+                    timeout=CALL_TIMEOUT_S,
+                )
+                for f in targets
+            ),
             return_exceptions=True,
         )
         out = []
@@ -346,7 +335,7 @@ class Workers:
         return [json.loads(body)["snapshot"] for body in bodies]
 
     async def reset_shadow(self, route: str | None) -> None:
-        path = "/shadow" if route is None else f"/shadow?route={_quote(route)}"
+        path = "/shadow" if route is None else f"/shadow?route={quote(route, safe='')}"
         await self._gather("admin_port", "DELETE", path)
 
     def channels(self) -> list[socket.socket]:
@@ -362,12 +351,6 @@ class Workers:
         return [leader_entry(self.gateway.ports.get("metrics"))] + [
             f.describe() for f in self.followers
         ]
-
-
-def _quote(text: str) -> str:
-    from urllib.parse import quote
-
-    return quote(text, safe="")
 
 
 # -- the follower's process -----------------------------------------------------------------

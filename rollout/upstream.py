@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import httptools
 
 from rollout.balance import Replica
+from rollout.http_call import request
 
 logger = logging.getLogger(__name__)
 
@@ -280,19 +281,7 @@ class UpstreamPool:
 async def probe_ready(host: str, port: int, timeout: float) -> bool:
     """True when Triton at host:port answers GET /v2/health/ready with 200 within `timeout`."""
     try:
-        return await asyncio.wait_for(_probe(host, port), timeout)
-    except (OSError, asyncio.TimeoutError, ValueError):
+        status, _ = await request(host, port, "GET", "/v2/health/ready", timeout=timeout)
+    except (OSError, asyncio.TimeoutError):
         return False
-
-
-async def _probe(host: str, port: int) -> bool:
-    reader, writer = await asyncio.open_connection(host, port)
-    try:
-        writer.write(
-            f"GET /v2/health/ready HTTP/1.1\r\nHost: {host}:{port}\r\n"
-            "Connection: close\r\n\r\n".encode()
-        )
-        status_line = await reader.readline()
-        return status_line.split(b" ", 2)[1:2] == [b"200"]
-    finally:
-        writer.close()
+    return status == 200
