@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import uvloop
-from prometheus_client.parser import text_string_to_metric_families
 
 from rollout.gateway import Gateway, GatewayConfig, serve
 from rollout.public_config import EXTENSIONS
@@ -24,6 +23,7 @@ from tests.unit.test_gateway_harness import (
     route,
     routes,
     running_gateway,
+    samples,
     table,
     triton_like,
     variant,
@@ -147,24 +147,19 @@ def test_metrics_count_requests_by_route_variant_protocol_and_code() -> None:
             text = (await http(gw.ports["metrics"], "GET", "/metrics")).body.decode()
             assert (await http(gw.ports["metrics"], "GET", "/other")).status == 404
         await fake.stop()
-        families = {f.name: f for f in text_string_to_metric_families(text)}
-        samples = {
-            (s.name, tuple(sorted(s.labels.items()))): s.value
-            for f in families.values()
-            for s in f.samples
-        }
+        got = samples(text)
         series = (("route", "ws/d"), ("variant", "d/3"))
         ok = (("code", "200"), ("protocol", "http"), *series)
-        assert samples[("lastmile_gateway_requests_total", ok)] == 3
+        assert got[("lastmile_gateway_requests_total", ok)] == 3
         unknown = (("code", "404"), ("protocol", "http"), ("route", "_unknown"), ("variant", ""))
-        assert samples[("lastmile_gateway_requests_total", unknown)] == 1
-        assert samples[("lastmile_gateway_request_duration_seconds_count", series)] == 3
+        assert got[("lastmile_gateway_requests_total", unknown)] == 1
+        assert got[("lastmile_gateway_request_duration_seconds_count", series)] == 3
         inf = (("le", "+Inf"), *series)
-        assert samples[("lastmile_gateway_request_duration_seconds_bucket", inf)] == 3
-        assert samples[("lastmile_gateway_inflight", series)] == 0
-        assert samples[("lastmile_gateway_routing_generation", ())] == 4
+        assert got[("lastmile_gateway_request_duration_seconds_bucket", inf)] == 3
+        assert got[("lastmile_gateway_inflight", series)] == 0
+        assert got[("lastmile_gateway_routing_generation", ())] == 4
         upstream = (("upstream", f"127.0.0.1:{fake.port}"),)
-        assert samples[("lastmile_gateway_upstream_up", upstream)] == 1
+        assert got[("lastmile_gateway_upstream_up", upstream)] == 1
 
     uvloop.run(main())
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httptools
+from prometheus_client.parser import text_string_to_metric_families
 
 from rollout.gateway import Gateway, GatewayConfig, serve
 
@@ -359,3 +360,15 @@ async def wait_ready(gateway: Gateway, timeout: float = 5.0) -> None:
     async with asyncio.timeout(timeout):
         while not gateway.is_ready():
             await asyncio.sleep(0.02)
+
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def samples(text: str) -> Samples:
+    """Every sample of a Prometheus text, keyed by (name, sorted label pairs)."""
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }

@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import uvloop
-from prometheus_client.parser import text_string_to_metric_families
 
 from rollout.gateway import Gateway
 from rollout.gateway_metrics import GatewayStats
@@ -25,6 +24,7 @@ from tests.unit.test_gateway_harness import (
     put_routes,
     route,
     running_gateway,
+    samples,
     table,
     triton_like,
     variant,
@@ -125,14 +125,6 @@ async def infer(client: RawClient, body: bytes | None = None, **headers: str) ->
     return resp
 
 
-def metrics(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-
-
 def test_mirrored_pairs_reach_the_diff_report_and_the_client_sees_only_the_primary() -> None:
     async def main() -> None:
         candidates = Candidates()
@@ -162,7 +154,7 @@ def test_mirrored_pairs_reach_the_diff_report_and_the_client_sees_only_the_prima
             assert (await http(admin, "POST", "/shadow")).status == 405
 
             text = (await http(gw.ports["metrics"], "GET", "/metrics")).body.decode()
-            got_metrics = metrics(text)
+            got_metrics = samples(text)
             mirror = (("route", ROUTE), ("variant", "fraud/2"))
             ok = (("outcome", "ok"), *mirror)
             assert got_metrics[("lastmile_gateway_shadow_requests_total", ok)] == 4

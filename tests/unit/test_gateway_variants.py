@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 import uvloop
-from prometheus_client.parser import text_string_to_metric_families
 
 from rollout.gateway import Gateway
 from rollout.routing import RoutingTable
@@ -28,6 +27,7 @@ from tests.unit.test_gateway_harness import (
     put_routes,
     route,
     running_gateway,
+    samples,
     table,
     triton_like,
     variant,
@@ -62,14 +62,6 @@ def run(
             await fake.stop()
 
     uvloop.run(main())
-
-
-def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
 
 
 # -- addressing ---------------------------------------------------------------------------------

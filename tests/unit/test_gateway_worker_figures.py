@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 import pytest
 from prometheus_client import generate_latest
-from prometheus_client.parser import text_string_to_metric_families
 
 from rollout.conn_handoff import Acceptor, Receiver, channel_pair
 from rollout.gateway_config import GatewayConfig, parse_args
@@ -28,6 +27,7 @@ from rollout.gateway_metrics import (
 from rollout.gateway_workers import dump_config, follower_config, load_config
 from rollout.shadow_diff import DiffCollector, RawResponse
 from rollout.shadow_report import merge_reports
+from tests.unit.test_gateway_harness import samples
 
 TIMEOUT = 10.0
 
@@ -42,14 +42,6 @@ def _text(stats: GatewayStats, generation: int, up: dict[str, bool], clients: in
     return generate_latest(make_registry(stats, gauges)).decode()
 
 
-def _values(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-
-
 def test_metrics_of_several_processes_add_up_series_by_series() -> None:
     a, b = GatewayStats(), GatewayStats()
     for _ in range(3):
@@ -61,7 +53,7 @@ def test_metrics_of_several_processes_add_up_series_by_series() -> None:
     text_b = _text(b, 6, {"t:1": True, "t:2": False}, clients=2)
 
     merged = generate_latest(merged_registry([text_a, text_b])).decode()
-    values = _values(merged)
+    values = samples(merged)
     ok = (("code", "200"), ("protocol", "http"), ("route", "ws/p"), ("variant", "p/1"))
     key = ("lastmile_gateway_requests_total", ok)
     assert values[key] == 8.0
@@ -82,7 +74,7 @@ def test_metrics_of_several_processes_add_up_series_by_series() -> None:
     only_a = ("lastmile_gateway_requests_total", failed)
     assert values[only_a] == 1.0
     # one process's text merged alone is that text
-    assert _values(generate_latest(merged_registry([text_a])).decode()) == _values(text_a)
+    assert samples(generate_latest(merged_registry([text_a])).decode()) == samples(text_a)
     assert {f.name for f in merge_exposition([text_a, text_b])} >= {
         "lastmile_gateway_requests",
         "lastmile_gateway_request_duration_seconds",
