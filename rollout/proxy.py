@@ -32,6 +32,11 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+# After refusing a request whose body may still be arriving, keep reading (and dropping) it
+# this long before closing: closing with unread bytes makes the kernel send a reset, which can
+# destroy the error answer before the client reads it (nginx's lingering close does the same).
+LINGER_S = 5.0
+
 NO_CAPTURE: list[tuple[bytes, bytes]] = []  # shared, never appended to
 
 
@@ -103,6 +108,8 @@ class ClientConnection(asyncio.Protocol):
         "header_size",
         "headers",
         "last_active",
+        "linger",
+        "linger_since",
         "parser",
         "queue",
         "reading_paused",
@@ -125,6 +132,8 @@ class ClientConnection(asyncio.Protocol):
         self.queue: deque[Request] = deque()  # pipelined requests waiting their turn
         self.last_active = gw.now
         self.started = 0.0  # coarse time the request being read began; 0.0 between requests
+        self.linger = False  # close by lingering (a refused request's body may still come)
+        self.linger_since = 0.0  # lingering since (0.0: not lingering)
         self._reset()
 
     def _reset(self) -> None:
@@ -157,6 +166,8 @@ class ClientConnection(asyncio.Protocol):
                 ex.abandon()
 
     def data_received(self, data: bytes) -> None:
+        if self.linger_since:  # the rest of a refused request: dropped
+            return
         self.last_active = self.gw.now
         try:
             self.parser.feed_data(data)
@@ -304,10 +315,26 @@ class ClientConnection(asyncio.Protocol):
         self.last_active = self.gw.now
         if self.closing or self.gw.shutting_down:
             self.closing = True
-            if not self.closed:
+            if self.closed:
+                return
+            if self.linger and self.transport.can_write_eof():
+                self._start_linger()
+            else:
                 self.transport.close()
             return
         self._drain()
+
+    def _start_linger(self) -> None:
+        """The answer is written: send FIN after it, then read and drop until the client
+        closes (eof_received) or LINGER_S passes (check_timeouts)."""
+        self.linger_since = self.gw.now
+        self.transport.write_eof()
+        if self.reading_paused:
+            self.reading_paused = False
+            self.transport.resume_reading()
+
+    def eof_received(self) -> bool | None:
+        return None  # the client is done sending: the transport closes
 
     def fail_request(self, error: ClientError) -> None:
         """A request could not be read (limits, bad syntax): answer in turn, then close."""
@@ -326,6 +353,10 @@ class ClientConnection(asyncio.Protocol):
             self.transport.close()
 
     def check_timeouts(self, now: float) -> None:
+        if self.linger_since:
+            if now - self.linger_since > LINGER_S:
+                self.transport.abort()
+            return
         config = self.gw.config
         ex = self.ex
         if ex is not None:
@@ -363,6 +394,7 @@ class ClientConnection(asyncio.Protocol):
         self.cur = req
         if req.error is not None:
             self.closing = True
+            self.linger = True
             self.error(req.error.status, req.error.message)
             return
         dispatch(self, req)

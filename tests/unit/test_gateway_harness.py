@@ -209,8 +209,11 @@ async def triton_like(req: Message) -> Reply | None:
 class FakeTriton:
     """Loopback HTTP/1.1 keep-alive server; `handler` returns a reply or None (= hang up)."""
 
-    def __init__(self, handler: Handler = triton_like) -> None:
+    def __init__(self, handler: Handler = triton_like, pieces: tuple[int, ...] = ()) -> None:
         self.handler = handler
+        # sizes a response is written in, each piece drained before the next (the last size
+        # repeats); empty: one write
+        self.pieces = pieces
         self.requests: list[Message] = []
         self.connections = 0
         self.port = 0
@@ -280,13 +283,21 @@ class FakeTriton:
                         )
                     else:
                         head.append(f"Content-Length: {len(body)}")
-                    writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + body)
-                    await writer.drain()
+                    data = ("\r\n".join(head) + "\r\n\r\n").encode() + body
+                    await self._write(writer, data)
         except (ConnectionError, httptools.HttpParserError):
             return
         finally:
             self._writers.discard(writer)
             writer.close()
+
+    async def _write(self, writer: asyncio.StreamWriter, data: bytes) -> None:
+        offset, sizes = 0, list(self.pieces)
+        while offset < len(data):
+            size = sizes.pop(0) if len(sizes) > 1 else (sizes[0] if sizes else len(data))
+            writer.write(data[offset : offset + size])
+            await writer.drain()
+            offset += size
 
 
 def variant(
