@@ -49,6 +49,7 @@ Overlay = Literal["gpu", "cpu-dev"]
 
 # the sizes a bundle may have: setting -> (lowest, highest); a pipeline's own sizes
 # (services/cluster_sizing.py) keep to the same bounds
+GATEWAY_CPUS = 2  # a gateway pod's CPU limit, and its processes (--workers)
 SIZE_BOUNDS = {"replicas": (1, 64), "gpus": (1, 8), "gateway_replicas": (1, 64)}
 
 
@@ -434,16 +435,21 @@ def _gateway(names: _Names, hosts: list[str], settings: ExportSettings) -> list[
             f"--routes-file=/etc/lastmile/routes/{ROUTES_FILE}",
             *allowed,
             "--shutdown-timeout=30",
+            f"--workers={GATEWAY_CPUS}",  # one process per core of its CPU limit
         ],
         "ports": _ports("http", "grpc", "metrics"),
         "livenessProbe": _probe("/v2/health/live", "http", 10, timeoutSeconds=3),
         "readinessProbe": _probe("/v2/health/ready", "http", 5, timeoutSeconds=3),
         "resources": {
             "requests": {"cpu": "500m", "memory": "256Mi"},
-            "limits": {"cpu": "2", "memory": "2Gi"},
+            "limits": {"cpu": str(GATEWAY_CPUS), "memory": "2Gi"},
         },
         "securityContext": _security(10001),
-        "volumeMounts": [{"name": "routes", "mountPath": "/etc/lastmile/routes", "readOnly": True}],
+        "volumeMounts": [
+            {"name": "routes", "mountPath": "/etc/lastmile/routes", "readOnly": True},
+            # the processes share their configuration through a file in the temporary folder
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
     }
     return [
         _service_account(names.gateway, labels),
@@ -468,7 +474,10 @@ def _gateway(names: _Names, hosts: list[str], settings: ExportSettings) -> list[
                         "terminationGracePeriodSeconds": 45,
                         "securityContext": _pod_security(10001),
                         "containers": [container],
-                        "volumes": [{"name": "routes", "configMap": {"name": names.routes}}],
+                        "volumes": [
+                            {"name": "routes", "configMap": {"name": names.routes}},
+                            {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}},
+                        ],
                     },
                 },
             },

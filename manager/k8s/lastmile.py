@@ -12,11 +12,16 @@
   (the gateway refuses a routing table naming any other), and its --routes-url and
   --capture-url name a Service port of these manifests;
 - a ``dns+`` entry of the manager's LASTMILE_GATEWAY_METRICS_URLS names a headless Service
-  with that port in front of gateway pods (so that every gateway's traffic counts in gates).
+  with that port in front of gateway pods (so that every gateway's traffic counts in gates);
+- a gateway run as several processes (--workers N) has a writable temporary folder (its
+  processes share their configuration through a file there; a read-only root filesystem
+  needs an emptyDir at TMPDIR or /tmp), and no more processes than its CPU limit has cores
+  (each process keeps at most one core busy; past the limit they only take turns).
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -389,7 +394,65 @@ def _gateway(
     for flag in ("--routes-url", "--capture-url"):
         for url in flags.get(flag, []):
             findings += _manager_url(pod, flag, url, manifests)
+    findings += _gateway_workers(pod, container, flags)
     return findings
+
+
+def _gateway_workers(
+    pod: PodTemplate, container: Mapping[str, Any], flags: Mapping[str, list[str]]
+) -> list[Finding]:
+    given = flags.get("--workers", ["1"])[-1]
+    try:
+        workers = int(given)
+    except ValueError:
+        return []  # the gateway's own parser refuses it (test_the_gateway_flags_parse)
+    if workers <= 1:
+        return []
+    findings = []
+    read_only = (container.get("securityContext") or {}).get("readOnlyRootFilesystem") is True
+    tmpdir = _env(container).get("TMPDIR") or "/tmp"
+    writable = [
+        m["mountPath"].rstrip("/") or "/"
+        for m in container.get("volumeMounts") or []
+        if m.get("mountPath") and not m.get("readOnly")
+    ]
+    under_mount = any(tmpdir == w or tmpdir.startswith(w.rstrip("/") + "/") for w in writable)
+    if read_only and not under_mount:
+        findings.append(
+            finding(
+                "gateway-workers-tmpdir",
+                pod.owner,
+                f"the gateway runs {workers} processes (--workers) on a read-only root "
+                f"filesystem, and its temporary folder {tmpdir} is on no writable volume: it "
+                "refuses to start (its processes share their configuration through a file there)",
+                "mount an emptyDir (medium: Memory, a few MiB) at /tmp, or set TMPDIR to a "
+                "writable mount",
+            )
+        )
+    cores = _cpu_cores(((container.get("resources") or {}).get("limits") or {}).get("cpu"))
+    if cores is not None and workers > max(1, math.ceil(cores)):
+        findings.append(
+            finding(
+                "gateway-workers-cpu",
+                pod.owner,
+                f"the gateway runs {workers} processes (--workers) under a CPU limit of "
+                f"{cores:g} cores: each process keeps at most one core busy, so past the limit "
+                "they only take turns (and are throttled)",
+                f"use --workers={max(1, math.ceil(cores))} or raise the CPU limit",
+            )
+        )
+    return findings
+
+
+def _cpu_cores(quantity: object) -> float | None:
+    """A Kubernetes CPU quantity ("2", "1.5", "500m") in cores; None when absent or unread."""
+    if quantity is None:
+        return None
+    text = str(quantity).strip()
+    try:
+        return int(text[:-1]) / 1000 if text.endswith("m") else float(text)
+    except ValueError:
+        return None
 
 
 def _manager_url(pod: PodTemplate, flag: str, url: str, manifests: list[Manifest]) -> list[Finding]:

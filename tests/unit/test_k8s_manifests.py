@@ -292,6 +292,22 @@ def _routes_url_elsewhere(ms: Manifests) -> None:
     c["args"] = [a.replace("lastmile-manager:8080", "lastmile-manager:8081") for a in c["args"]]
 
 
+def _gateway_tmp_unmounted(ms: Manifests) -> None:
+    c = container(ms, "Deployment", "lastmile-gateway", "gateway")
+    c["volumeMounts"] = [m for m in c["volumeMounts"] if m["mountPath"] != "/tmp"]
+
+
+def _gateway_tmpdir_read_only(ms: Manifests) -> None:
+    c = container(ms, "Deployment", "lastmile-gateway", "gateway")
+    c["env"] = [{"name": "TMPDIR", "value": "/var/run/lastmile/scratch"}]  # the token's mount
+
+
+def _gateway_workers_past_the_cpu_limit(ms: Manifests) -> None:
+    c = container(ms, "Deployment", "lastmile-gateway", "gateway")
+    c["args"] = [a for a in c["args"] if not a.startswith("--workers")] + ["--workers", "8"]
+    c["resources"]["limits"]["cpu"] = "1500m"
+
+
 def _service_monitor_unknown_field(ms: Manifests) -> None:
     endpoint = get(ms, "ServiceMonitor", "triton")["spec"]["endpoints"][0]
     endpoint["intervall"] = endpoint.pop("interval")
@@ -434,6 +450,18 @@ BREAKAGES: dict[str, tuple[str, Callable[[Manifests], None], str, str, str, str]
         "cpu-dev", _routes_url_elsewhere, "Deployment", "lastmile-gateway", "gateway-routes-url",
         "--capture-url http://lastmile-manager:8081/api/v1/gateway/capture names no Service port",
     ),
+    "gateway processes without a writable temporary folder": (
+        "gpu", _gateway_tmp_unmounted, "Deployment", "lastmile-gateway",
+        "gateway-workers-tmpdir", "temporary folder /tmp is on no writable volume",
+    ),
+    "gateway processes with TMPDIR on a read-only mount": (
+        "cpu-dev", _gateway_tmpdir_read_only, "Deployment", "lastmile-gateway",
+        "gateway-workers-tmpdir", "temporary folder /var/run/lastmile/scratch is on no writable",
+    ),
+    "more gateway processes than the CPU limit has cores": (
+        "cpu-dev", _gateway_workers_past_the_cpu_limit, "Deployment", "lastmile-gateway",
+        "gateway-workers-cpu", "runs 8 processes (--workers) under a CPU limit of 1.5 cores",
+    ),
     "a typo in a ServiceMonitor": (
         "gpu", _service_monitor_unknown_field, "ServiceMonitor", "triton", "crd-schema",
         "spec.endpoints[0].intervall: unknown field 'intervall'",
@@ -564,6 +592,9 @@ def test_the_gateway_flags_parse(
         "volumeMounts"
     ]
     assert config.capture_dir in {m["mountPath"] for m in mounts}
+    # one gateway process per core of the pod's CPU limit, sharing a file in the pod's /tmp
+    assert str(config.workers) == c["resources"]["limits"]["cpu"] == "2"
+    assert {"name": "tmp", "mountPath": "/tmp"} in mounts
     pods = _most_triton_pods(rendered[overlay])
     assert config.allowed_upstreams == {
         (f"triton-{i}.triton-headless", port) for i in range(pods) for port in (8000, 8001)
