@@ -37,6 +37,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Coroutine
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -478,10 +479,16 @@ def _settle_heap() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     tune_malloc()  # before the requests' buffers: see rollout.malloc_tuning
-    config, log_level = parse_args(argv)
+    config = parse_args(argv)
     logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    return run_to_exit(serve(config, settle_heap=True))
+
+
+def run_to_exit(serving: Coroutine[Any, Any, None]) -> int:
+    """Run a gateway process's `serving` coroutine on uvloop (asyncio where there is none):
+    the process's exit status, 2 when it could not start (port in use, bad address)."""
     runner: Any
     try:
         import uvloop
@@ -490,8 +497,8 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:  # pragma: no cover - uvloop is a dependency off Windows
         runner = asyncio.run
     try:
-        runner(serve(config, settle_heap=True))
-    except OSError as exc:  # port in use, bad address
+        runner(serving)
+    except OSError as exc:
         logger.error("cannot start: %s", exc)
         return 2
     return 0

@@ -78,7 +78,7 @@ class GatewayConfig:
             self.max_inflated_bytes = 2 * self.max_body_bytes
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[GatewayConfig, str]:
+def parse_args(argv: list[str] | None = None) -> GatewayConfig:
     defaults = GatewayConfig()
     p = argparse.ArgumentParser(prog="python -m rollout.gateway", description=DESCRIPTION)
     p.add_argument("--host", default=defaults.host, help="address of the data listener")
@@ -268,7 +268,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[GatewayConfig, str]:
         workers=a.workers,
         log_level=a.log_level,
     )
-    return config, a.log_level
+    return config
 
 
 def _addresses(text: str) -> list[tuple[str, int]]:

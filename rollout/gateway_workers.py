@@ -387,17 +387,9 @@ def main(argv: list[str] | None = None) -> int:
         level=config.log_level.upper(),
         format=f"%(asctime)s %(levelname)s %(name)s [worker {args[1]}]: %(message)s",
     )
-    runner: Any = asyncio.run
-    with contextlib.suppress(ImportError):
-        import uvloop
+    from rollout.gateway import run_to_exit  # rollout.gateway imports this module
 
-        runner = uvloop.run
-    try:
-        runner(_follow(config))
-    except OSError as exc:
-        logger.error("cannot start: %s", exc)
-        return 2
-    return 0
+    return run_to_exit(_follow(config))
 
 
 if __name__ == "__main__":

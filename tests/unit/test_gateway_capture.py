@@ -368,7 +368,7 @@ def test_capture_url_flags_are_checked(tmp_path: Path, capsys: pytest.CaptureFix
         assert message in capsys.readouterr().err
     token = tmp_path / "token"
     token.write_text("t" * 24)
-    config, _ = parse_args(
+    config = parse_args(
         ["--capture-dir", str(tmp_path), "--capture-url", url, "--routes-token-file", str(token)]
     )
     assert (config.capture_url, config.routes_token) == (url, "t" * 24)

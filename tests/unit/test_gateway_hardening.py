@@ -118,7 +118,7 @@ def test_without_a_token_the_admin_api_is_open_and_the_log_says_so(
 def test_cli_reads_the_token_file_and_the_new_limits(tmp_path: Path) -> None:
     token_file = tmp_path / "token"
     token_file.write_text(f"  {TOKEN}\n")
-    config, _ = parse_args(
+    config = parse_args(
         [
             "--admin-token-file",
             str(token_file),
@@ -139,10 +139,10 @@ def test_cli_reads_the_token_file_and_the_new_limits(tmp_path: Path) -> None:
     assert config.allowed_upstreams == {("127.0.0.1", 8000), ("localhost", 8001), ("::1", 8001)}
     assert config.generation_window_ms == 5000
     assert config.max_inflated_bytes == 2000  # default: twice the body limit
-    defaults, _ = parse_args([])
+    defaults = parse_args([])
     assert defaults.admin_token is None and defaults.allowed_upstreams is None
     assert defaults.generation_window_ms == DAY_MS
-    assert parse_args(["--max-inflated-bytes", "77"])[0].max_inflated_bytes == 77
+    assert parse_args(["--max-inflated-bytes", "77"]).max_inflated_bytes == 77
 
 
 @pytest.mark.parametrize("content", ["", "  \n", "two words"])
@@ -171,7 +171,7 @@ def test_cli_refuses_a_malformed_allowed_upstream(capsys: pytest.CaptureFixture[
 
 
 def test_an_allowed_upstream_range_allows_each_pod_of_it() -> None:
-    config, _ = parse_args(["--allowed-upstream", "triton-{0..2}.triton-headless:8001"])
+    config = parse_args(["--allowed-upstream", "triton-{0..2}.triton-headless:8001"])
     assert config.allowed_upstreams == {(f"triton-{i}.triton-headless", 8001) for i in range(3)}
 
 

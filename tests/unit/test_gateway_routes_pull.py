@@ -138,7 +138,7 @@ def test_an_unreachable_control_plane_and_a_foreign_upstream_leave_the_table_alo
 def test_pull_flags_are_checked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     token = tmp_path / "token"
     token.write_text(TOKEN + "\n")
-    config, _ = parse_args(
+    config = parse_args(
         ["--routes-url", "http://m:8080/api/v1/gateway/routes", "--routes-token-file", str(token)]
     )
     assert config.routes_token == TOKEN and config.routes_poll_s == 2.0

@@ -267,8 +267,8 @@ def test_the_shadow_diff_rate_is_a_gateway_setting(capsys: Any) -> None:
     from rollout.gateway import parse_args
     from rollout.shadow_diff import DEFAULT_MAX_RATE
 
-    assert parse_args([])[0].shadow_diff_rate == DEFAULT_MAX_RATE
-    assert parse_args(["--shadow-diff-rate", "2.5"])[0].shadow_diff_rate == 2.5
+    assert parse_args([]).shadow_diff_rate == DEFAULT_MAX_RATE
+    assert parse_args(["--shadow-diff-rate", "2.5"]).shadow_diff_rate == 2.5
     with pytest.raises(SystemExit):
         parse_args(["--shadow-diff-rate", "0"])
     assert "--shadow-diff-rate must be > 0" in capsys.readouterr().err

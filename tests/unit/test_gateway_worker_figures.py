@@ -157,7 +157,7 @@ def test_a_follower_is_configured_from_its_leader_and_survives_the_file() -> Non
 
 
 def test_workers_flag_is_bounded(capsys: pytest.CaptureFixture[str]) -> None:
-    assert parse_args(["--workers", "4"])[0].workers == 4
+    assert parse_args(["--workers", "4"]).workers == 4
     for bad in ("0", "65"):
         with pytest.raises(SystemExit):
             parse_args(["--workers", bad])

@@ -433,7 +433,7 @@ def test_grpc_listener_can_be_disabled_and_a_taken_port_fails() -> None:
 def test_cli_flag() -> None:
     from rollout.gateway import parse_args
 
-    assert parse_args([])[0].grpc_port == 8001  # the CLI serves gRPC on Triton's port
+    assert parse_args([]).grpc_port == 8001  # the CLI serves gRPC on Triton's port
     assert GatewayConfig().grpc_port is None  # embedding code opts in
-    assert parse_args(["--grpc-port", "0"])[0].grpc_port == 0
-    assert parse_args(["--grpc-port", "9001"])[0].grpc_port == 9001
+    assert parse_args(["--grpc-port", "0"]).grpc_port == 0
+    assert parse_args(["--grpc-port", "9001"]).grpc_port == 9001

@@ -101,7 +101,7 @@ def test_the_bundle_builds_and_passes_every_check(
     assert [t["url"] for t in variant["targets"]] == [f"http://{h}:8000" for h in hosts]
     allowed = {a.split("=", 1)[1] for a in gateway["args"] if a.startswith("--allowed-upstream")}
     assert allowed == {f"{h}:{p}" for h in hosts for p in (8000, 8001)}
-    config, _ = parse_args(gateway["args"])
+    config = parse_args(gateway["args"])
     assert config.routes_file is not None and config.allowed_upstreams is not None
 
 

@@ -578,7 +578,7 @@ def test_the_gateway_flags_parse(
     token = tmp_path / "gateway-token"
     token.write_text("stand-in-gateway-token\n")
     args = [re.sub(r"=/var/run/lastmile/gateway-token$", f"={token}", a) for a in c["args"]]
-    config, _level = gateway.parse_args(args)
+    config = gateway.parse_args(args)
     assert (config.host, config.http_port, config.grpc_port, config.metrics_port) == (
         "0.0.0.0", 8000, 8001, 8002
     )  # fmt: skip
