@@ -183,25 +183,22 @@ class GatewayProcess:
     def exit_code(self) -> int | None:
         return self._proc.poll() if self._proc else None
 
-    def healthy(self, timeout_s: float = 2.0) -> bool:
+    def _admin_get(self, path: str, timeout_s: float) -> httpx.Response | None:
+        """GET on the gateway's admin API with its token; None when it does not answer 200."""
         try:
-            response = httpx.get(
-                f"{self.admin_url}/routes", headers=self.headers, timeout=timeout_s
-            )
+            response = httpx.get(f"{self.admin_url}{path}", headers=self.headers, timeout=timeout_s)
         except httpx.HTTPError:
-            return False
-        return response.status_code == 200
+            return None
+        return response if response.status_code == 200 else None
+
+    def healthy(self, timeout_s: float = 2.0) -> bool:
+        return self._admin_get("/routes", timeout_s) is not None
 
     def workers(self, timeout_s: float = 2.0) -> list[dict[str, Any]]:
         """The gateway's processes (GET /workers: index, pid, state, starts, last exit); empty
         when it does not answer."""
-        try:
-            response = httpx.get(
-                f"{self.admin_url}/workers", headers=self.headers, timeout=timeout_s
-            )
-        except httpx.HTTPError:
-            return []
-        if response.status_code != 200:
+        response = self._admin_get("/workers", timeout_s)
+        if response is None:
             return []
         return [
             {key: w.get(key) for key in ("index", "pid", "state", "starts", "last_exit")}

@@ -430,7 +430,8 @@ def _gateway_workers(
             )
         )
     cores = _cpu_cores(((container.get("resources") or {}).get("limits") or {}).get("cpu"))
-    if cores is not None and workers > max(1, math.ceil(cores)):
+    # `most`: the processes the limit keeps busy
+    if cores is not None and workers > (most := max(1, math.ceil(cores))):
         findings.append(
             finding(
                 "gateway-workers-cpu",
@@ -438,7 +439,7 @@ def _gateway_workers(
                 f"the gateway runs {workers} processes (--workers) under a CPU limit of "
                 f"{cores:g} cores: each process keeps at most one core busy, so past the limit "
                 "they only take turns (and are throttled)",
-                f"use --workers={max(1, math.ceil(cores))} or raise the CPU limit",
+                f"use --workers={most} or raise the CPU limit",
             )
         )
     return findings
