@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
 import uvloop
 
 from rollout.gateway import Gateway
@@ -173,13 +174,14 @@ def test_mirrored_pairs_reach_the_diff_report_and_the_client_sees_only_the_prima
     uvloop.run(main())
 
 
-def test_binary_tensor_pairs_are_compared_too() -> None:
+@pytest.mark.parametrize("count", [4, 48 * 1024])  # 16 B, and 192 KiB over many reads
+def test_binary_tensor_pairs_are_compared_too(count: int) -> None:
     async def main() -> None:
         async with system(Candidates(), "fraud/2") as (gw, events, client):
-            header = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32",
-                                  "parameters": {"binary_data_size": 16}}]}  # fmt: skip
+            header = {"inputs": [{"name": "x", "shape": [1, count], "datatype": "FP32",
+                                  "parameters": {"binary_data_size": 4 * count}}]}  # fmt: skip
             text = json.dumps(header).encode()
-            raw = b"\x00\x00\x80\x3f" * 4  # four 1.0f
+            raw = b"\x00\x00\x80\x3f" * count  # 1.0f each
             resp = await client.request(
                 "POST",
                 "/v2/models/fraud/infer",
