@@ -107,11 +107,13 @@ bench: install bench-deps
 	$(PY) loadtests/bench_scale.py
 
 # Faults under load (SIGKILL Triton / the gateway, a gzip bomb): recovery times and answers;
-# rollouts and a replica kill under locust load (loadtests/scenarios.py, one line each).
+# rollouts and a replica kill under locust load (loadtests/scenarios.py, one line each);
+# bench_shadow_burst.py: the gateway alone, a slow shadow's answers arriving all at once.
 loadtest: bench
 	$(PY) loadtests/fault_recovery.py
 	$(PY) loadtests/bench_swaps.py
 	$(PY) loadtests/bench_shadow.py
+	$(PY) loadtests/bench_shadow_burst.py
 	$(PY) loadtests/scenarios.py
 
 clean:

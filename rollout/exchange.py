@@ -36,6 +36,7 @@ __all__ = ["BATCH_HINT", "public_error"]  # kept importable from here
 if TYPE_CHECKING:
     from rollout.http_routing import CompiledRoute, CompiledTarget, CompiledVariant
     from rollout.http_shadow import ShadowGroup
+    from rollout.lane import SlowLane
     from rollout.proxy import ClientConnection
 
 INFER, READY, META, CONFIG = 1, 2, 3, 4
@@ -110,6 +111,8 @@ def infer_payload(
 
 class Exchange:
     """One client request forwarded to a variant and the response streamed (or stamped) back."""
+
+    lane: SlowLane | None = None  # a client waits for this answer: handled where it arrives
 
     __slots__ = (
         "capture",

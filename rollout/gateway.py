@@ -143,6 +143,7 @@ class Gateway:
                 upstream_timeout=config.upstream_timeout,
                 diffs=self.shadow_diff,
                 shadow_inflight=self.mirrors.inflight,
+                lane=self.mirrors.lane,
             )
             self.grpc.replica_for = self.replica_for
             self.grpc.capture = self.capture

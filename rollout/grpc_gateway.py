@@ -81,6 +81,7 @@ from rollout.grpc_wire import (
     mentions,
     string_field,
 )
+from rollout.lane import SlowLane
 from rollout.public_config import EXTENSIONS, public_grpc_config
 from rollout.routing import Mirror, RoutingTable
 
@@ -117,7 +118,8 @@ class GrpcFrontend:
     Optional: `diffs`, the gateway's DiffCollector, which gets the (primary, mirror) answer
     pairs of shadow routes (without it mirrors are still sent and counted, never compared);
     `shadow_inflight`, the route key -> mirrored copies in flight dict of the HTTP side, so
-    that `shadow.max_queue` bounds a route's copies over both transports together.
+    that `shadow.max_queue` bounds a route's copies over both transports together;
+    `lane`, the HTTP side's slow lane, where the relay's copies' answers are read too.
     """
 
     def __init__(
@@ -131,8 +133,10 @@ class GrpcFrontend:
         upstream_timeout: float,
         diffs: DiffCollector | None = None,
         shadow_inflight: dict[str, int] | None = None,
+        lane: SlowLane | None = None,
     ) -> None:
         self.loop = asyncio.get_running_loop()
+        self.lane = lane if lane is not None else SlowLane(self.loop)
         self.stats = stats
         self.is_ready = is_ready
         self.upstream_timeout = upstream_timeout

@@ -8,8 +8,8 @@ level: it reads the whole request, routes it exactly as the grpc.aio frontend wo
 routing table, strategies, balancer, statistics), appends the rename suffix, sends it on a
 multiplexed HTTP/2 connection to the chosen Triton, and stamps Triton's answer on the way back
 (public name, pipeline version, `lastmile_variant` appended; `lastmile-variant` initial
-metadata). ~115 µs per call. Shadow routes mirror the call on the same connections
-(rollout.grpc_relay_mirror).
+metadata). ~115 µs per call. Shadow routes mirror the call on connections of their own, read
+on the slow lane (rollout.grpc_relay_mirror, rollout.lane).
 
 Everything else — every other method, streams, compressed or malformed messages,
 unknown models, shared-memory parameters, versions not served, and a ModelInfer whose upstream
@@ -37,6 +37,7 @@ from rollout.h2_stream import Flusher, Headers, Stream
 
 if TYPE_CHECKING:
     from rollout.grpc_gateway import GrpcFrontend
+    from rollout.lane import SlowLane
 
 logger = logging.getLogger(__name__)
 
@@ -45,8 +46,11 @@ class UpstreamPool:
     """Multiplexed HTTP/2 connections to one gRPC server (a Triton, or the grpc.aio frontend);
     a new connection only when the open ones are full or going away."""
 
-    def __init__(self, relay: GrpcRelay, host: str, port: int) -> None:
+    def __init__(
+        self, relay: GrpcRelay, host: str, port: int, lane: SlowLane | None = None
+    ) -> None:
         self.relay = relay
+        self.lane = lane  # set for the shadow copies' own connections (rollout.lane)
         self.host, self.port = host, port
         self.authority = (f"[{host}]:{port}" if ":" in host else f"{host}:{port}").encode()
         self.conns: list[H2Conn] = []
@@ -56,7 +60,7 @@ class UpstreamPool:
         for conn in self.conns:
             if conn.can_open():
                 return conn.open_stream(leg, headers, end_stream)
-        conn = H2Conn(self.relay.flusher, client=True, on_closed=self._closed)
+        conn = H2Conn(self.relay.flusher, client=True, on_closed=self._closed, lane=self.lane)
         self.conns.append(conn)
         task = self.relay.loop.create_task(self._connect(conn))
         self.tasks.add(task)
@@ -143,12 +147,22 @@ class GrpcRelay:
             self.pools.add(pool)
         return pool
 
+    def mirror_pool_for(self, upstream: GrpcUpstream) -> UpstreamPool:
+        """Connections to `upstream` for shadow copies alone: no client waits on what they
+        read, so they read it on the slow lane (rollout.lane), a few frames a turn."""
+        pool: UpstreamPool | None = upstream.mirror_pool
+        if pool is None:
+            pool = UpstreamPool(self, upstream.host, upstream.port, self.frontend.lane)
+            upstream.mirror_pool = pool
+            self.pools.add(pool)
+        return pool
+
     def forget(self, upstream: GrpcUpstream) -> None:
         """A Triton no longer in the table: its connections close."""
-        pool: UpstreamPool | None = upstream.pool
-        if pool is not None:
-            self.pools.discard(pool)
-            pool.close()
+        for pool in (upstream.pool, upstream.mirror_pool):
+            if pool is not None:
+                self.pools.discard(pool)
+                pool.close()
 
     async def stop(self, grace: float) -> None:
         """No new connections; GOAWAY to clients; wait up to `grace` for their calls."""

@@ -1,11 +1,15 @@
 """Shadow copies of the relay's fast-path ModelInfer calls (rollout.grpc_relay).
 
-The same contract as rollout.grpc_shadow, on the relay's HTTP/2 connections instead of
+The same contract as rollout.grpc_shadow, on HTTP/2 connections of the relay's instead of
 grpc.aio: one copy per mirror variant, sent after the primary, never awaited by the client;
 its own timeout (`shadow.timeout_s`); at most `shadow.max_queue` copies of a route in flight
 (the dict is the gateway's, shared with the HTTP side and the grpc.aio frontend), past that
 dropped and counted; every outcome counted with `stats.shadow`; when both answers succeeded
 the two serialized ModelInferResponses go to the DiffCollector through a `ShadowPair`.
+
+The copies travel on connections of their own, which read their frames on the slow lane
+(rollout.lane): a candidate that answers a burst of copies at once does not hold up the
+primaries' answers that arrive with it.
 """
 
 from __future__ import annotations
@@ -62,7 +66,7 @@ class MirrorCall:
     def send(self, request: bytes, forwarded: Headers, timeout: float) -> None:
         target = self.variant.targets.pick()
         relay = self.relay
-        pool = relay.pool_for(target.upstream)
+        pool = relay.mirror_pool_for(target.upstream)
         suffix = target.request_suffix
         self.timer = relay.loop.call_at(self.start + timeout, self._expired)
         up = self.up = pool.open(self, infer_headers(pool.authority, timeout, forwarded))

@@ -45,6 +45,7 @@ class GrpcUpstream:
         "infer",
         "inflight",
         "metadata",
+        "mirror_pool",
         "pool",
         "port",
         "ready",
@@ -53,6 +54,7 @@ class GrpcUpstream:
     def __init__(self, host: str, port: int) -> None:
         self.host, self.port = host, port
         self.pool: Any = None  # the relay's HTTP/2 connections to it (rollout.grpc_relay)
+        self.mirror_pool: Any = None  # and those of the shadow copies sent to it
         self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self.inflight = 0  # calls sent on this channel and not answered (for the balancer)
         self.channel = grpc.aio.insecure_channel(

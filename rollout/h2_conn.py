@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rollout.h2_stream import Flusher, Headers, Leg, Stream, apply_settings, apply_window_update
 from rollout.h2_wire import (
@@ -66,8 +66,12 @@ from rollout.h2_wire import (
     window_update,
 )
 
+if TYPE_CHECKING:
+    from rollout.lane import SlowLane
+
 logger = logging.getLogger(__name__)
 
+LANE_FRAMES = 4  # frames read per turn of the slow lane: about one gRPC answer
 STREAM_WINDOW = 1 << 20  # what one stream may send us before we credit it
 CONNECTION_WINDOW = 1 << 30
 MAX_STREAMS = 256  # concurrent streams a client may open on one connection
@@ -89,8 +93,14 @@ class H2Conn(asyncio.Protocol):
         too_large: Callable[[int], Headers] | None = None,
         stream_window: int = STREAM_WINDOW,
         max_streams: int = MAX_STREAMS,
+        lane: SlowLane | None = None,
     ) -> None:
         self.flusher = flusher
+        # a connection no client waits on (shadow copies): its frames are read on the slow
+        # lane's turns, LANE_FRAMES at a time (rollout.lane)
+        self.lane = lane
+        self.deferred: list[bytes] = []
+        self.deferred_queued = False
         self.client = client
         self.on_stream = on_stream
         self.on_closed = on_closed
@@ -139,6 +149,8 @@ class H2Conn(asyncio.Protocol):
         self.mark()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.deferred or self.deferred_queued:  # what arrived before the close, first
+            self._read(self._take_deferred(), None)
         self.closed = True
         self.transport = None
         streams, self.streams = self.streams, {}
@@ -255,28 +267,61 @@ class H2Conn(asyncio.Protocol):
 
     # -- receiving --------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
+        lane = self.lane
+        if lane is None:
+            self._read(data, None)
+            return
+        self.deferred.append(data)
+        if not self.deferred_queued:
+            self.deferred_queued = True
+            lane.push(self._lane_turn)
+
+    def _read(self, data: bytes, frames: int | None) -> bool:
+        """Handle `data` (and what is buffered): every whole frame, or at most `frames`.
+        True when it stopped at that limit with bytes left to read."""
+        more = False
         try:
-            self._receive(data)
+            more = self._receive(data, frames)
         except ProtocolError as exc:
             logger.debug("HTTP/2 peer error: %s", exc)
             self.out.append(goaway(self.last_peer_stream, exc.code, str(exc)[:200].encode()))
             self.close()
         self.flusher.flush()
+        return more
 
-    def _receive(self, data: bytes) -> None:
+    def _take_deferred(self) -> bytes:
+        deferred = self.deferred
+        data = deferred[0] if len(deferred) == 1 else b"".join(deferred)
+        deferred.clear()
+        return data
+
+    def _lane_turn(self) -> None:
+        self.deferred_queued = False
+        data = self._take_deferred()
+        if self.closed or self.lane is None:
+            return
+        if self._read(data, LANE_FRAMES) and not self.closed:
+            self.deferred_queued = True
+            self.lane.push(self._lane_turn)
+
+    def _receive(self, data: bytes, frames: int | None = None) -> bool:
         buffer = self.buffer + data if self.buffer else data
         if not self.preface_seen:
             if len(buffer) < len(PREFACE):
                 if not PREFACE.startswith(buffer):
                     raise ProtocolError("not an HTTP/2 client (gRPC needs HTTP/2)")
                 self.buffer = buffer
-                return
+                return False
             if not buffer.startswith(PREFACE):
                 raise ProtocolError("not an HTTP/2 client (gRPC needs HTTP/2)")
             buffer = buffer[len(PREFACE) :]
             self.preface_seen = True
         position, size = 0, len(buffer)
+        left = -1 if frames is None else frames
         while size - position >= 9 and not self.closed:
+            if left == 0:
+                self.buffer = buffer[position:]
+                return True
             length = (buffer[position] << 16) | (buffer[position + 1] << 8) | buffer[position + 2]
             if length > DEFAULT_FRAME:  # we never raise SETTINGS_MAX_FRAME_SIZE
                 raise ProtocolError(f"frame of {length} bytes", FRAME_SIZE_ERROR)
@@ -287,8 +332,10 @@ class H2Conn(asyncio.Protocol):
             stream_id = u32(buffer, position + 5) & 0x7FFFFFFF
             payload = buffer[position + 9 : end]
             position = end
+            left -= 1
             self._frame(kind, flags, stream_id, payload)
         self.buffer = buffer[position:] if position < size else b""
+        return False
 
     def _frame(self, kind: int, flags: int, stream_id: int, payload: bytes) -> None:
         if self.continuing is not None and kind != CONTINUATION:

@@ -7,6 +7,10 @@ own timeout (`shadow.timeout_s`, a timer on the loop), and at most `shadow.max_q
 one route are in flight; past that, or when the mirror's pool has no free connection (a copy
 never queues in front of client requests), the copy is dropped and counted.
 
+A copy's answer is parsed and handled on the slow lane (rollout.lane), a few per turn of the
+loop, so that a candidate answering a burst of copies at once does not hold up the primaries
+that arrive with it.
+
 When the primary and a mirror both succeeded, the two raw bodies go to the DiffCollector
 (decoded on its own thread). A `ShadowGroup` joins them, whichever finishes first; it exists
 only for mirrored requests, so the normal path keeps no reference to any response.
@@ -19,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from rollout.exchange import INFERENCE_HEADER_LENGTH, infer_payload
 from rollout.gateway_metrics import GatewayStats
+from rollout.lane import SlowLane
 from rollout.routing import Mirror
 from rollout.shadow_diff import DiffCollector, RawResponse
 from rollout.upstream import UpstreamConnection
@@ -106,6 +111,7 @@ class MirrorExchange:
         "done",
         "group",
         "hlen",
+        "lane",
         "mirrors",
         "payload",
         "retried",
@@ -126,6 +132,7 @@ class MirrorExchange:
         start: float,
     ) -> None:
         self.mirrors = mirrors
+        self.lane: SlowLane | None = mirrors.lane  # the answer waits for no client
         self.route = route
         self.variant = variant
         self.group = group
@@ -203,6 +210,7 @@ class ShadowMirrors:
         self.loop = loop
         self.stats = stats
         self.diffs = diffs
+        self.lane = SlowLane(loop)  # where the copies' answers are handled
         self.inflight: dict[str, int] = {}  # route key -> copies in flight
         self.active: set[MirrorExchange] = set()
 

@@ -57,8 +57,9 @@ DEFAULT_STICKY_HEADER = "lastmile-key"
 MAX_VARIANTS = 16
 MAX_TARGETS = 64
 # A shadow's copies in flight per route. A candidate that holds its answers (a batcher waiting
-# to fill, a stalled server) returns them in one burst, which the gateway handles on the loop
-# that relays the primaries: the bound is the largest such burst (loadtests/bench_shadow.py).
+# to fill, a stalled server) returns them in one burst, which the gateway reads on its slow
+# lane (rollout.lane) in the process that relays the primaries: the bound is the largest such
+# burst (loadtests/bench_shadow_burst.py).
 SHADOW_MAX_QUEUE = 64
 MAX_VERSION = 2**63 - 1
 

@@ -19,6 +19,7 @@ import httptools
 
 from rollout.balance import Replica
 from rollout.http_call import request
+from rollout.lane import SlowLane
 
 logger = logging.getLogger(__name__)
 
@@ -28,11 +29,13 @@ _REFUSED_WRITE = (ConnectionResetError, BrokenPipeError)
 
 class Exchange(Protocol):
     """What a connection carries: a client's request (rollout.exchange) or a shadow copy
-    (rollout.http_shadow). `payload` is written as is; the callbacks get the response."""
+    (rollout.http_shadow). `payload` is written as is; the callbacks get the response, where
+    it arrives for a client's request, on `lane`'s later turns for a copy (rollout.lane)."""
 
     conn: UpstreamConnection | None
     retried: bool
     payload: list[bytes]
+    lane: SlowLane | None
 
     def alive(self) -> bool: ...
     def on_response_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> None: ...
@@ -47,6 +50,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     __slots__ = (
         "closed",
+        "deferred",
         "ex",
         "got_bytes",
         "headers",
@@ -65,23 +69,42 @@ class UpstreamConnection(asyncio.Protocol):
         self.closed = False
         self.reading_paused = False
         self.headers: list[tuple[bytes, bytes]] = []
+        self.deferred: list[bytes] = []  # bytes of an answer waiting for its exchange's lane
 
     # -- asyncio.Protocol -------------------------------------------------------------------
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
-        if self.ex is None:  # Triton never speaks first; anything unsolicited ends the connection
+        ex = self.ex
+        if ex is None:  # Triton never speaks first; anything unsolicited ends the connection
             self.transport.abort()
             return
         self.got_bytes = True
+        lane = ex.lane
+        if lane is None:
+            self._feed(data)
+            return
+        if not self.deferred:
+            lane.push(self._feed_deferred)
+        self.deferred.append(data)
+
+    def _feed(self, data: bytes) -> None:
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError:
             logger.warning("bad HTTP response from upstream %s", self.pool.name)
             self.transport.abort()
 
+    def _feed_deferred(self) -> None:
+        deferred, self.deferred = self.deferred, []
+        if not deferred or self.ex is None or self.closed:
+            return  # flushed already, or the exchange was dropped (timed out) meanwhile
+        self._feed(deferred[0] if len(deferred) == 1 else b"".join(deferred))
+
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.deferred:  # what arrived before the close is parsed before it
+            self._feed_deferred()
         self.closed = True
         self.pool.on_lost(self)
         ex, self.ex = self.ex, None

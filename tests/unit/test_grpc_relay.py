@@ -207,6 +207,12 @@ def test_shadow_routes_are_mirrored_on_the_fast_path() -> None:
                 assert [call[:3] for call in stats.of("shadow")] == [("default/s", "s/2", "ok")] * 5
                 assert {r.model_name for r in candidate.requests} == {"default.s.v2"}
                 assert gw.relay is not None and gw.relay.counts == {"fast": 5, "relayed": 0}
+                # the copies have connections of their own, read on the slow lane
+                mirror_pools = [p for p in gw.relay.pools if p.lane is not None]
+                assert [p.port for p in mirror_pools] == [candidate.port]
+                assert mirror_pools[0].lane is gw.lane
+                assert all(c.lane is gw.lane for c in mirror_pools[0].conns)
+                assert gw.lane.ran > 0
 
     uvloop.run(main())
 
