@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import statistics
@@ -219,6 +220,100 @@ async def _serve_fakes(ports: dict[str, int], batch: int, hold: float) -> None:
         print(holder.answered, flush=True)
     for server in servers:
         server.close()
+
+
+# ---- the gateway with a probe of its event loop (--loop-probe, child process) ------------
+
+PROBE_THRESHOLDS_MS = (0.5, 1.0, 2.0, 5.0)
+
+
+class _LoopProbe:
+    """Times every turn of the gateway's event loop: a callback that queues itself again
+    runs once a turn, so the loop thread's CPU time between two runs is what that turn cost,
+    and how long I/O that became ready during it waited for the loop (CPU time, so that the
+    kernel giving the core to another process meanwhile is not counted). The loop never
+    sleeps while it runs (the process keeps a core busy), so the gateway's CPU figures mean
+    nothing in this mode."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.last = 0.0
+        self.gc_started = 0.0
+        self.reset()
+        gc.callbacks.append(self._gc)
+
+    def reset(self) -> None:
+        self.turns = 0
+        self.longest = 0.0
+        self.over = [0] * len(PROBE_THRESHOLDS_MS)
+        self.gc_longest = 0.0
+        self.gc_runs = 0
+
+    def _gc(self, phase: str, info: dict[str, int]) -> None:
+        """The cyclic collector's pauses, a cause of long turns that is not the gateway's
+        own work (any thread's collection holds the loop)."""
+        if phase == "start":
+            self.gc_started = time.thread_time()
+        elif self.gc_started:
+            self.gc_runs += 1
+            self.gc_longest = max(self.gc_longest, time.thread_time() - self.gc_started)
+
+    def tick(self) -> None:
+        now = time.thread_time()
+        if self.last:
+            gap_ms = (now - self.last) * 1000
+            self.turns += 1
+            if gap_ms > self.longest:
+                self.longest = gap_ms
+            for i, threshold in enumerate(PROBE_THRESHOLDS_MS):
+                if gap_ms > threshold:
+                    self.over[i] += 1
+        self.last = now
+        self.loop.call_soon(self.tick)
+
+    def take(self) -> dict[str, Any]:
+        figures = {
+            "turns": self.turns,
+            "longest_turn_ms": round(self.longest, 3),
+            **{
+                f"turns_over_{t:g}ms": n
+                for t, n in zip(PROBE_THRESHOLDS_MS, self.over, strict=True)
+            },
+            "gc_runs": self.gc_runs,
+            "gc_longest_ms": round(self.gc_longest * 1000, 3),
+        }
+        self.reset()
+        return figures
+
+
+def _probed_gateway(argv: list[str]) -> int:
+    """`python -m rollout.gateway ARGV`, with a _LoopProbe on its loop; each line on stdin
+    prints the probe's figures since the last line (JSON) and starts them again."""
+    from rollout.gateway import run_to_exit, serve
+    from rollout.gateway_config import parse_args
+    from rollout.malloc_tuning import tune_malloc
+
+    tune_malloc()
+    config = parse_args(argv)
+
+    async def serving() -> None:
+        loop = asyncio.get_running_loop()
+        probe = _LoopProbe(loop)
+        loop.call_soon(probe.tick)
+        reader = asyncio.StreamReader()
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+
+        async def answer() -> None:
+            while await reader.readline():
+                print(json.dumps(probe.take()), flush=True)
+
+        task = loop.create_task(answer())
+        try:
+            await serve(config, settle_heap=True)
+        finally:
+            task.cancel()
+
+    return run_to_exit(serving())
 
 
 # ---- the clients ---------------------------------------------------------------------------
@@ -431,16 +526,31 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if fakes.stdout.readline().strip() != "ready":
         raise RuntimeError("the Triton stand-ins did not start")
     log = work / "gateway.log"
+    gateway_args = [
+        "--host", "127.0.0.1", "--http-port", str(ports["http"]),
+        "--grpc-port", str(ports["grpc"]), "--metrics-port", str(ports["metrics"]),
+        "--admin-port", str(ports["admin"]), "--health-interval", "1",
+        "--log-level", "WARNING", *args.gateway_arg,
+    ]  # fmt: skip
+    if args.loop_probe:
+        command = [sys.executable, __file__, "--probe-gateway", *gateway_args]
+    else:
+        command = gateway_command(*gateway_args[2:])
     with log.open("wb") as out:
         gateway = subprocess.Popen(
-            gateway_command(
-                "--http-port", str(ports["http"]), "--grpc-port", str(ports["grpc"]),
-                "--metrics-port", str(ports["metrics"]), "--admin-port", str(ports["admin"]),
-                "--health-interval", "1", "--log-level", "WARNING", *args.gateway_arg,
-            ),
-            cwd=REPO_ROOT, env=gateway_env(), stdout=out, stderr=subprocess.STDOUT,
+            command, cwd=REPO_ROOT, env=gateway_env(), stdout=subprocess.PIPE if args.loop_probe
+            else out, stderr=out, stdin=subprocess.PIPE if args.loop_probe else None,
             preexec_fn=_pinned(gateway_cpus),
         )  # fmt: skip
+
+    def probe() -> dict[str, Any]:
+        if not args.loop_probe:
+            return {}
+        assert gateway.stdin is not None and gateway.stdout is not None
+        gateway.stdin.write(b"take\n")
+        gateway.stdin.flush()
+        return dict(json.loads(gateway.stdout.readline()))
+
     generation = 0
 
     def use(phase: str) -> None:
@@ -482,9 +592,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 for phase in order:
                     use(phase)
                     load(protocol, 0.5)
-                    copies, cpu = answered(), cpu_seconds(gateway.pid)
+                    copies, cpu, _ = answered(), cpu_seconds(gateway.pid), probe()
                     result = load(protocol, args.seconds)
                     cpu = cpu_seconds(gateway.pid) - cpu
+                    result.update(probe())
                     result.update(
                         protocol=protocol, round=round_no, phase=phase,
                         copies_answered=answered() - copies,
@@ -494,6 +605,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     if not args.json:
                         print(_window_line(result), flush=True)
     finally:
+        if gateway.stdin is not None:
+            gateway.stdin.close()
         stop_gateway(gateway, 10)
         fakes.stdin.close()
         fakes.wait(10)
@@ -508,12 +621,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _window_line(w: dict[str, Any]) -> str:
-    return (
+    line = (
         f"{w['protocol']:>4} round {w['round']} {w['phase']:>4}: {w['requests']} requests,"
         f" {w['failures']} failed, p50 {w['p50_ms']:.3f} ms, p99 {w['p99_ms']:.3f} ms,"
-        f" max {w['max_ms']:.2f} ms, gateway {w['gateway_cpu_us']:.0f} us/request,"
-        f" copies answered {w['copies_answered']}"
+        f" max {w['max_ms']:.2f} ms, copies answered {w['copies_answered']}"
     )
+    if "turns" in w:
+        return line + (
+            f", loop: longest turn {w['longest_turn_ms']:.2f} ms, turns over 1 ms"
+            f" {w['turns_over_1ms']}, over 2 ms {w['turns_over_2ms']}; longest collection"
+            f" {w['gc_longest_ms']:.2f} ms of {w['gc_runs']}"
+        )
+    return line + f", gateway {w['gateway_cpu_us']:.0f} us/request"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -536,7 +655,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fake-cpus", help="CPUs of the Triton stand-ins (default: --client-cpus)")
     p.add_argument("--ports", default=DEFAULT_RANGE, help="range to pick free ports from")
     p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--loop-probe",
+        action="store_true",
+        help="time every turn of the gateway's event loop (its CPU figures are then void)",
+    )
     p.add_argument("--serve-fakes", nargs=3, help=argparse.SUPPRESS)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--probe-gateway"]:  # the child process of --loop-probe
+        return _probed_gateway(argv[1:])
     args = p.parse_args(argv)
     if args.serve_fakes:
         ports, batch, hold = args.serve_fakes

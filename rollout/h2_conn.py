@@ -213,7 +213,12 @@ class H2Conn(asyncio.Protocol):
         return stream
 
     def forget(self, stream: Stream) -> None:
+        """A stream closed both ways: no event reaches its leg any more. The leg is let go,
+        so that the leg and its streams (which reference each other) are freed when the
+        call ends instead of waiting for the cyclic collector, whose collections of every
+        call's leftovers held the loop for a millisecond or more."""
         if self.streams.pop(stream.id, None) is not None:
+            stream.leg = None
             self.blocked.discard(stream)
             self.stream_done()
 

@@ -10,6 +10,7 @@ is tested in test_grpc_gateway.py and test_grpc_routing.py, which now all run th
 from __future__ import annotations
 
 import asyncio
+import gc
 import random
 import socket
 
@@ -21,8 +22,11 @@ from hpack import Decoder, Encoder
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.utils import InferenceServerException
 
+from rollout.grpc_relay_call import Call
+from rollout.grpc_relay_mirror import MirrorCall
 from rollout.grpc_routing import SERVICE
 from rollout.h2_conn import Flusher, H2Conn
+from rollout.h2_stream import Stream
 from rollout.h2_wire import (
     CONTINUATION,
     END_HEADERS,
@@ -213,6 +217,46 @@ def test_shadow_routes_are_mirrored_on_the_fast_path() -> None:
                 assert mirror_pools[0].lane is gw.lane
                 assert all(c.lane is gw.lane for c in mirror_pools[0].conns)
                 assert gw.lane.ran > 0
+
+    uvloop.run(main())
+
+
+def test_finished_calls_and_copies_are_freed_without_the_cyclic_collector() -> None:
+    """A call's leg and its streams reference each other; once a stream is closed both ways
+    it lets its leg go, so that nothing of a finished call or copy is left for the cyclic
+    collector (whose collections of every call's leftovers held the loop for 1-3 ms,
+    loadtests/bench_shadow_burst.py --loop-probe)."""
+
+    async def main() -> None:
+        async with fakes(FakeGrpcTriton(), FakeGrpcTriton(factor=3.0)) as (primary, candidate):
+            routing = table(
+                Route(
+                    "default",
+                    "s",
+                    (variant("s", 1, 100, primary), variant("s", 2, 0, candidate)),
+                    strategy="shadow",
+                    shadow=Shadow(mirrors=(Mirror("s/2", 1.0),)),
+                )
+            )
+            async with frontend(routing) as (gw, stats, client):
+                await client.infer("s", [x_input(X)])  # connections and caches in place
+                await stats.until(lambda: len(stats.of("shadow")) == 1)
+                gc.collect()
+                gc.disable()
+                try:
+                    for _ in range(20):
+                        await client.infer("s", [x_input(X)])
+                    await stats.until(lambda: len(stats.of("shadow")) == 21)
+                    await asyncio.sleep(0)
+                    left = [
+                        type(o).__name__
+                        for o in gc.get_objects()
+                        if isinstance(o, (Call, MirrorCall, Stream))
+                    ]
+                    assert left == [], f"{len(left)} left for the collector: {sorted(set(left))}"
+                finally:
+                    gc.enable()
+                assert gw.relay is not None and gw.relay.counts == {"fast": 21, "relayed": 0}
 
     uvloop.run(main())
 
