@@ -3,18 +3,20 @@
     python loadtests/bench_shadow_burst.py [--protocols http,grpc] [--rounds 6] [--seconds 4]
                                            [--rate 300] [--clients 8] [--burst 64]
                                            [--batch 256] [--hold 1.0] [--gateway-cpus 0]
-                                           [--client-cpus 1] [--json]
+                                           [--client-cpus 1] [--fake-cpus CPUS]
+                                           [--loop-probe] [--gateway-arg=--flag=value]
+                                           [--json]
 
 `bench_shadow.py` measures a whole system, where the Triton servers' CPU shares the machine
 with the gateway; on a small machine their contention hides what the gateway itself adds. Here
 the gateway (`python -m rollout.gateway`, pinned to `--gateway-cpus`) is the only real
 component. It relays to two loopback stand-ins for Triton (HTTP and gRPC), in a child process
-on `--client-cpus` at a lower priority than the clients (fakes, since Triton is not what is
-measured): the primary answers each request at once; the candidate holds every copy, like
-Triton's dynamic batcher waiting for a batch that never fills, and answers all it holds at
-once when `--batch` copies are waiting or `--hold` seconds have passed since the first. The
-shadow's bound (`--burst`, the route's `max_queue`) is the most copies in flight, so each
-release is a burst of that many answers arriving together.
+on `--fake-cpus` (default: the clients') at a lower priority than the clients (fakes, since
+Triton is not what is measured): the primary answers each request at once; the candidate
+holds every copy, like Triton's dynamic batcher waiting for a batch that never fills, and
+answers all it holds at once when `--batch` copies are waiting or `--hold` seconds have passed
+since the first. The shadow's bound (`--burst`, the route's `max_queue`) is the most copies in
+flight, so each release is a burst of that many answers arriving together.
 
 Open load, per protocol: `--rate` requests/s over `--clients` keep-alive HTTP connections or
 gRPC channels (grpc.aio) on a fixed schedule, latency counted from the scheduled time. Windows
@@ -22,6 +24,14 @@ of `--seconds` with no shadow and with every request mirrored to the slow candid
 their order swapped every round. Printed per window: requests, failures, p50/p99/max, the
 gateway's CPU per request (from /proc) and the copies the candidate answered; per round the
 primary's p99 with the shadow / without, and per protocol their median and spread.
+
+`--loop-probe` runs the gateway with a probe that times every turn of its event loop in the
+loop thread's CPU time (the longest turn, and how many took over 0.5/1/2/5 ms) and the cyclic
+collector's pauses: the gateway's own stalls, free of what the machine's other processes do
+to the clients' timings (the gateway's CPU per request is then void: the probe keeps the loop
+spinning). On a small machine the stand-ins' kernel work shares a CPU with the clients or the
+gateway (loopback handles each send's receiving side on the sender's CPU); give them CPUs of
+their own where there are enough (`--fake-cpus`).
 """
 
 from __future__ import annotations
