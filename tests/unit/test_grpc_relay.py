@@ -13,6 +13,7 @@ import asyncio
 import gc
 import random
 import socket
+from typing import Any
 
 import grpc
 import numpy as np
@@ -191,32 +192,38 @@ def test_everything_else_is_relayed_to_the_full_frontend() -> None:
     uvloop.run(main())
 
 
+def shadow_routing(primary: FakeGrpcTriton, candidate: FakeGrpcTriton) -> Any:
+    """Route s: variant s/1 on `primary` answers, every call is copied to s/2 on `candidate`."""
+    return table(
+        Route(
+            "default",
+            "s",
+            (variant("s", 1, 100, primary), variant("s", 2, 0, candidate)),
+            strategy="shadow",
+            shadow=Shadow(mirrors=(Mirror("s/2", 1.0),)),
+        )
+    )
+
+
 def test_shadow_routes_are_mirrored_on_the_fast_path() -> None:
     async def main() -> None:
-        async with fakes(FakeGrpcTriton(), FakeGrpcTriton(factor=3.0)) as (primary, candidate):
-            routing = table(
-                Route(
-                    "default",
-                    "s",
-                    (variant("s", 1, 100, primary), variant("s", 2, 0, candidate)),
-                    strategy="shadow",
-                    shadow=Shadow(mirrors=(Mirror("s/2", 1.0),)),
-                )
-            )
-            async with frontend(routing) as (gw, stats, client):
-                for _ in range(5):
-                    result = await client.infer("s", [x_input(X)])
-                    np.testing.assert_array_equal(result.as_numpy("y"), X)  # the primary's
-                await stats.until(lambda: len(stats.of("shadow")) == 5)
-                assert [call[:3] for call in stats.of("shadow")] == [("default/s", "s/2", "ok")] * 5
-                assert {r.model_name for r in candidate.requests} == {"default.s.v2"}
-                assert gw.relay is not None and gw.relay.counts == {"fast": 5, "relayed": 0}
-                # the copies have connections of their own, read on the slow lane
-                mirror_pools = [p for p in gw.relay.pools if p.lane is not None]
-                assert [p.port for p in mirror_pools] == [candidate.port]
-                assert mirror_pools[0].lane is gw.lane
-                assert all(c.lane is gw.lane for c in mirror_pools[0].conns)
-                assert gw.lane.ran > 0
+        async with (
+            fakes(FakeGrpcTriton(), FakeGrpcTriton(factor=3.0)) as (primary, candidate),
+            frontend(shadow_routing(primary, candidate)) as (gw, stats, client),
+        ):
+            for _ in range(5):
+                result = await client.infer("s", [x_input(X)])
+                np.testing.assert_array_equal(result.as_numpy("y"), X)  # the primary's
+            await stats.until(lambda: len(stats.of("shadow")) == 5)
+            assert [call[:3] for call in stats.of("shadow")] == [("default/s", "s/2", "ok")] * 5
+            assert {r.model_name for r in candidate.requests} == {"default.s.v2"}
+            assert gw.relay is not None and gw.relay.counts == {"fast": 5, "relayed": 0}
+            # the copies have connections of their own, read on the slow lane
+            mirror_pools = [p for p in gw.relay.pools if p.lane is not None]
+            assert [p.port for p in mirror_pools] == [candidate.port]
+            assert mirror_pools[0].lane is gw.lane
+            assert all(c.lane is gw.lane for c in mirror_pools[0].conns)
+            assert gw.lane.ran > 0
 
     uvloop.run(main())
 
@@ -228,35 +235,28 @@ def test_finished_calls_and_copies_are_freed_without_the_cyclic_collector() -> N
     loadtests/bench_shadow_burst.py --loop-probe)."""
 
     async def main() -> None:
-        async with fakes(FakeGrpcTriton(), FakeGrpcTriton(factor=3.0)) as (primary, candidate):
-            routing = table(
-                Route(
-                    "default",
-                    "s",
-                    (variant("s", 1, 100, primary), variant("s", 2, 0, candidate)),
-                    strategy="shadow",
-                    shadow=Shadow(mirrors=(Mirror("s/2", 1.0),)),
-                )
-            )
-            async with frontend(routing) as (gw, stats, client):
-                await client.infer("s", [x_input(X)])  # connections and caches in place
-                await stats.until(lambda: len(stats.of("shadow")) == 1)
-                gc.collect()
-                gc.disable()
-                try:
-                    for _ in range(20):
-                        await client.infer("s", [x_input(X)])
-                    await stats.until(lambda: len(stats.of("shadow")) == 21)
-                    await asyncio.sleep(0)
-                    left = [
-                        type(o).__name__
-                        for o in gc.get_objects()
-                        if isinstance(o, (Call, MirrorCall, Stream))
-                    ]
-                    assert left == [], f"{len(left)} left for the collector: {sorted(set(left))}"
-                finally:
-                    gc.enable()
-                assert gw.relay is not None and gw.relay.counts == {"fast": 21, "relayed": 0}
+        async with (
+            fakes(FakeGrpcTriton(), FakeGrpcTriton(factor=3.0)) as (primary, candidate),
+            frontend(shadow_routing(primary, candidate)) as (gw, stats, client),
+        ):
+            await client.infer("s", [x_input(X)])  # connections and caches in place
+            await stats.until(lambda: len(stats.of("shadow")) == 1)
+            gc.collect()
+            gc.disable()
+            try:
+                for _ in range(20):
+                    await client.infer("s", [x_input(X)])
+                await stats.until(lambda: len(stats.of("shadow")) == 21)
+                await asyncio.sleep(0)
+                left = [
+                    type(o).__name__
+                    for o in gc.get_objects()
+                    if isinstance(o, (Call, MirrorCall, Stream))
+                ]
+                assert left == [], f"{len(left)} left for the collector: {sorted(set(left))}"
+            finally:
+                gc.enable()
+            assert gw.relay is not None and gw.relay.counts == {"fast": 21, "relayed": 0}
 
     uvloop.run(main())
 
