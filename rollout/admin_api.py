@@ -86,6 +86,9 @@ class AdminApi:
             frozenset((h.lower(), p) for h, p in allowed) if allowed is not None else None
         )
         self._lock = asyncio.Lock()
+        # the table GET /routes reports: the last one every gateway process serves (the first
+        # process switches before it pushes to its followers, and reports it after they have)
+        self.installed: RoutingTable | None = None
 
     # -- checks -----------------------------------------------------------------------------
     def authorized(self, request: SimpleRequest) -> bool:
@@ -149,6 +152,7 @@ class AdminApi:
             gateway.set_table(table)
             if gateway.workers is not None:  # answered once every follower serves it too
                 await gateway.workers.push(table)
+            self.installed = table
         logger.info(
             "routing table generation %d installed: %s", table.generation, gateway.routing.deployed
         )
@@ -182,9 +186,10 @@ class AdminApi:
         if request.method == "GET":
             if gateway.workers is not None and not gateway.workers.started:
                 return SimpleResponse(503, json_error("starting its worker processes"))
-            if gateway.table is None:  # 200 all the same: supervisors poll this to see we are up
+            table = self.installed if self.installed is not None else gateway.table
+            if table is None:  # 200 all the same: supervisors poll this to see we are up
                 return SimpleResponse(200, b'{"generation":null,"routes":{}}')
-            return SimpleResponse(200, gateway.table.to_json())
+            return SimpleResponse(200, table.to_json())
         if request.method != "PUT":
             return SimpleResponse(405, json_error("method not allowed: use GET or PUT"))
         try:
