@@ -364,7 +364,10 @@ class _Client(asyncio.Protocol):
 Caller = Callable[[], Awaitable[bool]]
 
 
-async def _http_callers(port: int, clients: int) -> tuple[list[Caller], Callable[[], Any]]:
+Closer = Callable[[], Awaitable[None]]
+
+
+async def _http_callers(port: int, clients: int) -> tuple[list[Caller], Closer]:
     loop = asyncio.get_running_loop()
     request = (
         f"POST /v2/models/fraud/infer HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
@@ -372,14 +375,17 @@ async def _http_callers(port: int, clients: int) -> tuple[list[Caller], Callable
     ).encode() + REQUEST_JSON
     conns = [(await loop.create_connection(_Client, "127.0.0.1", port))[1] for _ in range(clients)]
 
-    def close() -> None:
+    def caller(conn: _Client) -> Caller:
+        return lambda: conn.call(request)
+
+    async def close() -> None:
         for conn in conns:
             conn.transport.close()
 
-    return [lambda conn=conn: conn.call(request) for conn in conns], close  # type: ignore[misc]
+    return [caller(conn) for conn in conns], close
 
 
-async def _grpc_callers(port: int, clients: int) -> tuple[list[Caller], Callable[[], Any]]:
+async def _grpc_callers(port: int, clients: int) -> tuple[list[Caller], Closer]:
     import grpc
     from tritonclient.grpc import service_pb2 as pb
 
@@ -452,9 +458,7 @@ async def _open_load(
             due += interval
 
     await asyncio.gather(*(one(i) for i in range(clients)))
-    closing = close()
-    if asyncio.iscoroutine(closing):
-        await closing
+    await close()
     latencies.sort()
     n = len(latencies)
     return {
@@ -537,15 +541,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise RuntimeError("the Triton stand-ins did not start")
     log = work / "gateway.log"
     gateway_args = [
-        "--host", "127.0.0.1", "--http-port", str(ports["http"]),
+        "--http-port", str(ports["http"]),
         "--grpc-port", str(ports["grpc"]), "--metrics-port", str(ports["metrics"]),
         "--admin-port", str(ports["admin"]), "--health-interval", "1",
         "--log-level", "WARNING", *args.gateway_arg,
     ]  # fmt: skip
     if args.loop_probe:
-        command = [sys.executable, __file__, "--probe-gateway", *gateway_args]
+        command = [
+            sys.executable,
+            __file__,
+            "--probe-gateway",
+            "--host",
+            "127.0.0.1",
+            *gateway_args,
+        ]
     else:
-        command = gateway_command(*gateway_args[2:])
+        command = gateway_command(*gateway_args)  # on 127.0.0.1 too
     with log.open("wb") as out:
         gateway = subprocess.Popen(
             command, cwd=REPO_ROOT, env=gateway_env(), stdout=subprocess.PIPE if args.loop_probe
