@@ -131,6 +131,7 @@ async def start_simple_server(
         except (ConnectionError, asyncio.IncompleteReadError):
             return
         finally:
+            collector.parser = None  # the two point at each other: freed without the collector
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()

@@ -155,6 +155,10 @@ class ClientConnection(asyncio.Protocol):
         self.closed = True
         self.closing = True
         self.gw.clients.discard(self)
+        # The parser holds this protocol's callbacks and this protocol holds the parser: let
+        # it go (nothing is parsed after this), so that the connection is freed when the last
+        # reference goes rather than left for the cyclic collector.
+        del self.parser
         ex = self.ex
         if ex is not None:
             if ex.conn is not None:

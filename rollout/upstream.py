@@ -106,6 +106,7 @@ class UpstreamConnection(asyncio.Protocol):
         if self.deferred:  # what arrived before the close is parsed before it
             self._feed_deferred()
         self.closed = True
+        del self.parser  # it and this protocol point at each other: freed without the collector
         self.pool.on_lost(self)
         ex, self.ex = self.ex, None
         if ex is None:
