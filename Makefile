@@ -97,9 +97,12 @@ bench-deps:
 # bench_gateway.py: direct Triton vs gateway vs nginx, HTTP JSON/binary and gRPC, canary, shadow.
 # bench_scale.py: routing tables for 1,000 pipelines pushed/pulled, 4 Tritons x 1,000 models.
 # BENCH_WORKERS=N: the gateway with N processes against nginx with N workers.
+# BENCH_GATEWAY_ARGS: more options of bench_gateway.py, e.g. each side on CPUs of its own:
+#   make bench BENCH_GATEWAY_ARGS="--proxy-cpus 0-3 --triton-cpus 4-11 --client-cpus 12-15"
 BENCH_WORKERS ?= 1
+BENCH_GATEWAY_ARGS ?=
 bench: install bench-deps
-	$(PY) loadtests/bench_gateway.py --gateway-workers $(BENCH_WORKERS) --nginx-workers $(BENCH_WORKERS)
+	$(PY) loadtests/bench_gateway.py --gateway-workers $(BENCH_WORKERS) --nginx-workers $(BENCH_WORKERS) $(BENCH_GATEWAY_ARGS)
 	$(PY) loadtests/bench_grpc_designs.py
 	$(PY) loadtests/bench_assays.py
 	$(PY) loadtests/bench_repository.py

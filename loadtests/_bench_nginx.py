@@ -19,6 +19,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from manager.triton.cpus import pinned
+
 CONFIG = """\
 {user}worker_processes {workers};
 pid {dir}/nginx.pid;
@@ -106,8 +108,11 @@ class Nginx:
         assert self.proc is not None
         return self.proc.pid
 
-    def start(self, workers: str = "1", timeout_s: float = 10.0) -> None:
-        """Start and wait until both listeners accept; RuntimeError saying why otherwise."""
+    def start(
+        self, workers: str = "1", timeout_s: float = 10.0, cpus: frozenset[int] | None = None
+    ) -> None:
+        """Start (on `cpus`, its workers too, when given) and wait until both listeners
+        accept; RuntimeError saying why otherwise."""
         binary = nginx_binary()
         if binary is None:
             raise RuntimeError("nginx is not installed (make bench-deps: apt-get install nginx)")
@@ -125,6 +130,8 @@ class Nginx:
         log = (self.work / "stderr.log").open("wb")
         cmd = [binary, "-p", str(self.work), "-c", "nginx.conf", "-e", str(self.work / "error.log")]
         cmd += ["-g", "daemon off;"]
+        if cpus is not None:
+            cmd = pinned(cmd, cpus)
         with log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout_s

@@ -6,7 +6,9 @@ model writer, the Triton/gateway start-up and the stop helpers from here (one co
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from manager.errors import RuntimeSetupError
+from manager.triton.cpus import format_cpu_list, parse_cpu_list, pinned
 from manager.triton.runtime import EmbeddedTriton, find_wheel
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -150,10 +153,16 @@ def triton_missing() -> bool:
 
 
 def embedded_triton(
-    work: Path, http_port: int, grpc_port: int, metrics_port: int
+    work: Path,
+    http_port: int,
+    grpc_port: int,
+    metrics_port: int,
+    cpus: frozenset[int] | None = None,
 ) -> EmbeddedTriton:
-    """A tritonserver (not started yet) serving ``work/repo``, logging to ``work``."""
+    """A tritonserver (not started yet) serving ``work/repo``, logging to ``work``; on `cpus`
+    (its stubs too) when given."""
     return EmbeddedTriton(
+        cpus=cpus,
         repository=work / "repo",
         work_dir=work,
         http_port=http_port,
@@ -174,11 +183,15 @@ def gateway_env() -> dict[str, str]:
     return dict(os.environ, PYTHONPATH=str(REPO_ROOT))
 
 
-def launch_gateway(args: Sequence[str], log_path: Path) -> subprocess.Popen[bytes]:
-    """Start the gateway subprocess (see `gateway_command`), its output going to `log_path`."""
+def launch_gateway(
+    args: Sequence[str], log_path: Path, cpus: frozenset[int] | None = None
+) -> subprocess.Popen[bytes]:
+    """Start the gateway subprocess (see `gateway_command`), its output going to `log_path`;
+    on `cpus` (its worker processes too) when given."""
+    cmd = gateway_command(*args)
     with log_path.open("wb") as log:
         return subprocess.Popen(
-            gateway_command(*args),
+            cmd if cpus is None else pinned(cmd, cpus),
             cwd=REPO_ROOT,
             env=gateway_env(),
             stdout=log,
@@ -374,6 +387,51 @@ def _tree(pid: int, children: dict[int, list[int]]) -> list[int]:
 def process_tree(pid: int) -> list[int]:
     """`pid` and its live descendants (a gateway's worker processes, Triton's stubs)."""
     return _tree(pid, _process_table()[1])
+
+
+def cpu_list_arg(text: str) -> frozenset[int]:
+    """An argparse type: a CPU list such as ``0-3,8``, every CPU one this process may use."""
+    try:
+        cpus = parse_cpu_list(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    usable = os.sched_getaffinity(0)
+    if not cpus <= usable:
+        missing = ",".join(str(c) for c in sorted(cpus - usable))
+        raise argparse.ArgumentTypeError(
+            f"CPU(s) {missing} are not available here (usable: {format_cpu_list(sorted(usable))})"
+        )
+    return cpus
+
+
+def _threads(pids: Sequence[int]) -> list[int]:
+    """The live threads of `pids`."""
+    out: list[int] = []
+    for pid in pids:
+        try:
+            out += [int(tid) for tid in os.listdir(f"/proc/{pid}/task")]
+        except FileNotFoundError:
+            continue
+    return out
+
+
+def pin_own_threads(cpus: frozenset[int]) -> None:
+    """Pin every thread of this process to `cpus` (sched_setaffinity(0) moves only the
+    calling thread, and libraries such as grpc have threads of their own by then); threads
+    and processes started afterwards inherit the set."""
+    for tid in _threads([os.getpid()]):
+        with contextlib.suppress(ProcessLookupError):
+            os.sched_setaffinity(tid, cpus)
+
+
+def allowed_cpus(pid: int, descendants: bool = True) -> frozenset[int]:
+    """The CPUs any thread of `pid` (and of its live descendants) may run on, as the kernel
+    has them: what a pinning really did."""
+    cpus: set[int] = set()
+    for tid in _threads(process_tree(pid) if descendants else [pid]):
+        with contextlib.suppress(ProcessLookupError):
+            cpus |= os.sched_getaffinity(tid)
+    return frozenset(cpus)
 
 
 def cpu_seconds(pid: int) -> float:

@@ -4,6 +4,7 @@
         [--protocols http-json,http-binary,grpc,rollout] [--clients 1,16]
         [--http-driver auto|wrk|asyncio] [--grpc-driver raw|tritonclient]
         [--nginx-workers 1|auto|N] [--gateway-workers N] [--no-nginx] [--json]
+        [--proxy-cpus 0-3] [--triton-cpus 4-11] [--client-cpus 12-15]
 
 One run starts a real tritonserver (nvidia-pytriton wheel, Python-backend models, one instance
 each), the gateway as a subprocess (HTTP + gRPC) and Debian's nginx as a plain reverse proxy
@@ -17,8 +18,14 @@ runs every cell once, the targets of a cell back to back in an order that rotate
 round; the report gives per target the median req/s, p50/p99, errors and the CPU µs per
 request of the proxy (gateway process; nginx master + workers) and of Triton (with its stubs),
 from /proc; per cell the per-round ratios (median [min-max]); and the issue's targets, met or
-not. HTTP load comes from wrk when installed (`make bench-deps`), else the asyncio driver; gRPC
-from a grpc.aio driver. If nginx cannot start, the run says why and still compares the others.
+not. HTTP load comes from wrk when installed (`make bench-deps`), else the asyncio driver;
+gRPC from a grpc.aio driver. If nginx cannot start, the run says why and still compares the
+others.
+
+On a machine with cores to spare, give each side CPUs of its own: `--proxy-cpus` pins the
+gateway and nginx (each with its worker processes and threads; the two never run at the same
+time, so both proxies get the same cores), `--triton-cpus` the server and its stubs,
+`--client-cpus` this process and the load generators it starts (wrk, the gRPC driver).
 """
 
 from __future__ import annotations
@@ -54,14 +61,18 @@ from loadtests._bench_nginx import Nginx, nginx_binary  # noqa: E402
 from loadtests._bench_ports import DEFAULT_RANGE, PortPicker  # noqa: E402
 from loadtests._bench_report import Cell, render, summarize, targets  # noqa: E402
 from loadtests._models import (  # noqa: E402
+    allowed_cpus,
+    cpu_list_arg,
     cpu_seconds,
     embedded_triton,
     launch_gateway,
+    pin_own_threads,
     stop_gateway,
     wait_gateway_ready,
     write_scale_model,
     write_wide_model,
 )
+from manager.triton.cpus import format_cpu_list  # noqa: E402
 from rollout.routing import RoutingTable  # noqa: E402
 
 MODEL, CANDIDATE, WIDE = "default.bench.v1", "default.bench.v2", "default.wide.v1"
@@ -112,7 +123,12 @@ class Gateway:
     """The gateway subprocess on ports of the range."""
 
     def __init__(
-        self, work: Path, ports: PortPicker, table: dict[str, Any], workers: int = 1
+        self,
+        work: Path,
+        ports: PortPicker,
+        table: dict[str, Any],
+        workers: int = 1,
+        cpus: frozenset[int] | None = None,
     ) -> None:
         self.http_port, self.grpc_port, self.metrics_port, admin_port = ports.take(4)
         routes = work / "routes.json"
@@ -124,7 +140,7 @@ class Gateway:
             "--capture-dir", str(work / "capture"), "--workers", str(workers),
         ]  # fmt: skip
         self.log = work / "gateway.log"
-        self.proc = launch_gateway(args, self.log)
+        self.proc = launch_gateway(args, self.log, cpus)
         wait_gateway_ready(self.proc, self.http_port, self.log)
 
     def shadow_outcomes(self) -> dict[str, int]:
@@ -149,6 +165,7 @@ class Bench:
     def __init__(self, args: argparse.Namespace, work: Path) -> None:
         self.args, self.work = args, work
         self.notes: list[str] = []
+        self.placed: dict[str, str] = {}  # side -> the CPUs it may run on (observe_placement)
         self.bodies = {"json": json_body(), "binary": binary_body()}
         use_wrk = args.http_driver != "asyncio" and shutil.which("wrk") is not None
         if args.http_driver == "wrk" and not use_wrk:
@@ -175,7 +192,7 @@ class Bench:
         http_port, grpc_port = ports.take(2)
         nginx = Nginx(self.work / "nginx", (http_port, grpc_port), (triton_http, triton_grpc))
         try:
-            nginx.start(self.args.nginx_workers)
+            nginx.start(self.args.nginx_workers, cpus=self.args.proxy_cpus)
         except (RuntimeError, OSError) as exc:
             self.nginx_info = f"not run: {exc}"
             self.notes.append(f"nginx could not start, compared direct vs gateway only: {exc}")
@@ -226,25 +243,27 @@ class Bench:
         write_wide_model(repo, WIDE)
         ports = PortPicker.from_text(a.port_range)
         load_before = os.getloadavg()[0]
-        triton = embedded_triton(self.work, *ports.take(3))
+        triton = embedded_triton(self.work, *ports.take(3), cpus=a.triton_cpus)
         with triton:
             with triton.client() as client:
                 for model in (MODEL, CANDIDATE, WIDE):
                     client.load_model(model)
             ep = triton.endpoints
-            gw = Gateway(
-                self.work, ports, routing_table(ep.http_url, ep.grpc_url), a.gateway_workers
-            )
+            table = routing_table(ep.http_url, ep.grpc_url)
+            gw = Gateway(self.work, ports, table, a.gateway_workers, a.proxy_cpus)
             try:
                 if not a.no_nginx:
                     http_port, grpc_port, _ = triton.ports
                     self.start_nginx(ports, http_port, grpc_port)
                 loads = self.loads(triton, gw)
+                if a.client_cpus is not None:  # wrk and the gRPC driver inherit the set
+                    pin_own_threads(a.client_cpus)
                 pids = {"gateway": gw.proc.pid}
                 if self.nginx is not None:
                     pids["nginx"] = self.nginx.pid
                 for target in ROLLOUT_TARGETS:
                     pids[target] = gw.proc.pid
+                self.observe_placement(pids, triton.pid)
                 cells = self.cells()
                 samples = self.rounds(cells, loads, pids, triton.pid)
                 if "rollout" in a.protocols:
@@ -267,7 +286,7 @@ class Bench:
                 f"HTTP load {self.http_tool}, gRPC {a.grpc_driver} grpc.aio driver; {a.rounds} "
                 f"rounds x {a.seconds:g} s per target, interleaved; {os.cpu_count()} CPUs; "
                 f"gateway: {a.gateway_workers} process(es); nginx: {self.nginx_info}; "
-                f"ports {a.port_range}"
+                f"ports {a.port_range}{self.placement()}"
             ),
             "http_tool": self.http_tool,
             "grpc_driver": a.grpc_driver,
@@ -276,9 +295,30 @@ class Bench:
             "cpus": os.cpu_count(),
             "nginx": self.nginx_info,
             "gateway_workers": a.gateway_workers,
+            "placement": self.placed,
             "notes": self.notes,
         }
         return result
+
+    def observe_placement(self, pids: dict[str, int], triton_pid: int | None) -> None:
+        """The CPUs each side may run on, read back from the kernel (every thread of every
+        process), so that the report shows what the pinning did, not what was asked."""
+        sides = {"gateway": pids["gateway"], "nginx": pids.get("nginx"), "triton": triton_pid}
+        self.placed = {
+            side: format_cpu_list(sorted(allowed_cpus(pid)))
+            for side, pid in sides.items()
+            if pid is not None
+        }
+        # this process alone: the others are its children
+        self.placed["clients"] = format_cpu_list(sorted(allowed_cpus(os.getpid(), False)))
+
+    def placement(self) -> str:
+        """'; CPUs gateway 0-3, nginx 0-3, triton 4-11, clients 12-15' when any side was
+        pinned, else ''."""
+        a = self.args
+        if a.proxy_cpus is None and a.triton_cpus is None and a.client_cpus is None:
+            return ""
+        return "; CPUs " + ", ".join(f"{side} {cpus}" for side, cpus in self.placed.items())
 
     def cells(self) -> list[Cell]:
         cells: list[Cell] = []
@@ -360,6 +400,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--gateway-workers", type=int, default=1,
                    help="gateway processes (its --workers)")  # fmt: skip
     p.add_argument("--no-nginx", action="store_true", help="compare direct and gateway only")
+    p.add_argument(
+        "--proxy-cpus",
+        type=cpu_list_arg,
+        help="CPUs of the gateway and of nginx, e.g. 0-3 (default: not pinned)",
+    )
+    p.add_argument("--triton-cpus", type=cpu_list_arg, help="CPUs of Triton and its stubs")
+    p.add_argument("--client-cpus", type=cpu_list_arg,
+                   help="CPUs of this process and its load generators")  # fmt: skip
     p.add_argument("--keep", action="store_true", help="keep the scratch folder (logs)")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     a = p.parse_args(argv)

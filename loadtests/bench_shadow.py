@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -48,7 +47,13 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(REPO_ROOT))
 
-from loadtests._models import cpu_seconds, process_tree, start_system, wait_children  # noqa: E402
+from loadtests._models import (  # noqa: E402
+    cpu_seconds,
+    pin_own_threads,
+    process_tree,
+    start_system,
+    wait_children,
+)
 from loadtests._models import lastmile_cli as _cli  # noqa: E402
 from loadtests.bench_swaps import Clients  # noqa: E402
 from manager.triton.cpus import parse_cpu_list  # noqa: E402
@@ -158,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="lastmile-shadow-"))
     env, state = start_system(work / "home", **system)
     if a.client_cpus:  # after the system started: its processes keep every CPU
-        os.sched_setaffinity(0, parse_cpu_list(a.client_cpus))
+        pin_own_threads(parse_cpu_list(a.client_cpus))
     rounds: list[dict[str, Any]] = []
     try:
         models = {
