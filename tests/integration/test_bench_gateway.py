@@ -9,21 +9,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
-from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-BENCH = REPO_ROOT / "loadtests" / "bench_gateway.py"
+from tests.integration.bench_cli import run_bench
 
 
 def bench(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, str(BENCH), *args],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run_bench("bench_gateway.py", *args, timeout=300)
 
 
 def test_a_short_pinned_run_answers_everywhere_and_reports_where_each_side_ran() -> None:

@@ -8,21 +8,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
-from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-BENCH = REPO_ROOT / "loadtests" / "bench_shadow_burst.py"
+from tests.integration.bench_cli import run_bench
 
 
 def bench(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, str(BENCH), *args],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    return run_bench("bench_shadow_burst.py", *args, timeout=180)
 
 
 def test_a_short_run_mirrors_in_the_slow_windows_only_and_reports_the_loop() -> None:
