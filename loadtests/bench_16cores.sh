@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The measurements that need a machine with cores to spare, in one go (about 8 minutes), each
+# The measurements that need a machine with cores to spare, in one go (about 9 minutes), each
 # side on CPUs of its own. Needs 16 CPUs; run it with the repository's environment, or through
 # a kit on a machine that can fetch nothing (loadtests/pack_kit.py):
 #
@@ -15,7 +15,9 @@
 #      server of its own vs none; servers on 0-3 and 4-7, gateway (4 processes) on 8-11,
 #      clients on 12-15;
 #   3. bench_shadow_burst.py: the gateway alone on 0-1 with a slow shadow's bursts, stand-ins
-#      on 6-7, clients on 2-5.
+#      on 6-7, clients on 2-5;
+#   4. bench_gateway.py again, HTTP JSON at one client only, 9 rounds: the added latency's
+#      median with a spread that 3 rounds cannot give.
 set -uo pipefail
 if [ $# -ne 1 ]; then
   echo "usage: $0 OUT   (a folder for the reports)" >&2
@@ -52,4 +54,6 @@ run shadow "$py" loadtests/bench_shadow.py --phases slow,heavy --candidate-serve
   --rounds 3 --seconds 5 --load 0.3 --clients 8
 run burst "$py" loadtests/bench_shadow_burst.py --gateway-cpus 0-1 --client-cpus 2-5 \
   --fake-cpus 6-7 --loop-probe --rate 165 --burst 256 --rounds 4 --seconds 4
+run latency "$py" loadtests/bench_gateway.py --protocols http-json --clients 1 --rounds 9 \
+  --seconds 2 --proxy-cpus 0 --triton-cpus 4-11 --client-cpus 12-15
 exit $status
