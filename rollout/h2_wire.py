@@ -96,8 +96,26 @@ def literal(name: bytes, value: bytes) -> bytes:
     return b"\x00" + _length(len(name)) + name + _length(len(value)) + value
 
 
+# Encoded header blocks by their fields. Every field is written as a literal without indexing
+# (no dynamic table), so a block depends on its fields alone; most repeat call after call (the
+# request line to Triton, a variant's response headers, an OK call's trailers).
+_BLOCKS: dict[tuple[tuple[bytes, bytes], ...], bytes] = {}
+BLOCKS_KEPT = 512  # past this many, the cache starts over (fields that vary: grpc-timeout, ...)
+
+
 def encode(headers: list[tuple[bytes, bytes]]) -> bytes:
-    return b"".join([literal(name, value) for name, value in headers])
+    """The HPACK block of `headers` (literals, no Huffman coding)."""
+    key = tuple(headers)
+    try:
+        block = _BLOCKS.get(key)
+    except TypeError:  # a value that is not bytes (unhashable): encoded, not kept
+        return b"".join([literal(name, value) for name, value in headers])
+    if block is None:
+        block = b"".join([literal(name, value) for name, value in headers])
+        if len(_BLOCKS) >= BLOCKS_KEPT:
+            _BLOCKS.clear()
+        _BLOCKS[key] = block
+    return block
 
 
 def headers_frames(stream_id: int, block: bytes, end_stream: bool, max_frame: int) -> bytes:

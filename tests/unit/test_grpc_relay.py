@@ -23,6 +23,7 @@ from hpack import Decoder, Encoder
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.utils import InferenceServerException
 
+from rollout import h2_wire
 from rollout.grpc_relay_call import Call
 from rollout.grpc_relay_mirror import MirrorCall
 from rollout.grpc_routing import SERVICE
@@ -62,6 +63,23 @@ INFER = f"/{SERVICE}/ModelInfer"
 def test_literal_header_blocks_decode_with_a_standard_decoder() -> None:
     headers = [(b":path", b"/a"), (b"x-long", b"v" * 300), (b"empty", b"")]
     assert Decoder().decode(encode(headers), raw=True) == headers
+
+
+def test_header_blocks_are_kept_by_their_fields_and_the_cache_stays_bounded() -> None:
+    """A block depends on its fields alone (literals, no dynamic table): a repeated list is
+    encoded once, a list with a field that varies call after call never grows the cache past
+    its bound, and a value that is not bytes is encoded without being kept."""
+    h2_wire._BLOCKS.clear()
+    ok = [(b":status", b"200"), (b"content-type", b"application/grpc")]
+    first = encode(ok)
+    assert encode(list(ok)) is first  # the same object: encoded once
+    for n in range(h2_wire.BLOCKS_KEPT * 2 + 3):
+        varying = [(b"grpc-timeout", b"%dm" % n), *ok]
+        assert Decoder().decode(encode(varying), raw=True) == varying
+        assert len(h2_wire._BLOCKS) <= h2_wire.BLOCKS_KEPT
+    mutable = [(b"x-a", bytearray(b"1"))]
+    assert Decoder().decode(encode(mutable), raw=True) == [(b"x-a", b"1")]  # type: ignore[arg-type]
+    assert all(bytearray(b"1") not in dict(key).values() for key in h2_wire._BLOCKS)
 
 
 def test_large_header_blocks_are_split_into_continuation_frames() -> None:
