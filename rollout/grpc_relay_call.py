@@ -26,7 +26,6 @@ from rollout.grpc_requests import (
     elsewhere,
     public_error,
     sticky_context,
-    workspace_of,
 )
 from rollout.grpc_routing import GrpcRoute, GrpcTarget, GrpcVariant
 from rollout.grpc_shadow import ShadowPair
@@ -41,12 +40,13 @@ from rollout.h2_wire import (
     percent_decode,
     percent_encode,
 )
-from rollout.routing import VARIANT_HEADER, Mirror
+from rollout.routing import DEFAULT_WORKSPACE, VARIANT_HEADER, WORKSPACE_HEADER, Mirror
 
 if TYPE_CHECKING:
     from rollout.grpc_relay import GrpcRelay
 
 _VARIANT_HEADER = VARIANT_HEADER.encode()
+_WORKSPACE_HEADER = WORKSPACE_HEADER.encode()
 _FORWARD = frozenset(name.encode() for name in FORWARD_METADATA)
 _CODES = {code.value[0]: code for code in StatusCode}
 _GRPC_RESERVED = frozenset(
@@ -54,6 +54,9 @@ _GRPC_RESERVED = frozenset(
      b"user-agent", b"grpc-message-type"}
 )  # fmt: skip
 _OK_TRAILERS = [(b"grpc-status", b"0")]
+# An answer up to this size is joined with its prefix and suffix into one DATA frame (of the
+# default frame size); a larger one goes out piece by piece, its tensors uncopied.
+ONE_FRAME = 16 * 1024 - 64
 
 COLLECT, FAST, RELAY, DONE = range(4)
 
@@ -228,17 +231,17 @@ class Call:
             return
         request = body[5:]
         frontend = self.relay.frontend
-        metadata = tuple(
-            (name.decode("latin-1"), value.decode("latin-1"))
-            for name, value in self.request_headers
-            if name[:1] != b":" and name not in _GRPC_RESERVED
-        )
+        workspace = DEFAULT_WORKSPACE
+        for hname, hvalue in self.request_headers:
+            if hname == _WORKSPACE_HEADER:
+                workspace = hvalue.decode("latin-1")
+                break
         try:
             name, version = scan_name_version(request)
         except WireError:
             self._hand_over()
             return
-        route = frontend.routing.lookup(workspace_of(metadata), name)
+        route = frontend.routing.lookup(workspace, name)
         if route is None or mentions(request, SHM_MARKER):
             self._hand_over()
             return
@@ -251,7 +254,9 @@ class Call:
         else:
             try:
                 ctx = (
-                    sticky_context(route, metadata, request) if route.strategy.needs_key else NO_KEY
+                    sticky_context(route, self._metadata(), request)
+                    if route.strategy.needs_key
+                    else NO_KEY
                 )
             except WireError:
                 self._hand_over()
@@ -261,6 +266,15 @@ class Call:
             mirrors = decision.mirrors
         target = variant.targets.pick()
         self._send(route, variant, target, request, mirrors)
+
+    def _metadata(self) -> tuple[tuple[str, str], ...]:
+        """The call's metadata as grpc.aio shows it to a handler (no pseudo or reserved
+        headers), for a sticky key."""
+        return tuple(
+            (name.decode("latin-1"), value.decode("latin-1"))
+            for name, value in self.request_headers
+            if name[:1] != b":" and name not in _GRPC_RESERVED
+        )
 
     def _send(
         self,
@@ -346,9 +360,13 @@ class Call:
         if not down.reply_started:
             down.reply_started = True
             down.send_headers(_reply_headers(self.label))
-        down.send_data(b"\x00" + (len(body) - 5 + len(suffix)).to_bytes(4))
-        down.send_data(memoryview(body)[5:])
-        down.send_data(suffix)
+        prefix = b"\x00" + (len(body) - 5 + len(suffix)).to_bytes(4)
+        if len(body) <= ONE_FRAME:  # small: one DATA frame (a copy of a small answer)
+            down.send_data(prefix + body[5:] + suffix)
+        else:  # large: the tensors written as they came, no second copy
+            down.send_data(prefix)
+            down.send_data(memoryview(body)[5:])
+            down.send_data(suffix)
         down.send_headers(_OK_TRAILERS, True)
         if self.pair is not None:
             self.pair.primary_done(body[5:], self.relay.loop.time() - self.start)

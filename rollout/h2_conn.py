@@ -334,7 +334,12 @@ class H2Conn(asyncio.Protocol):
             if end > size:
                 break
             kind, flags = buffer[position + 3], buffer[position + 4]
-            stream_id = u32(buffer, position + 5) & 0x7FFFFFFF
+            stream_id = (
+                ((buffer[position + 5] & 0x7F) << 24)
+                | (buffer[position + 6] << 16)
+                | (buffer[position + 7] << 8)
+                | buffer[position + 8]
+            )
             payload = buffer[position + 9 : end]
             position = end
             left -= 1
@@ -427,10 +432,10 @@ class H2Conn(asyncio.Protocol):
             self._header_block(pending[1], stream_id, b"".join(pending[2]))
 
     def _header_block(self, flags: int, stream_id: int, block: bytes) -> None:
-        headers = self.decoder.decode(block)  # always: the peer's HPACK table moves with it
+        # always decoded: the peer's HPACK table moves with it
+        headers, size = self.decoder.decode_sized(block)
         end = bool(flags & END_STREAM)
         stream = self.streams.get(stream_id)
-        size = sum(len(name) + len(value) + 32 for name, value in headers)  # RFC 9113 §6.5.2
         if size > MAX_HEADER_LIST:
             self._too_large(stream_id, stream, size, end)
             return

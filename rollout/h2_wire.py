@@ -140,7 +140,7 @@ class HeaderDecoder:
 
     def __init__(self, max_header_list_size: int) -> None:
         self.decoder = Decoder(max_header_list_size=max_header_list_size)
-        self.cache: dict[bytes, list[tuple[bytes, bytes]]] = {}
+        self.cache: dict[bytes, tuple[list[tuple[bytes, bytes]], int]] = {}
 
     def _table_state(self) -> tuple[int, object, int]:
         table = self.decoder.header_table
@@ -148,6 +148,11 @@ class HeaderDecoder:
         return len(entries), entries[0] if entries else None, table.maxsize
 
     def decode(self, block: bytes) -> list[tuple[bytes, bytes]]:
+        return self.decode_sized(block)[0]
+
+    def decode_sized(self, block: bytes) -> tuple[list[tuple[bytes, bytes]], int]:
+        """The block's fields, and their size as RFC 9113 §6.5.2 counts it (each field's
+        name and value, plus 32)."""
         hit = self.cache.get(block)
         if hit is not None:
             return hit
@@ -159,14 +164,15 @@ class HeaderDecoder:
         except Exception as exc:  # hpack raises plain errors on some truncated input
             raise ProtocolError(f"bad header block: {exc}", COMPRESSION_ERROR) from None
         headers = [(bytes(name), bytes(value)) for name, value in decoded]
+        entry = (headers, sum(len(name) + len(value) + 32 for name, value in headers))
         after = self._table_state()
         if after[0] == before[0] and after[1] is before[1] and after[2] == before[2]:
             if len(self.cache) >= self.CACHE_SIZE:
                 self.cache.clear()
-            self.cache[block] = headers
+            self.cache[block] = entry
         else:  # the table moved: cached blocks may now mean something else
             self.cache.clear()
-        return headers
+        return entry
 
 
 def percent_encode(message: str) -> bytes:
