@@ -226,8 +226,11 @@ class Exchange:
         status = self.status
         if not self.head_written:
             if self.mode == BUFFER:
-                status, parts = self._buffered_response()
-                self.client.write_parts(parts[:1] if self.head_only else parts)
+                status, parts, size = self._buffered_response()
+                if self.head_only:
+                    self.client.write_parts(parts[:1])
+                else:
+                    self.client.write_parts(parts, size)
             else:  # an empty ready answer, or a body shorter than its own JSON header
                 chunks, self.chunks = self.chunks, []
                 self.head_written = True
@@ -359,8 +362,9 @@ class Exchange:
         out += (self.variant.header_line, self.client.conn_header(), b"\r\n")
         return b"".join(out)
 
-    def _buffered_response(self) -> tuple[int, Parts]:
-        """(status the client gets, the whole response in parts: the head first, alone)."""
+    def _buffered_response(self) -> tuple[int, Parts, int]:
+        """(status the client gets, the whole response in parts: the head first, alone; the
+        size of the parts together)."""
         chunks = self.chunks
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         self.chunks = []
@@ -394,14 +398,15 @@ class Exchange:
                 hlen = self.hlen if 0 <= self.hlen <= len(body) else len(body)
                 stamped = stamp_infer(body, hlen, self.variant.stamp, self.target.triton_prefix)
                 if stamped is not None:
-                    new_hlen = b"%d" % sum(len(piece) for piece in stamped)
+                    if self.hlen >= 0:  # a JSON header before binary tensors: its length
+                        new_hlen = b"%d" % sum(len(piece) for piece in stamped)
+                        headers = [
+                            (n, new_hlen if n.lower() == INFERENCE_HEADER_LENGTH else v)
+                            for n, v in headers
+                        ]
                     if hlen < len(body):
                         stamped.append(memoryview(body)[hlen:])
                     pieces = stamped
-                    headers = [
-                        (n, new_hlen if n.lower() == INFERENCE_HEADER_LENGTH else v)
-                        for n, v in headers
-                    ]
         out = [status_line(status)]
         for name, value in headers:
             out += (name, b": ", value, b"\r\n")
@@ -412,4 +417,5 @@ class Exchange:
             self.client.conn_header(),
             b"\r\n",
         )
-        return status, [b"".join(out), *pieces]
+        head = b"".join(out)
+        return status, [head, *pieces], len(head) + length

@@ -269,14 +269,14 @@ class ClientConnection(asyncio.Protocol):
         if not self.closed:
             self.transport.write(data)
 
-    def write_parts(self, parts: list[bytes | memoryview]) -> None:
-        """Several buffers: joined when small (one write goes out at once), else handed to
-        writelines (writev, no copy)."""
+    def write_parts(self, parts: list[bytes | memoryview], size: int = -1) -> None:
+        """Several buffers (`size` bytes together, when the caller knows): joined when small
+        (one write goes out at once), else handed to writelines (writev, no copy)."""
         if self.closed:
             return
         if len(parts) == 1:
             self.transport.write(parts[0])
-        elif sum(len(part) for part in parts) <= SMALL_BODY:
+        elif (size if size >= 0 else sum(len(part) for part in parts)) <= SMALL_BODY:
             self.transport.write(b"".join(parts))
         else:
             self.transport.writelines(parts)
