@@ -95,6 +95,7 @@ bench-deps:
 
 # Benchmarks print side-by-side ratios measured in one run (never timed unit tests).
 # bench_gateway.py: direct Triton vs gateway vs nginx, HTTP JSON/binary and gRPC, canary, shadow.
+# bench_hot_path.py: the gateway's own CPU per request (HTTP and gRPC), in process.
 # bench_scale.py: routing tables for 1,000 pipelines pushed/pulled, 4 Tritons x 1,000 models.
 # BENCH_WORKERS=N: the gateway with N processes against nginx with N workers.
 # BENCH_GATEWAY_ARGS: more options of bench_gateway.py, e.g. each side on CPUs of its own:
@@ -103,6 +104,7 @@ BENCH_WORKERS ?= 1
 BENCH_GATEWAY_ARGS ?=
 bench: install bench-deps
 	$(PY) loadtests/bench_gateway.py --gateway-workers $(BENCH_WORKERS) --nginx-workers $(BENCH_WORKERS) $(BENCH_GATEWAY_ARGS)
+	$(PY) loadtests/bench_hot_path.py
 	$(PY) loadtests/bench_grpc_designs.py
 	$(PY) loadtests/bench_assays.py
 	$(PY) loadtests/bench_repository.py
