@@ -101,6 +101,7 @@ def literal(name: bytes, value: bytes) -> bytes:
 # request line to Triton, a variant's response headers, an OK call's trailers).
 _BLOCKS: dict[tuple[tuple[bytes, bytes], ...], bytes] = {}
 BLOCKS_KEPT = 512  # past this many, the cache starts over (fields that vary: grpc-timeout, ...)
+BLOCK_KEPT_BYTES = 1024  # a larger block (big metadata, relayed) is encoded, not kept
 
 
 def encode(headers: list[tuple[bytes, bytes]]) -> bytes:
@@ -112,9 +113,10 @@ def encode(headers: list[tuple[bytes, bytes]]) -> bytes:
         return b"".join([literal(name, value) for name, value in headers])
     if block is None:
         block = b"".join([literal(name, value) for name, value in headers])
-        if len(_BLOCKS) >= BLOCKS_KEPT:
-            _BLOCKS.clear()
-        _BLOCKS[key] = block
+        if len(block) <= BLOCK_KEPT_BYTES:
+            if len(_BLOCKS) >= BLOCKS_KEPT:
+                _BLOCKS.clear()
+            _BLOCKS[key] = block
     return block
 
 

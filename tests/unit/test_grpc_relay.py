@@ -68,7 +68,7 @@ def test_literal_header_blocks_decode_with_a_standard_decoder() -> None:
 def test_header_blocks_are_kept_by_their_fields_and_the_cache_stays_bounded() -> None:
     """A block depends on its fields alone (literals, no dynamic table): a repeated list is
     encoded once, a list with a field that varies call after call never grows the cache past
-    its bound, and a value that is not bytes is encoded without being kept."""
+    its bound, and a large block or a value that is not bytes is encoded without being kept."""
     h2_wire._BLOCKS.clear()
     ok = [(b":status", b"200"), (b"content-type", b"application/grpc")]
     first = encode(ok)
@@ -77,6 +77,9 @@ def test_header_blocks_are_kept_by_their_fields_and_the_cache_stays_bounded() ->
         varying = [(b"grpc-timeout", b"%dm" % n), *ok]
         assert Decoder().decode(encode(varying), raw=True) == varying
         assert len(h2_wire._BLOCKS) <= h2_wire.BLOCKS_KEPT
+    big = [(b"x-big", b"b" * (h2_wire.BLOCK_KEPT_BYTES + 1))]
+    assert Decoder().decode(encode(big), raw=True) == big
+    assert tuple(big) not in h2_wire._BLOCKS  # large blocks are not kept
     mutable = [(b"x-a", bytearray(b"1"))]
     assert Decoder().decode(encode(mutable), raw=True) == [(b"x-a", b"1")]  # type: ignore[arg-type]
     assert all(bytearray(b"1") not in dict(key).values() for key in h2_wire._BLOCKS)
