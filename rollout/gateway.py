@@ -386,15 +386,21 @@ class Gateway:
     async def _sweep(self) -> None:
         while True:
             await asyncio.sleep(0.5)
-            self.now = now = self.loop.time()
-            for client in list(self.clients):
-                client.check_timeouts(now)
-            timeout = self.config.upstream_timeout
-            for ex in list(self.orphans):
-                if ex.done:
-                    self.orphans.discard(ex)
-                elif now - ex.start > timeout:
-                    ex.on_timeout()
+            self._sweep_once(self.loop.time())
+
+    def _sweep_once(self, now: float) -> None:
+        """Time out idle clients and overdue orphaned exchanges. A function of its own, so
+        that its loop variables end with it: in `_sweep`'s frame, suspended between sweeps,
+        they would keep the last closed connection or exchange alive until the next one."""
+        self.now = now
+        for client in list(self.clients):
+            client.check_timeouts(now)
+        timeout = self.config.upstream_timeout
+        for ex in list(self.orphans):
+            if ex.done:
+                self.orphans.discard(ex)
+            elif now - ex.start > timeout:
+                ex.on_timeout()
 
     async def _watch_loop(self) -> None:
         """Measure how late the loop runs a timer (lastmile_gateway_event_loop_lag_seconds)."""
