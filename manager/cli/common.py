@@ -4,6 +4,7 @@ from settings, ``--json`` / ``--workspace`` options, and the exit codes."""
 from __future__ import annotations
 
 import json
+import re
 from typing import Annotated, Any
 
 import typer
@@ -58,10 +59,27 @@ def kv_table(title: str, rows: list[tuple[str, Any]]) -> Table:
     return table
 
 
+TIME_COLUMNS = frozenset(
+    {"when", "created", "updated", "window start", "window end", "expires", "last used"}
+)
+_ISO_TIME = re.compile(r"^(\d{4}-\d\d-\d\d)T(\d\d:\d\d:\d\d)(?:\.\d+)?(Z|[+-]00:?00)?$")
+
+
+def when(value: str) -> str:
+    """An ISO-8601 UTC time from the API, shown to the second: '2026-12-05 06:32:41Z'.
+    Anything else is shown as it is."""
+    m = _ISO_TIME.match(value)
+    return f"{m[1]} {m[2]}Z" if m else value
+
+
 def table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:
     t = Table(title=title)
     for column in columns:
         t.add_column(column)
+    times = [i for i, column in enumerate(columns) if column in TIME_COLUMNS]
     for row in rows:
-        t.add_row(*("" if v is None else str(v) for v in row))
+        cells = ["" if v is None else str(v) for v in row]
+        for i in times:
+            cells[i] = when(cells[i])
+        t.add_row(*cells)
     return t
