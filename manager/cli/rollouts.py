@@ -243,6 +243,11 @@ def report(
     the output-diff report per output tensor."""
     with client(workspace) as lm:
         info = lm.rollout_report(pipeline)
+    emit(info, as_json, report_human(pipeline, info))
+
+
+def report_human(pipeline: str, info: dict[str, Any]) -> Any:
+    """The report as tables: one of the variants, one per shadow with its outputs."""
     rows = [
         [v["variant"], f"{v['weight']:g}%", v["requests"], v["errors"],
          _rate(v["error_rate"]), v["p50_ms"], v["p95_ms"], v["p99_ms"]]
@@ -267,13 +272,18 @@ def report(
         parts.append(
             table(
                 f"shadow {mirror}: {diff.get('pairs', 0)} pairs, "
-                f"{diff.get('sampled', diff.get('pairs', 0))} compared, latency "
-                f"{latency.get('candidate_mean_ms')} ms vs {latency.get('primary_mean_ms')} ms",
+                f"{diff.get('sampled', diff.get('pairs', 0))} compared; mean latency "
+                f"candidate {_ms(latency.get('candidate_mean_ms'))} ms, "
+                f"primary {_ms(latency.get('primary_mean_ms'))} ms",
                 ["output", "pairs", "agreement", "max |diff|", "mean |diff|", "class agreement"],
                 out_rows,
             )
         )
-    emit(info, as_json, Group(*parts))
+    return Group(*parts)
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def _rate(value: float | None) -> str:

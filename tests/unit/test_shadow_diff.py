@@ -485,3 +485,25 @@ def test_start_is_idempotent_and_stop_joins_the_worker() -> None:
     raw = grpc_body({"y": sample("FP32")})
     run_pairs(c, raw, raw, route="r", mirror="m")
     c.stop()
+
+
+def test_the_cli_report_shows_a_collectors_figures_rounded(collector: DiffCollector) -> None:
+    from rich.console import Console
+
+    from manager.cli.rollouts import report_human
+
+    raw = http_body({"p": probs()})
+    for i in range(3):
+        assert collector.submit("r", "m", raw, raw, 0.001 / 3 * (i + 1), 0.002 / 3 * (i + 1), 1e-5)
+    assert collector.drain(TIMEOUT)
+    diff = collector.reports()["r"]["m"]
+    variant = {"variant": "fraud/1", "weight": 100.0, "requests": 3, "errors": 0,
+               "error_rate": 0.0, "p50_ms": 0.6, "p95_ms": 0.9, "p99_ms": 1.0}  # fmt: skip
+    info = {"rollout": 7, "strategy": "shadow", "state": "running", "variants": [variant],
+            "shadow": {"fraud/2": diff}}  # fmt: skip
+    console = Console(width=200, record=True)
+    console.print(report_human("fraud", info))
+    text = " ".join(console.export_text().split())  # a title wraps at its table's width
+    # means of 1/3, 2/3, 1 ms and of twice that: 0.667 and 1.333, not 0.6666666666666666
+    assert "3 pairs, 3 compared; mean latency candidate 1.333 ms, primary 0.667 ms" in text
+    assert "100.00%" in text and "fraud/1" in text
