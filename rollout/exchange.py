@@ -237,8 +237,18 @@ class Exchange:
                 self.client.write_parts([self._head(status, self.headers, 0, -1), *chunks])
         self._finish(status)
 
-    def on_upstream_failure(self) -> None:
-        self._fail(503, f"no upstream available for {self.route.public!r}")
+    def on_upstream_failure(self, lost: bool = False) -> None:
+        """No answer: no connection could be had (`lost` False), or the server closed the one
+        the request went out on before answering (`lost`: it may have run, so not retried)."""
+        public = self.route.public
+        if lost:
+            self._fail(
+                503,
+                f"the server for {public!r} closed the connection before answering; the "
+                "request was not retried, as a model may have run it",
+            )
+        else:
+            self._fail(503, f"no upstream available for {public!r}")
 
     def _try_elsewhere(self) -> bool:
         """Triton answered that the model is not loaded on this replica (it restarted and the

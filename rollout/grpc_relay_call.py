@@ -176,7 +176,7 @@ class Call:
             if code == REFUSED_STREAM:
                 self._hand_over()
             else:
-                self._fail(StatusCode.UNAVAILABLE, "upstream reset the call")
+                self._fail(StatusCode.UNAVAILABLE, self._lost_message("reset the call"), raw=True)
 
     def on_lost(self, stream: Stream, unprocessed: bool) -> None:
         if stream is self.down:
@@ -192,7 +192,9 @@ class Call:
             if unprocessed:
                 self._hand_over()
             else:
-                self._fail(StatusCode.UNAVAILABLE, "upstream connection lost")
+                self._fail(
+                    StatusCode.UNAVAILABLE, self._lost_message("closed the connection"), raw=True
+                )
 
     # -- the request ------------------------------------------------------------------------
     def _request_headers(self, headers: Headers, end_stream: bool) -> None:
@@ -375,6 +377,13 @@ class Call:
             request = memoryview(self.parts[0])[5:]
             spool.offer(self.key, self.label, GRPC, (request,), -1, (memoryview(body)[5:],), -1)
         self._settle(200)
+
+    def _lost_message(self, what: str) -> str:
+        assert self.target is not None
+        return (
+            f"the server for {self.target.public!r} {what} before answering; the call was not "
+            "retried, as a model may have run it"
+        )
 
     def _fail(self, code: StatusCode, details: str, *, raw: bool = False) -> None:
         """End the call with `code`; `raw`: details already public (else made public here)."""

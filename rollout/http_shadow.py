@@ -167,7 +167,7 @@ class MirrorExchange:
             self.group.mirror_done(self.variant, self.chunks, self.hlen, self.elapsed)
         self.chunks = []
 
-    def on_upstream_failure(self) -> None:
+    def on_upstream_failure(self, lost: bool = False) -> None:
         self._end("error")
 
     def on_connect_failure(self) -> None:

@@ -13,7 +13,8 @@ import asyncio
 import gc
 import random
 import socket
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import grpc
 import numpy as np
@@ -457,5 +458,59 @@ def test_relayed_calls_fail_cleanly_when_the_full_frontend_is_gone() -> None:
             result = await client.infer("d", [x_input(X)])  # the fast path does not need it
             np.testing.assert_array_equal(result.as_numpy("y"), X)
             gw.server = None  # already stopped
+
+    uvloop.run(main())
+
+
+class _DiesWithTheCall(asyncio.Protocol):
+    """An HTTP/2 server that reads a whole call (up to a DATA frame ending its stream) and
+    then closes the connection without answering, as a Triton killed while a model runs."""
+
+    def __init__(self, took: list[bytes]) -> None:
+        self.took, self.buffer, self.transport = took, b"", None
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        transport.write(b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")  # empty SETTINGS
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        pos = 24 if self.buffer.startswith(b"PRI * HTTP/2.0") else 0
+        while pos + 9 <= len(self.buffer):
+            length = int.from_bytes(self.buffer[pos : pos + 3])
+            kind, flags = self.buffer[pos + 3], self.buffer[pos + 4]
+            if kind == 0 and flags & 1:  # DATA with END_STREAM: the whole call is here
+                self.took.append(self.buffer)
+                self.transport.close()
+                return
+            pos += 9 + length
+
+
+def test_a_server_that_goes_away_mid_call_fails_that_call_alone_and_says_why() -> None:
+    """Triton read the call and closed its connection before answering: a model may have run
+    it, so it is not sent again, and the client is told so, not 'no upstream available'."""
+
+    async def main() -> None:
+        took: list[bytes] = []
+        server = await asyncio.get_running_loop().create_server(
+            lambda: _DiesWithTheCall(took), "127.0.0.1", 0
+        )
+        port = server.sockets[0].getsockname()[1]
+        dying = cast(Any, SimpleNamespace(address=f"127.0.0.1:{port}"))
+        try:
+            async with (
+                frontend(one_route(dying)) as (gw, _stats, _client),
+                grpc.aio.insecure_channel(f"127.0.0.1:{gw.port}") as channel,
+            ):
+                with pytest.raises(grpc.aio.AioRpcError) as failed:
+                    await channel.unary_unary(INFER)(raw_request())
+        finally:
+            server.close()
+        assert failed.value.code() == grpc.StatusCode.UNAVAILABLE, failed.value
+        assert failed.value.details() == (
+            "the server for 'd' closed the connection before answering; the call was not "
+            "retried, as a model may have run it"
+        )
+        assert len(took) == 1  # sent once
 
     uvloop.run(main())
