@@ -25,7 +25,16 @@ def set_rate(
     """Sample a fraction of the pipeline's inference calls (HTTP and gRPC) for data capture."""
     with client(workspace) as lm:
         result = lm.set_capture(pipeline, rate)
-    emit(result, as_json, f"{pipeline}: capturing {result['rate']:g} of its calls")
+    emit(result, as_json, f"{pipeline}: {capture_rate_text(result['rate'])}")
+
+
+def capture_rate_text(rate: float) -> str:
+    """'capturing 5 % of its calls', 'capturing every call', 'not capturing'."""
+    if rate <= 0:
+        return "not capturing"
+    if rate >= 1:
+        return "capturing every call"
+    return f"capturing {rate * 100:.4g} % of its calls"
 
 
 def _num(value: float | None) -> str:

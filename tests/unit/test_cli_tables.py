@@ -27,3 +27,13 @@ def test_a_table_formats_its_time_columns_only() -> None:
     text = console.export_text()
     assert "2026-12-05 06:32:41Z" in text  # the time column
     assert "2026-12-05T06:32:41.1Z" in text  # a prose column keeps what it was given
+
+
+def test_capture_rates_read_as_a_share_of_the_calls() -> None:
+    from manager.cli.capture import capture_rate_text
+
+    assert capture_rate_text(0.05) == "capturing 5 % of its calls"
+    assert capture_rate_text(0.001) == "capturing 0.1 % of its calls"
+    assert capture_rate_text(1 / 3) == "capturing 33.33 % of its calls"
+    assert capture_rate_text(1.0) == "capturing every call"
+    assert capture_rate_text(0.0) == "not capturing"
