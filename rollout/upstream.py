@@ -112,7 +112,8 @@ class UpstreamConnection(asyncio.Protocol):
         if ex is None:
             return
         ex.conn = None
-        if not self.got_bytes and not ex.retried and isinstance(exc, _REFUSED_WRITE):
+        unread = not self.got_bytes and isinstance(exc, _REFUSED_WRITE)
+        if unread and not ex.retried:
             # A reset before any answer: the server's socket was closed with our request
             # unread in it (a closed keep-alive connection, a killed server: a kernel answers
             # unread data with RST), so no model saw it and sending it again is safe. A clean
@@ -121,7 +122,7 @@ class UpstreamConnection(asyncio.Protocol):
             ex.retried = True
             self.pool.reconnect(ex)
         else:
-            ex.on_upstream_failure(lost=True)
+            ex.on_upstream_failure(lost=not unread)
 
     # -- httptools callbacks ---------------------------------------------------------------
     def on_header(self, name: bytes, value: bytes) -> None:
