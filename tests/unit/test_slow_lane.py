@@ -181,8 +181,8 @@ class Copy:
     def on_response_complete(self) -> None:
         self.events.append("complete")
 
-    def on_upstream_failure(self) -> None:
-        self.events.append("failure")
+    def on_upstream_failure(self, lost: bool = False) -> None:
+        self.events.append("lost mid-answer" if lost else "failure")
 
     def on_connect_failure(self) -> None:
         self.events.append("connect failure")
@@ -256,7 +256,7 @@ def test_half_an_answer_then_a_loss_is_a_failure_of_the_copy() -> None:
         conn, _, _ = connection(copy)
         conn.data_received(ANSWER[:45])
         conn.connection_lost(None)
-        assert copy.events == [200, b'{"ok":', "failure"]
+        assert copy.events == [200, b'{"ok":', "lost mid-answer"]
 
     run(LOOPS["uvloop"], main)
 
