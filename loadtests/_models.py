@@ -157,6 +157,7 @@ def embedded_triton(
     http_port: int,
     grpc_port: int,
     metrics_port: int,
+    *,
     cpus: frozenset[int] | None = None,
 ) -> EmbeddedTriton:
     """A tritonserver (not started yet) serving ``work/repo``, logging to ``work``; on `cpus`

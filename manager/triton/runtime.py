@@ -50,6 +50,11 @@ class TritonRuntime(Protocol):
     endpoints: TritonEndpoints
     shares_repository: bool
 
+    @property
+    def control_headers(self) -> dict[str, str]:
+        """Headers that open Triton's restricted APIs (repository, ...) to the manager."""
+        ...
+
     def start(self) -> None: ...
 
     def stop(self, timeout_s: float = 20.0) -> None: ...

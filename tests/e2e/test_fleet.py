@@ -278,8 +278,8 @@ def test_a_gateway_that_pulls_its_routes_serves_the_pool_and_follows_changes(
 
         # a rollout's figures are every gateway's: 30 calls through the manager's own gateway
         # and 50 through this one are 80 for the variant that served them
-        again = make_affine(tmp_path / "b.onnx", 4, 3.0, 0.0)
-        fleet.cli("model", "import", str(again), "--name", "pooled")  # the model's version 2
+        second_model = make_affine(tmp_path / "b.onnx", 4, 3.0, 0.0)
+        fleet.cli("model", "import", str(second_model), "--name", "pooled")  # its version 2
         fleet.cli("pipeline", "create", "pooled", "--step", "pooled:2")  # the pipeline's
         fleet.cli(
             "rollout", "start", "pooled", "--strategy", "ab", "--candidate", "2",

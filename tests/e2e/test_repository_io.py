@@ -34,10 +34,6 @@ def _configs(root: Path) -> dict[str, str]:
     return {p.parent.name: p.read_text() for p in sorted(root.glob("*/config.pbtxt"))}
 
 
-def _files(root: Path) -> list[str]:
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
-
-
 def test_export_loads_on_triton_and_reimport_gives_the_same_configs(
     system: RunningSystem, tmp_path: Path
 ) -> None:
@@ -142,6 +138,7 @@ def test_broken_repository_is_listed_and_import_registers_nothing(
 
 
 def _files(root: Path) -> dict[str, bytes]:
+    """Every file under `root`, by its relative path, with its bytes."""
     return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
 
 

@@ -138,11 +138,12 @@ def test_a_triton_that_joins_the_pool_gets_the_models_and_traffic_and_one_that_l
             lambda: (t := _status(system)[2])["state"] == "up" and t.get("serving") == 1,
             timeout_s=60,
         )
-        wait_until(
-            "the gateway sends the third server its share",
-            lambda: (_send(system, 20), _served(third))[1] > 0,
-            timeout_s=30,
-        )
+
+        def third_served() -> bool:
+            _send(system, 20)
+            return _served(third) > 0
+
+        wait_until("the gateway sends the third server its share", third_served, timeout_s=30)
 
         # scale in: the second server goes away; no call fails once the pool knows
         second.stop()

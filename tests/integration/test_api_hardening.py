@@ -14,6 +14,7 @@ import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -258,7 +259,7 @@ def test_numbers_and_enums_out_of_range_are_4xx_naming_the_field(
 def test_trust_pickle_needs_the_setting_and_an_admin(api: Api, tmp_path: Path) -> None:
     path = make_affine(tmp_path / "m.onnx", 4)
     params = {"trust_pickle": "true", "framework": "sklearn", "filename": "m.pkl"}
-    upload = {"content": path.read_bytes(), "params": params,
+    upload: dict[str, Any] = {"content": path.read_bytes(), "params": params,
               "headers": {"content-type": "application/octet-stream"}}  # fmt: skip
     r = api.call("POST", f"{WS}/models/m/versions", **upload)
     assert "LASTMILE_ALLOW_PICKLE_UPLOADS" in _problem(r, 403, "Forbidden")["hint"]

@@ -13,6 +13,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -178,7 +179,7 @@ def test_scheduled_windows_raise_alerts_and_charts_show_them(api: Api, tmp_path:
     assert png.status_code == 200 and png.content.startswith(b"\x89PNG")
 
 
-BAD_SPECS = [
+BAD_SPECS: list[tuple[dict[str, Any], int, str]] = [
     ({"baseline": "ghost"}, 404, "no baseline 'ghost'"),
     ({"tensor": "y"}, 422, "has no 'inputs/y'"),
     ({"element": 9}, 422, "element 9 is outside"),

@@ -8,6 +8,7 @@ import stat
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlmodel import Session, select
@@ -24,7 +25,7 @@ def api(tmp_path: Path, database_url: str) -> Iterator[Api]:
     yield from running_api(tmp_path / "home", database_url)
 
 
-def _upload(api: Api, key: str, workspace: str, name: str, path: Path) -> object:
+def _upload(api: Api, key: str, workspace: str, name: str, path: Path) -> Any:
     return api.call(
         "POST",
         f"{WS}/{workspace}/models/{name}/versions",
@@ -178,7 +179,7 @@ def test_role_matrix(api: Api, tmp_path: Path, role: str) -> None:
     owner = api.owner_key
     assert (
         _upload(api, owner, "team", "base", make_affine(tmp_path / "b.onnx", 4)).status_code == 201
-    )  # type: ignore[attr-defined]
+    )
     spare = make_affine(tmp_path / "s.onnx", 3)
     assert _upload(api, owner, "team", "spare", spare).status_code == 201  # type: ignore[attr-defined]
     for op, needed in MATRIX:

@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch", reason="the 'torch' extra is not installed")
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = pytest.importorskip("torch", reason="the 'torch' extra is not installed")
 
-from converters import tensorrt_plan  # noqa: E402
-from converters.api import REPORT_NAME, convert  # noqa: E402
-from converters.common import ConversionError, ParityError  # noqa: E402
-from converters.parity import Tolerance  # noqa: E402
-from converters.report import RECOMMEND_MARGIN  # noqa: E402
-from manager.domain import TensorSpec  # noqa: E402
-from manager.errors import InvalidInput, InvalidModelFile  # noqa: E402
+from converters import tensorrt_plan
+from converters.api import REPORT_NAME, convert
+from converters.common import ConversionError, ParityError
+from converters.parity import Tolerance
+from converters.report import RECOMMEND_MARGIN
+from manager.domain import TensorSpec
+from manager.errors import InvalidInput, InvalidModelFile
 
 LIMIT = 50 * 1024 * 1024
 FAST: dict[str, Any] = {"max_bytes": LIMIT, "benchmark_seconds": 0.1}

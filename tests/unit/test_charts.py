@@ -20,7 +20,7 @@ DRIFT = [
     (T0 + timedelta(hours=6 * i), v)
     for i, v in enumerate([0.02, 0.05, None, 0.12, 0.3, 0.08, None, 0.27, 0.04])
 ]
-SERIES = {
+SERIES: dict[str, list[tuple[datetime, float | None]]] = {
     "fraud/1": [(T0 + timedelta(minutes=5 * i), 10.0 + i % 3) for i in range(12)],
     "fraud/2": [
         (T0 + timedelta(minutes=5 * i), None if i == 4 else 12.0 - i % 4) for i in range(12)

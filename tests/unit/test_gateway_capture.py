@@ -249,8 +249,8 @@ def test_json_calls_decoded_together_equal_one_by_one() -> None:
     ]  # fmt: skip
     batch = decode_json_batch(bodies, "inputs")
     assert batch is not None and set(batch) == {"x", "k"}
-    for i, body in enumerate(bodies):
-        one = decode_http(body, None, side="inputs")
+    for i, each in enumerate(bodies):
+        one = decode_http(each, None, side="inputs")
         np.testing.assert_array_equal(batch["x"][i], one["x"])
         np.testing.assert_array_equal(batch["k"][i], one["k"])
         assert batch["x"].dtype == one["x"].dtype and batch["k"].dtype == one["k"].dtype

@@ -467,7 +467,8 @@ class _DiesWithTheCall(asyncio.Protocol):
     then closes the connection without answering, as a Triton killed while a model runs."""
 
     def __init__(self, took: list[bytes]) -> None:
-        self.took, self.buffer, self.transport = took, b"", None
+        self.took, self.buffer = took, b""
+        self.transport: Any = None
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport

@@ -89,7 +89,7 @@ def repo(tmp_path: Path) -> Path:
     return build_repository(tmp_path)
 
 
-def edit(root: Path, name: str, change: Callable[[ModelConfig], None]) -> None:
+def edit(root: Path, name: str, change: Callable[[ModelConfig], object]) -> None:
     path = root / name / "config.pbtxt"
     config = config_from_text(path.read_text())
     change(config)

@@ -197,7 +197,7 @@ def connection(exchange: Copy) -> tuple[UpstreamConnection, UpstreamPool, Transp
     transport = Transport()
     conn.connection_made(transport)
     pool.total = 1
-    conn.start(exchange)  # type: ignore[arg-type]
+    conn.start(exchange)
     return conn, pool, transport
 
 

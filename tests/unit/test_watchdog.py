@@ -90,7 +90,12 @@ def test_failed_restarts_back_off_then_recover(tmp_path: Path) -> None:
     triton = StandInTriton(failures=3)
     system = StandInSystem(settings, triton)
     reconciled: list[Any] = []
-    dog = Watchdog(system, reconcile=lambda: reconciled.append(1) or {})  # type: ignore[arg-type]
+
+    def reconcile() -> dict[str, Any]:
+        reconciled.append(1)
+        return {}
+
+    dog = Watchdog(system, reconcile=reconcile)  # type: ignore[arg-type]
 
     dog.check_once()  # dead: restart at once, which fails
     assert (triton.starts, dog.triton.state, dog.triton.backoff_s) == (1, "failed", 2.0)
@@ -121,7 +126,12 @@ def test_an_external_triton_is_reported_not_restarted(tmp_path: Path) -> None:
     system = StandInSystem(settings, triton)
     system.owns_triton = False
     reconciled: list[Any] = []
-    dog = Watchdog(system, reconcile=lambda: reconciled.append(1) or {})  # type: ignore[arg-type]
+
+    def reconcile() -> dict[str, Any]:
+        reconciled.append(1)
+        return {}
+
+    dog = Watchdog(system, reconcile=reconcile)  # type: ignore[arg-type]
     dog.check_once()
     assert triton.starts == 0 and dog.triton.state == "external-down"
     # routed around: the pool marks it down and a reconciliation pushes the table without it
