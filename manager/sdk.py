@@ -676,8 +676,9 @@ class Lastmile:
     # -- assays ------------------------------------------------------------------------------
     def create_assay(self, name: str, pipeline: str, **spec: Any) -> dict[str, Any]:
         """A drift assay (``tensor=``, ``side=``, ``element=``, ``baseline=``, ``binning=``,
-        ``metric=``) or a health assay (``kind="health"``, ``figure=``), with ``window_s``,
-        ``interval_s``, ``warning``, ``alert``, ``on_alert``, ``webhook_url``/``_secret``."""
+        ``metric=``, ``min_values=``) or a health assay (``kind="health"``, ``figure=``), with
+        ``window_s``, ``interval_s``, ``warning``, ``alert``, ``on_alert``,
+        ``webhook_url``/``_secret``."""
         body = {"name": name, "pipeline": pipeline, **spec}
         return dict(self._call("POST", f"{self._ws()}/assays", json=body))
 

@@ -75,8 +75,9 @@ def _drift_window(
         counts += merge_all(sketched).bin_counts(np.asarray(assay.edges), outliers)
     summary = merge_all(parts)
     total = int(counts.sum())
-    score = drift.score(assay.metric, assay.baseline_counts, counts) if total else None
-    details = {
+    enough = total >= max(1, assay.min_values)
+    score = drift.score(assay.metric, assay.baseline_counts, counts) if enough else None
+    details: dict[str, Any] = {
         "windows": len(parts),
         "exact_windows": exact,
         "rows": sum(r.rows for r in rows),
@@ -85,6 +86,8 @@ def _drift_window(
         "min": summary.min,
         "max": summary.max,
     }
+    if total and not enough:  # judged as no data: too few values to score
+        details["min_values"] = assay.min_values
     return score, total, [int(c) for c in counts], details
 
 

@@ -179,6 +179,26 @@ def test_scheduled_windows_raise_alerts_and_charts_show_them(api: Api, tmp_path:
     assert png.status_code == 200 and png.content.startswith(b"\x89PNG")
 
 
+def test_a_window_with_too_few_values_is_no_data_not_an_alert(api: Api, tmp_path: Path) -> None:
+    """10 calls (40 values) shifted by two standard deviations: below the default 100 values a
+    window is not judged; an assay that asks for fewer judges it (and it alerts)."""
+    _setup(api, tmp_path)
+    shifted = np.random.default_rng(5).normal(2, 1, size=(10, 4))
+    few = _create(api)
+    assert few["min_values"] == 100
+    _create(api, name="x-any", min_values=1)
+    _capture(api, [shifted])
+    window = {"since": T0.isoformat(), "until": (T0 + timedelta(minutes=1)).isoformat()}
+    r = api.call("POST", f"{WS}/assays/x-drift/backfill", json=window)
+    assert r.status_code == 200, r.text
+    [result] = r.json()["results"]
+    assert (result["status"], result["score"], result["count"]) == ("no_data", None, 40)
+    assert result["details"]["min_values"] == 100
+    r = api.call("POST", f"{WS}/assays/x-any/backfill", json=window)
+    [result] = r.json()["results"]
+    assert result["status"] == "alert" and result["score"] >= 0.25 and result["count"] == 40
+
+
 BAD_SPECS: list[tuple[dict[str, Any], int, str]] = [
     ({"baseline": "ghost"}, 404, "no baseline 'ghost'"),
     ({"tensor": "y"}, 422, "has no 'inputs/y'"),
@@ -190,6 +210,7 @@ BAD_SPECS: list[tuple[dict[str, Any], int, str]] = [
     ({"pipeline": "nope"}, 404, "nope"),
     ({"binning": {"mode": "explicit", "edges": [3, 1]}}, 422, "edges"),
     ({"webhook_url": "ftp://example.com/hook"}, 422, "http"),
+    ({"min_values": 0}, 422, "min_values"),
 ]
 
 
