@@ -23,6 +23,11 @@ from manager.errors import InvalidInput
 
 EPS = 1e-4  # floor of each proportion in PSI
 METRICS: tuple[str, ...] = ("psi", "ks", "sum_diff", "max_diff", "js")
+# A window with fewer values than this is not scored (an assay's default ``min_values``): the
+# scores of a handful of values are large by chance. Values drawn from the baseline itself,
+# 5 equal bins: PSI >= 0.25 (a usual alert) in 37 % of windows of 20 values, 0.5 % of 68,
+# none of 2,000 of 100.
+DEFAULT_MIN_VALUES = 100
 
 Counts = Sequence[float] | np.ndarray
 

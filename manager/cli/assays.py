@@ -86,11 +86,13 @@ def create(
     interval: str | None = typer.Option(None, "--interval", help="Between windows (= width)."),
     warning: float | None = typer.Option(None, "--warning", help="Warning threshold."),
     alert: float | None = typer.Option(None, "--alert", help="Alert threshold."),
-    min_values: int = typer.Option(
-        100,
+    min_values: int | None = typer.Option(
+        None,
         "--min-values",
         min=1,
-        help="Drift: values a window needs to be judged (fewer: no_data, never an alert).",
+        help="Drift: values a window needs to be judged (fewer: no_data, never an alert; "
+        "default 100).",
+        show_default=False,
     ),
     on_alert: str = typer.Option(
         "none", "--on-alert", help="At alert, on a rollout's candidate: none, pause, rollback."
@@ -118,11 +120,12 @@ def create(
         "interval_s": parse_duration(interval, what="--interval") if interval else None,
         "warning": warning,
         "alert": alert,
-        "min_values": min_values,
         "on_alert": on_alert,
         "webhook_url": webhook,
         "webhook_secret": webhook_secret,
     }
+    if min_values is not None:  # else the server's default
+        spec["min_values"] = min_values
     with client(workspace) as lm:
         result = lm.create_assay(name, pipeline, **spec)
     emit(result, as_json, f"assay {name} created on {pipeline}")

@@ -41,10 +41,6 @@ HEALTH_FIGURES: dict[str, tuple[tuple[str, ...], str]] = {
 }
 STEP_FIGURES = ("queue_ms", "compute_ms", "request_ms")  # what Triton measures per step
 MAX_WINDOW_S = 30 * 86400
-# A drift window with fewer values than this is not judged (no_data): the scores of a handful
-# of values are large by chance. Values drawn from the baseline itself, 5 equal bins: PSI
-# >= 0.25 (a usual alert) in 37 % of windows of 20 values, 0.5 % of 68, none of 2,000 of 100.
-DEFAULT_MIN_VALUES = 100
 
 
 @dataclass(frozen=True)
@@ -67,7 +63,7 @@ class AssaySpec:
     interval_s: int | None = None
     warning: float | None = None
     alert: float | None = None
-    min_values: int = DEFAULT_MIN_VALUES
+    min_values: int = drift.DEFAULT_MIN_VALUES
     on_alert: str = "none"
     webhook_url: str | None = None
     webhook_secret: str | None = None
@@ -84,7 +80,7 @@ def _min_values(value: int) -> int:
         raise InvalidInput(
             f"min_values must be a whole number >= 1, got {value!r}",
             hint=f"the values a drift window needs before it is judged (default "
-            f"{DEFAULT_MIN_VALUES}); 1 judges every window that has any",
+            f"{drift.DEFAULT_MIN_VALUES}); 1 judges every window that has any",
         )
     return value
 

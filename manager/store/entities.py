@@ -13,6 +13,8 @@ from typing import Any
 from sqlalchemy import JSON, Column, Index, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
+from manager.assays.drift import DEFAULT_MIN_VALUES
+
 DEFAULT_WORKSPACE = "default"
 ROLES = ("viewer", "editor", "admin")
 
@@ -353,7 +355,7 @@ class Assay(SQLModel, table=True):
     interval_s: int
     warning: float | None = None
     alert: float | None = None
-    min_values: int = Field(default=100)  # drift: a window with fewer values is no_data
+    min_values: int = Field(default=DEFAULT_MIN_VALUES)  # drift: fewer values in a window: no_data
     on_alert: str = Field(default="none", max_length=16)  # none | pause | rollback
     webhook_url: str | None = Field(default=None, max_length=2048)
     webhook_secret: str | None = Field(default=None, max_length=255)

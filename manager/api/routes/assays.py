@@ -46,7 +46,7 @@ class AssayCreate(BaseModel):
     interval_s: int | None = Field(default=None, ge=1, le=SECONDS)
     warning: float | None = None
     alert: float | None = None
-    min_values: int = Field(default=100, ge=1, le=2**31 - 1)
+    min_values: int = Field(default=assays.drift.DEFAULT_MIN_VALUES, ge=1, le=2**31 - 1)
     on_alert: Literal["none", "pause", "rollback"] = "none"
     webhook_url: str | None = Field(default=None, max_length=2048)
     webhook_secret: str | None = Field(default=None, max_length=255)
